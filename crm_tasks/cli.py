@@ -1,0 +1,165 @@
+"""The ``crm`` command: a thin wrapper over crm_tasks, for engineers, marketing ops and the demo.
+
+Every command that reports results takes ``--json`` and then prints exactly one
+JSON object on stdout. Errors go to stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import click
+
+from crm_tasks.config import settings as load_default_settings
+from crm_tasks.errors import CrmError, IngestFailed
+
+
+def _engine():
+    from crm_tasks.db import make_engine
+
+    return make_engine(load_default_settings().resolved_database_url())
+
+
+def _emit(as_json: bool, payload: dict, human: str) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, ensure_ascii=False, default=str))
+    else:
+        click.echo(human)
+
+
+def _fail(exc: CrmError, as_json: bool, payload: dict | None = None) -> None:
+    if as_json:
+        click.echo(json.dumps((payload or {}) | {"error": str(exc)}, ensure_ascii=False, default=str))
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """CRM campaign engine: ingest, segments and campaigns for retail loyalty data."""
+
+
+@main.group()
+def db() -> None:
+    """The CRM database schema."""
+
+
+@db.command("upgrade")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def db_upgrade(as_json: bool) -> None:
+    """Create or migrate the CRM database to the latest schema.
+
+    Example: crm db upgrade
+    """
+    from crm_tasks.db import explain_url, upgrade
+
+    try:
+        url = load_default_settings().resolved_database_url()
+        revision = upgrade(_engine())
+    except CrmError as exc:
+        _fail(exc, as_json)
+    _emit(as_json, {"database": explain_url(url), "revision": revision},
+          f"{explain_url(url)} is at revision {revision}")
+
+
+def _parse_date(_ctx, _param, value):
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a date in YYYY-MM-DD form") from None
+
+
+@main.command()
+@click.option("--date", "day", callback=_parse_date, help="Ingest one partition date (YYYY-MM-DD).")
+@click.option("--from", "start", callback=_parse_date, help="First date of a range (with --to).")
+@click.option("--to", "end", callback=_parse_date, help="Last date of a range, inclusive.")
+@click.option("--all", "everything", is_flag=True, help="Every partition in the landing folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def ingest(day, start, end, everything, as_json) -> None:
+    """Load landing files into the CRM database and print each batch's reconciliation.
+
+    Examples: crm ingest --date 2026-03-01    crm ingest --all --json
+    """
+    from crm_tasks.db import check_schema
+    from crm_tasks.ingest import all_dates, format_report, ingest_dates
+
+    chosen = sum(x is not None and x is not False for x in (day, start or end, everything or None))
+    if chosen != 1 or (start is None) != (end is None):
+        raise click.UsageError("give exactly one of --date DATE, --from DATE --to DATE, or --all")
+    cfg = load_default_settings()
+    if everything:
+        dates = all_dates(Path(cfg.landing_dir))
+    elif day:
+        dates = [day]
+    else:
+        dates = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    engine = _engine()
+    try:
+        check_schema(engine)
+        report = ingest_dates(engine, cfg, dates)
+    except IngestFailed as exc:
+        payload = exc.report.to_dict()  # type: ignore[attr-defined]
+        if not as_json:
+            click.echo(format_report(payload))
+        _fail(exc, as_json, payload)
+    except CrmError as exc:
+        _fail(exc, as_json)
+    payload = report.to_dict()
+    _emit(as_json, payload, format_report(payload))
+
+
+@main.command()
+@click.option("--from", "start", callback=_parse_date, help="First partition date.")
+@click.option("--to", "end", callback=_parse_date, help="Last partition date, inclusive.")
+@click.option("--quiet", is_flag=True, help="Only the totals, not one line per file.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def batches(start, end, quiet, as_json) -> None:
+    """Show the stored reconciliation of loaded, rejected and unreadable files.
+
+    Example: crm batches --from 2026-03-01 --to 2026-03-31
+    """
+    from crm_tasks.db import check_schema
+    from crm_tasks.ingest import format_report, stored_report
+
+    engine = _engine()
+    try:
+        check_schema(engine)
+    except CrmError as exc:
+        _fail(exc, as_json)
+    payload = stored_report(engine, start, end).to_dict()
+    shown = payload | {"batches": []} if quiet else payload
+    _emit(as_json, payload, format_report(shown))
+
+
+@main.command("generate-data")
+@click.option("--customers", default=2000, show_default=True, type=click.IntRange(1), help="Number of customers.")
+@click.option("--days", default=365, show_default=True, type=click.IntRange(1), help="Days of purchases.")
+@click.option("--start", callback=_parse_date, default="2025-11-01", show_default=True, help="First day.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Random seed (same seed, same files).")
+@click.option("--bad-rows", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of rows to damage (bad emails, dates, amounts, duplicates, truncated lines).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Landing folder to write (default: the configured landing folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def generate_data(customers, days, start, seed, bad_rows, out, as_json) -> None:
+    """Write demo landing partitions: a multi-locale customer base and its purchases.
+
+    Example: crm generate-data --customers 2000 --days 365 --start 2025-11-01 --seed 7 --bad-rows 0.01
+    """
+    from crm_tasks.generate import generate
+
+    target = out or Path(load_default_settings().landing_dir)
+    summary = generate(target, customers, days, start, seed, bad_rows).to_dict()
+    _emit(as_json, summary,
+          f"wrote {summary['files']} files to {target}: {summary['customers']} customers, "
+          f"{summary['purchases']} purchases from {summary['start']} to {summary['end']}"
+          + (f"; damaged rows: {summary['bad_rows']}" if summary["bad_rows"] else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

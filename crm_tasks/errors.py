@@ -1,0 +1,56 @@
+"""Domain errors. The library raises these; the CLI and the DAGs translate them.
+
+Each message is written for the person who has to act on it: it names the file,
+row or setting, says what is wrong and what to do. None carries customer data.
+"""
+
+from __future__ import annotations
+
+
+class CrmError(Exception):
+    """Base class for every error this package raises on purpose."""
+
+
+class ConfigError(CrmError):
+    """A setting or the configuration file is invalid."""
+
+
+class SchemaNotReady(CrmError):
+    """The CRM database is not migrated to the schema this code expects."""
+
+
+class UnreadableFile(CrmError):
+    """A landing file cannot be read at all (encoding, format, missing columns)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+class BatchRejected(CrmError):
+    """Too large a share of a file's rows failed validation; nothing from it was loaded."""
+
+    def __init__(self, path: str, rows_read: int, rows_quarantined: int, threshold: float, reasons: list[str]) -> None:
+        self.path = path
+        self.rows_read = rows_read
+        self.rows_quarantined = rows_quarantined
+        self.threshold = threshold
+        self.reasons = reasons
+        share = rows_quarantined / rows_read if rows_read else 1.0
+        first = "; ".join(reasons[:5])
+        super().__init__(
+            f"{path}: {rows_quarantined} of {rows_read} rows ({share:.1%}) failed validation, above the "
+            f"{threshold:.1%} threshold, so no row of this file was loaded. First reasons: {first}. "
+            f"The rejected rows are in the quarantine table; fix the export and drop the corrected file "
+            f"in the same partition, or raise reject_threshold in crm.yaml if this share is expected."
+        )
+
+
+class IngestFailed(CrmError):
+    """One or more files of a run failed; the others were processed."""
+
+    def __init__(self, failures: list[CrmError]) -> None:
+        self.failures = failures
+        lines = "\n".join(f"- {f}" for f in failures)
+        super().__init__(f"{len(failures)} file(s) failed:\n{lines}")

@@ -1,0 +1,248 @@
+"""Reading landing files in bounded chunks, with the physical line number and raw
+text of every row, so that a rejected row can be quarantined verbatim.
+
+Two CSV paths give the same result:
+- fast: a file without any double quote has one record per physical line, so
+  Arrow splits lines and fields in C++ (millions of rows a second);
+- exact: any other file goes through Python's csv module, which understands
+  quoting and newlines inside quoted fields.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from crm_tasks.errors import UnreadableFile
+
+_BLOCK = 16 << 20
+
+
+@dataclass
+class FileScan:
+    """What one pass over a file's bytes tells before parsing."""
+
+    checksum: str
+    size: int
+    has_quotes: bool
+
+
+@dataclass
+class Chunk:
+    """Up to ``chunk_rows`` records: string columns and the line number of each row.
+
+    ``raw_text`` gives the verbatim input of chosen rows; it is only asked for
+    rejected rows, so Parquet rows are turned into JSON only when one fails.
+    """
+
+    columns: dict[str, pa.Array]
+    line_no: np.ndarray
+    raw: pa.Array | pa.RecordBatch
+    # Rows that could not be split into the header's fields: (line, raw text, reason).
+    broken: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.line_no)
+
+    def raw_text(self, positions: np.ndarray) -> list[str]:
+        picked = self.raw.take(pa.array(positions, type=pa.int64()))
+        if isinstance(picked, pa.RecordBatch):
+            return [json.dumps(r, default=str, ensure_ascii=False) for r in picked.to_pylist()]
+        return picked.to_pylist()
+
+
+def scan_file(path: Path, display: str, text: bool) -> FileScan:
+    """Checksum the file; for text files also prove it is UTF-8, naming the first bad line."""
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    size, has_quotes, lines_before = 0, False, 0
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            digest.update(block)
+            size += len(block)
+            if not text:
+                continue
+            if size == len(block) and b"\x00" in block[:8192]:
+                raise UnreadableFile(display, "binary content, not a CSV text file; export it as UTF-8 CSV")
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                line = lines_before + block.count(b"\n", 0, exc.start) + 1
+                raise UnreadableFile(
+                    display,
+                    f"not valid UTF-8 text (first bad byte on line {line}); re-export the file as UTF-8",
+                ) from None
+            # A quote may hide a comma or a newline inside a value; the unit separator
+            # would confuse the fast path's line reader. Either sends the file the exact way.
+            has_quotes = has_quotes or b'"' in block or b"\x1f" in block
+            lines_before += block.count(b"\n")
+        if text:
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise UnreadableFile(display, "not valid UTF-8 text (truncated character at the end)") from None
+    return FileScan(digest.hexdigest(), size, has_quotes)
+
+
+def read_csv_header(path: Path, display: str) -> list[str]:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        first = fh.readline()
+    if not first.strip():
+        raise UnreadableFile(display, "empty file: the first line must be the header row")
+    try:
+        header = next(csv.reader([first]))
+    except csv.Error as exc:
+        raise UnreadableFile(display, f"the header line is not CSV: {exc}") from None
+    return [h.strip() for h in header]
+
+
+def iter_csv(path: Path, header: list[str], scan: FileScan, chunk_rows: int) -> Iterator[Chunk]:
+    if scan.has_quotes:
+        yield from _iter_csv_exact(path, header, chunk_rows)
+    else:
+        yield from _iter_csv_fast(path, header, chunk_rows)
+
+
+def _iter_csv_fast(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
+    width = len(header)
+    # Every line is one record; reading it as one column leaves the splitting to us.
+    reader = pacsv.open_csv(
+        path,
+        read_options=pacsv.ReadOptions(column_names=["line"], skip_rows=1, block_size=_BLOCK),
+        parse_options=pacsv.ParseOptions(
+            delimiter="\x1f", quote_char=False, escape_char=False,
+            newlines_in_values=False, ignore_empty_lines=False,
+            invalid_row_handler=lambda row: "error",
+        ),
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False),
+    )
+    next_line = 2
+    pending: list[pa.Array] = []
+    pending_rows = 0
+
+    def flush(lines: pa.Array, first_line: int) -> Chunk:
+        lines = pc.utf8_rtrim(lines, characters="\r")
+        line_no = np.arange(first_line, first_line + len(lines), dtype=np.int64)
+        # Blank lines carry no data: they are not records (as in the exact path).
+        filled = pc.not_equal(pc.utf8_length(pc.utf8_trim_whitespace(lines)), 0)
+        if not pc.all(filled).as_py():
+            lines, line_no = lines.filter(filled), line_no[filled.to_numpy(zero_copy_only=False)]
+        parts = pc.split_pattern(lines, ",")
+        counts = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
+        ok = counts == width
+        broken = [
+            (int(line_no[i]), lines[i].as_py(), _field_count_reason(int(counts[i]), width, lines[i].as_py()))
+            for i in np.flatnonzero(~ok)
+        ]
+        if not ok.all():
+            keep = pa.array(ok)
+            parts, lines, line_no = parts.filter(keep), lines.filter(keep), line_no[ok]
+        flat = pc.list_flatten(parts)
+        idx = np.arange(len(lines), dtype=np.int64) * width
+        columns = {name: flat.take(pa.array(idx + j)) for j, name in enumerate(header)}
+        return Chunk(columns, line_no, lines, broken)
+
+    for batch in reader:
+        pending.append(batch.column(0))
+        pending_rows += batch.num_rows
+        while pending_rows >= chunk_rows:
+            merged = pa.concat_arrays(pending)
+            head, rest = merged.slice(0, chunk_rows), merged.slice(chunk_rows)
+            yield flush(head, next_line)
+            next_line += chunk_rows
+            pending, pending_rows = ([rest] if len(rest) else []), len(rest)
+    if pending_rows:
+        yield flush(pa.concat_arrays(pending), next_line)
+
+
+def _field_count_reason(count: int, width: int, text: str) -> str:
+    if count < width:
+        return f"line has {count} fields but the header has {width} (truncated line?)"
+    return f"line has {count} fields but the header has {width} (unquoted comma in a value?)"
+
+
+def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
+    width = len(header)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        fh.readline()
+        raw_lines: list[str] = []
+
+        def recording():
+            for text in fh:
+                raw_lines.append(text)
+                yield text
+
+        reader = csv.reader(recording())
+        line = 1
+        while True:
+            cols: list[list[str]] = [[] for _ in header]
+            line_nos: list[int] = []
+            raws: list[str] = []
+            broken: list[tuple[int, str, str]] = []
+            for _ in range(chunk_rows):
+                raw_lines.clear()
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    start = line + 1
+                    line += len(raw_lines)
+                    broken.append((start, "".join(raw_lines).rstrip("\r\n"), f"not valid CSV: {exc}"))
+                    continue
+                start = line + 1
+                line += len(raw_lines)
+                raw = "".join(raw_lines).rstrip("\r\n")
+                if not raw.strip():
+                    continue  # a blank line is not a record
+                if len(record) != width:
+                    broken.append((start, raw, _field_count_reason(len(record), width, raw)))
+                    continue
+                for j, value in enumerate(record):
+                    cols[j].append(value)
+                line_nos.append(start)
+                raws.append(raw)
+            if not line_nos and not broken:
+                return
+            yield Chunk(
+                {name: pa.array(cols[j], type=pa.string()) for j, name in enumerate(header)},
+                np.array(line_nos, dtype=np.int64),
+                pa.array(raws, type=pa.string()),
+                broken,
+            )
+
+
+def read_parquet_header(path: Path, display: str) -> list[str]:
+    try:
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UnreadableFile(display, f"not a Parquet file: {exc}") from None
+
+
+def iter_parquet(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
+    """Parquet rows are numbered from 1; the raw text of a row is its JSON."""
+    first = 1
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        columns = {}
+        for name in header:
+            col = batch.column(name)
+            if pa.types.is_timestamp(col.type) and col.type.tz is None:
+                col = pc.cast(col, pa.timestamp(col.type.unit, "UTC"))
+            if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+                col = pc.strftime(col, "%Y-%m-%dT%H:%M:%S%z" if pa.types.is_timestamp(col.type) else "%Y-%m-%d")
+            columns[name] = pc.fill_null(pc.cast(col, pa.string()), "")
+        n = batch.num_rows
+        yield Chunk(columns, np.arange(first, first + n, dtype=np.int64), batch)
+        first += n
+

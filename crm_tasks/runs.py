@@ -1,0 +1,67 @@
+"""What a run covers, and how a task inside Airflow reaches the CRM database.
+
+Nothing here imports Airflow at module level: crm_tasks must import and test
+without it. The DAGs call these functions from inside their tasks.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Engine
+
+from crm_tasks.config import Settings, settings
+from crm_tasks.db import make_engine
+from crm_tasks.errors import ConfigError
+
+MAX_RANGE_DAYS = 3660
+
+
+def business_dates(
+    start: str | None,
+    end: str | None,
+    interval_start: datetime | None,
+    interval_end: datetime | None,
+    run_after: datetime,
+    tz: str,
+) -> list[date]:
+    """The partition dates a run loads.
+
+    An explicit range (trigger-form parameters) wins; otherwise the local date
+    of the run's data interval; a run without one (manual or asset-triggered)
+    loads the local day before it was triggered. Never ``now()``.
+    """
+    zone = ZoneInfo(tz)
+    if start or end:
+        try:
+            first = date.fromisoformat(start or end)  # type: ignore[arg-type]
+            last = date.fromisoformat(end or start)  # type: ignore[arg-type]
+        except ValueError:
+            raise ConfigError(f"start_date/end_date must be dates in YYYY-MM-DD form, got {start!r}, {end!r}") from None
+        if last < first:
+            raise ConfigError(f"end_date {last} is before start_date {first}")
+        if (last - first).days >= MAX_RANGE_DAYS:
+            raise ConfigError(f"a range of more than {MAX_RANGE_DAYS} days is refused; split it")
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    if interval_start is not None and interval_end is not None and interval_end > interval_start:
+        return [interval_start.astimezone(zone).date()]
+    return [run_after.astimezone(zone).date() - timedelta(days=1)]
+
+
+def airflow_crm_db_url() -> str | None:
+    """The URI of the Airflow connection ``crm_db``, or None where it is not defined."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return Connection.get("crm_db").get_uri()
+    except AirflowNotFoundException:
+        return None
+
+
+def task_engine(cfg: Settings | None = None) -> Engine:
+    """The CRM engine for a task: CRM_DATABASE_URL, else connection crm_db, else embedded SQLite."""
+    cfg = cfg or settings()
+    url = cfg.database_url or airflow_crm_db_url()
+    return make_engine(cfg.resolved_database_url(url))

@@ -1,0 +1,44 @@
+"""Small factories for landing files."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+PURCHASE_HEADER = ["transaction_id", "customer_id", "purchased_at", "amount", "currency", "store_id", "sku",
+                   "category", "quantity", "coupon_code"]
+CUSTOMER_HEADER = ["customer_id", "first_name", "last_name", "email", "phone", "birthday", "locale", "timezone",
+                   "country", "email_consent", "created_at", "updated_at"]
+
+
+def purchase(tid: str, customer: str = "C1", at: str = "2026-03-01T10:00:00+05:30", amount: str = "100.00",
+             currency: str = "INR", category: str = "grocery", quantity: str = "1", coupon: str = "") -> list[str]:
+    return [tid, customer, at, amount, currency, "S1", "SKU-1", category, quantity, coupon]
+
+
+def customer(cid: str, email: str = "", phone: str = "", birthday: str = "", locale: str = "en-IN",
+             tz: str = "Asia/Kolkata", country: str = "IN", consent: str = "true",
+             updated: str = "2026-03-01T09:00:00+05:30", first: str = "Asha", last: str = "Rao",
+             **extra: str) -> dict[str, str]:
+    row = dict(zip(CUSTOMER_HEADER, [cid, first, last, email or f"{cid.lower()}@example.com", phone, birthday,
+                                     locale, tz, country, consent, "2025-01-01T00:00:00Z", updated]))
+    row.update(extra)
+    return row
+
+
+def write_csv(landing: Path, source: str, day: str, rows, header=None, name: str | None = None) -> Path:
+    path = landing / source / f"dt={day}" / (name or f"{source}.csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    if rows and isinstance(rows[0], dict):
+        header = header or list(rows[0])
+        w = csv.DictWriter(buf, fieldnames=header, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(header or PURCHASE_HEADER)
+        w.writerows(rows)
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    return path

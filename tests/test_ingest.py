@@ -1,0 +1,321 @@
+"""Ingest on SQLite and PostgreSQL: reconciliation, idempotency, quarantine, failures."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import func, select
+
+from crm_tasks.errors import IngestFailed
+from crm_tasks.ingest import ingest_dates
+from crm_tasks.models import Customer, CustomerMetrics, IngestBatch, Purchase, QuarantinedRow
+from tests.helpers import CUSTOMER_HEADER, customer, purchase, write_csv
+
+DAY = "2026-03-01"
+D = date(2026, 3, 1)
+
+
+def rows(engine, model, *where):
+    with engine.connect() as conn:
+        return conn.execute(select(model).where(*where)).all()
+
+
+def count(engine, model) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def snapshot(engine) -> dict:
+    """Every row of every CRM table, to compare the database before and after."""
+    out = {}
+    with engine.connect() as conn:
+        for model in (Customer, Purchase, IngestBatch, QuarantinedRow, CustomerMetrics):
+            out[model.__tablename__] = sorted(tuple(map(str, r)) for r in conn.execute(select(model)).all())
+    return out
+
+
+def test_good_and_bad_rows_reconcile(engine, cfg, landing):
+    write_csv(landing, "purchases", DAY, [
+        purchase("T1", amount="100.50"),
+        purchase("T2", amount="12,50"),  # comma decimal separator
+        purchase("T3", currency="XXY"),
+        purchase("T4", at="31/02/2026"),
+        purchase("T1", amount="100.50"),  # duplicate transaction id
+        purchase("T5", amount="-20.25"),  # refund
+        purchase("T6", amount="0"),  # free item
+    ] + [purchase(f"G{i}") for i in range(60)])
+    report = ingest_dates(engine, cfg, [D])
+    (batch,) = report.batches
+    assert (batch.rows_read, batch.rows_loaded, batch.rows_quarantined, batch.rows_duplicate) == (67, 63, 3, 1)
+    assert batch.reconciles
+    quarantined = {r.line_no: r for r in rows(engine, QuarantinedRow)}
+    assert sorted(quarantined) == [3, 4, 5]
+    assert "amount '12,50' is not a decimal number" in quarantined[3].reason
+    assert quarantined[3].raw_text == 'T2,C1,2026-03-01T10:00:00+05:30,"12,50",INR,S1,SKU-1,grocery,1,'
+    assert "currency 'XXY' is not an ISO 4217 code" in quarantined[4].reason
+    assert "purchased_at '31/02/2026' is not an ISO 8601 timestamp" in quarantined[5].reason
+    amounts = {r.transaction_id: r.amount for r in rows(engine, Purchase)}
+    assert amounts["T1"] == Decimal("100.5000") and amounts["T5"] == Decimal("-20.2500")
+    assert amounts["T6"] == Decimal("0")
+    stored = rows(engine, IngestBatch)[0]
+    assert (stored.rows_read, stored.rows_loaded, stored.rows_quarantined, stored.rows_duplicate) == (67, 63, 3, 1)
+    assert len(stored.checksum) == 64 and stored.status == "loaded"
+
+
+def test_rerun_and_redrop_leave_database_unchanged(engine, cfg, landing):
+    path = write_csv(landing, "purchases", DAY, [purchase(f"T{i}") for i in range(20)] + [purchase("B", amount="x")])
+    write_csv(landing, "customers", DAY, [customer("C1")])
+    ingest_dates(engine, cfg, [D])
+    before = snapshot(engine)
+    again = ingest_dates(engine, cfg, [D])
+    assert {b.status for b in again.batches} == {"unchanged"}
+    # The same bytes dropped again under the same name (a re-delivery) change nothing either.
+    path.write_bytes(path.read_bytes())
+    ingest_dates(engine, cfg, [D])
+    assert snapshot(engine) == before
+
+
+def test_corrected_file_replaces_rows_from_that_file(engine, cfg, landing):
+    write_csv(landing, "purchases", DAY, [purchase("T1", amount="10"), purchase("T2", amount="20"),
+                                          purchase("T3", amount="bad")])
+    first = ingest_dates(engine, cfg, [D]).batches[0]
+    write_csv(landing, "purchases", DAY, [purchase("T1", amount="11"), purchase("T4", amount="40")])
+    second = ingest_dates(engine, cfg, [D]).batches[0]
+    assert second.replaced_batch_id == first.batch_id
+    assert {r.transaction_id: r.amount for r in rows(engine, Purchase)} == {"T1": Decimal("11"), "T4": Decimal("40")}
+    assert count(engine, QuarantinedRow) == 0  # the bad row belonged to the replaced version
+    statuses = {b.id: b.status for b in rows(engine, IngestBatch)}
+    assert statuses == {first.batch_id: "replaced", second.batch_id: "loaded"}
+    (m,) = rows(engine, CustomerMetrics)
+    assert (m.orders, m.revenue) == (2, Decimal("51"))
+
+
+def test_duplicates_across_files_are_counted_not_loaded(engine, cfg, landing):
+    write_csv(landing, "purchases", DAY, [purchase("T1"), purchase("T2")], name="a.csv")
+    write_csv(landing, "purchases", DAY, [purchase("T2"), purchase("T3")], name="b.csv")
+    report = ingest_dates(engine, cfg, [D])
+    assert [(b.rows_loaded, b.rows_duplicate) for b in report.batches] == [(2, 0), (1, 1)]
+    assert count(engine, Purchase) == 3
+
+
+def test_rejected_share_fails_loudly_and_loads_nothing(engine, cfg, landing):
+    good = [purchase(f"T{i}") for i in range(100)]
+    bad = [purchase(f"B{i}", amount="n/a") for i in range(12)]
+    write_csv(landing, "purchases", DAY, good + bad)
+    with pytest.raises(IngestFailed) as err:
+        ingest_dates(engine, cfg, [D])
+    message = str(err.value)
+    assert "purchases/dt=2026-03-01/purchases.csv" in message
+    assert "12 of 112 rows (10.7%)" in message and "5.0% threshold" in message
+    assert "line 102: amount 'n/a' is not a decimal number" in message
+    assert count(engine, Purchase) == 0
+    assert count(engine, QuarantinedRow) == 12
+    (batch,) = rows(engine, IngestBatch)
+    assert batch.status == "rejected" and batch.rows_read == 112
+    # Running it again fails the same way without writing anything new.
+    with pytest.raises(IngestFailed):
+        ingest_dates(engine, cfg, [D])
+    assert count(engine, IngestBatch) == 1 and count(engine, QuarantinedRow) == 12
+
+
+def test_other_files_still_load_when_one_fails(engine, cfg, landing):
+    (landing / "purchases" / f"dt={DAY}").mkdir(parents=True)
+    (landing / "purchases" / f"dt={DAY}" / "broken.csv").write_bytes(b"transaction_id,amount\n1,2\n")
+    write_csv(landing, "purchases", DAY, [purchase("T1")], name="good.csv")
+    with pytest.raises(IngestFailed) as err:
+        ingest_dates(engine, cfg, [D])
+    assert "broken.csv: missing required column(s) customer_id, purchased_at, currency" in str(err.value)
+    report = err.value.report
+    assert [b.status for b in report.batches] == ["unreadable", "loaded"]
+    assert count(engine, Purchase) == 1
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("transaction_id,customer_id,purchased_at,amount,currency,store_id,sku,category,quantity\n"
+         "T1,C1,2026-03-01,10,INR,S,K,c,1\n".encode("utf-16"), "binary content, not a CSV text file"),
+        (b"transaction_id,customer_id,purchased_at,amount,currency,store_id,sku,category,quantity\n"
+         b"T1,C\xe9,2026-03-01,10,INR,S,K,c,1\n", "not valid UTF-8 text (first bad byte on line 2)"),
+        (b"", "empty file"),
+        (b"%PDF-1.4\n\x00\x01\x02 binary", "binary content"),
+        (b"id;customer;amount\n1;2;3\n", "missing required column(s) transaction_id, customer_id"),
+    ],
+    ids=["utf16", "latin1-byte", "empty", "pdf", "semicolons"],
+)
+def test_unreadable_files_name_file_and_problem(engine, cfg, landing, content, problem):
+    folder = landing / "purchases" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    (folder / "export.csv").write_bytes(content)
+    with pytest.raises(IngestFailed) as err:
+        ingest_dates(engine, cfg, [D])
+    assert "purchases/dt=2026-03-01/export.csv" in str(err.value)
+    assert problem in str(err.value)
+    (batch,) = rows(engine, IngestBatch)
+    assert batch.status == "unreadable" and problem in batch.error
+
+
+def test_structural_defects_are_quarantined_with_raw_text(engine, cfg, landing):
+    folder = landing / "purchases" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    good = "\n".join(",".join(purchase(f"T{i}")) for i in range(40))
+    (folder / "p.csv").write_text(
+        "transaction_id,customer_id,purchased_at,amount,currency,store_id,sku,category,quantity,coupon_code\n"
+        + good + "\nX1,C1,2026-03-0\n\nX2,C1,2026-03-01,1,INR,S,K,c,1,,extra\n", encoding="utf-8",
+    )
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.rows_read, batch.rows_loaded, batch.rows_quarantined) == (42, 40, 2)
+    q = {r.line_no: (r.raw_text, r.reason) for r in rows(engine, QuarantinedRow)}
+    assert q[42] == ("X1,C1,2026-03-0", "line has 3 fields but the header has 10 (truncated line?)")
+    assert q[44][1] == "line has 11 fields but the header has 10 (unquoted comma in a value?)"
+
+
+def test_quoted_values_with_commas_and_newlines_keep_line_numbers(engine, cfg, landing):
+    write_csv(landing, "customers", DAY, [
+        customer("C1", first="Asha,\nMaria"),
+        customer("C2", email="not-an-email"),
+        customer("C3", last='O"Neil'),
+    ])
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.rows_read, batch.rows_loaded, batch.rows_quarantined) == (3, 2, 1)
+    (q,) = rows(engine, QuarantinedRow)
+    assert q.line_no == 4  # header, C1 spans lines 2-3
+    assert q.raw_text.startswith("C2,Asha,Rao,not-an-email,")
+    assert "not-an-email" not in q.reason  # reasons carry no personal data
+    names = {r.customer_id: (r.first_name, r.last_name) for r in rows(engine, Customer)}
+    assert names == {"C1": ("Asha,\nMaria", "Rao"), "C3": ("Asha", 'O"Neil')}
+
+
+def test_customers_are_standardised(engine, cfg, landing):
+    write_csv(landing, "customers", DAY, [
+        customer("C1", email="  Asha.Rao@Example.COM ", phone="098765 43210", locale="hi-in",
+                 first="  Asha ", birthday="1990-02-28"),
+        customer("C2", phone="0300 1234567", country="pk", tz="Asia/Karachi", locale="ur-PK", consent="NO",
+                 first="e\u0301mile"),
+        customer("C3", email="", phone="", locale="", tz=""),
+    ])
+    ingest_dates(engine, cfg, [D])
+    got = {r.customer_id: r for r in rows(engine, Customer)}
+    assert got["C1"].email == "asha.rao@example.com" and got["C1"].phone == "+919876543210"
+    assert got["C1"].locale == "hi-IN" and got["C1"].first_name == "Asha" and got["C1"].email_consent is True
+    assert got["C1"].birthday == date(1990, 2, 28)
+    assert got["C2"].phone == "+923001234567" and got["C2"].country == "PK" and got["C2"].email_consent is False
+    assert got["C2"].first_name == "\u00e9mile"  # NFC: e + combining accent becomes é
+    # Empty locale and timezone take the configured defaults.
+    assert (got["C3"].locale, got["C3"].timezone) == ("en-IN", "Asia/Kolkata")
+    assert got["C3"].updated_at.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("email", "a@@example.com", "email is not a valid address"),
+        ("phone", "12345", "phone is not a valid number for country IN"),
+        ("birthday", "2027-01-01", "birthday is in the future"),
+        ("birthday", "1890-05-01", "birthday is more than 120 years ago"),
+        ("birthday", "01/05/1990", "birthday is not a date in YYYY-MM-DD form"),
+        ("locale", "klingon", "locale 'klingon' is not a known BCP 47 locale"),
+        ("timezone", "Mars/Olympus", "timezone 'Mars/Olympus' is not an IANA time zone"),
+        ("country", "XX", "country 'XX' is not an ISO 3166-1 alpha-2 code"),
+        ("email_consent", "maybe", "email_consent 'maybe' is not true or false"),
+        ("updated_at", "soon", "updated_at 'soon' is not an ISO 8601 timestamp"),
+        ("child_birthday", "2020-13-01", "child_birthday is not a date in YYYY-MM-DD form"),
+    ],
+)
+def test_each_bad_customer_field_has_a_reason(engine, cfg, landing, field, value, reason):
+    bad = customer("C9", child_birthday="", warranty_end="")
+    bad[field] = value
+    write_csv(landing, "customers", DAY, [customer("C1", child_birthday="", warranty_end=""), bad])
+    ingest_dates(engine, cfg, [D])
+    (q,) = rows(engine, QuarantinedRow)
+    assert q.line_no == 3 and reason in q.reason
+    assert [r.customer_id for r in rows(engine, Customer)] == ["C1"]
+
+
+def test_latest_updated_at_wins(engine, cfg, landing):
+    write_csv(landing, "customers", "2026-03-01", [
+        customer("C1", consent="true", updated="2026-03-01T10:00:00Z"),
+        customer("C1", consent="false", updated="2026-02-01T10:00:00Z"),  # older version, later line
+    ])
+    write_csv(landing, "customers", "2026-03-02", [customer("C1", consent="false", updated="2026-01-01T00:00:00Z")])
+    report = ingest_dates(engine, cfg, [date(2026, 3, 1), date(2026, 3, 2)])
+    assert [(b.rows_loaded, b.rows_duplicate) for b in report.batches] == [(1, 1), (0, 1)]
+    (c,) = rows(engine, Customer)
+    assert c.email_consent is True
+    write_csv(landing, "customers", "2026-03-03", [customer("C1", consent="false", updated="2026-03-03T08:00:00Z")])
+    ingest_dates(engine, cfg, [date(2026, 3, 3)])
+    assert rows(engine, Customer)[0].email_consent is False
+
+
+def test_custom_attributes_are_typed_and_undeclared_columns_dropped(engine, cfg, landing):
+    write_csv(landing, "customers", DAY, [
+        customer("C1", child_birthday="2005-06-01", warranty_end="", shoe_size="42"),
+    ])
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert batch.dropped_columns == ["shoe_size"]
+    assert rows(engine, Customer)[0].attributes == {"child_birthday": "2005-06-01"}
+    # A later file without the column keeps the value; an empty value clears it.
+    write_csv(landing, "customers", "2026-03-02",
+              [customer("C1", updated="2026-03-02T00:00:00Z", warranty_end="2027-01-31")])
+    ingest_dates(engine, cfg, [date(2026, 3, 2)])
+    assert rows(engine, Customer)[0].attributes == {"child_birthday": "2005-06-01", "warranty_end": "2027-01-31"}
+    write_csv(landing, "customers", "2026-03-03",
+              [customer("C1", updated="2026-03-03T00:00:00Z", child_birthday="")])
+    ingest_dates(engine, cfg, [date(2026, 3, 3)])
+    assert rows(engine, Customer)[0].attributes == {"warranty_end": "2027-01-31"}
+
+
+def test_parquet_purchases(engine, cfg, landing):
+    folder = landing / "purchases" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    table = pa.table({
+        "transaction_id": ["P1", "P2", "P3"],
+        "customer_id": ["C1", "C1", "C2"],
+        "purchased_at": pa.array([1772330400000000, 1772334000000000, 1772337600000000], pa.timestamp("us")),
+        "amount": ["10.10", "abc", "5"],
+        "currency": ["INR", "INR", "PKR"],
+        "store_id": ["S"] * 3, "sku": ["K"] * 3, "category": ["toys"] * 3,
+        "quantity": pa.array([1, 2, 3], pa.int64()),
+    })
+    pq.write_table(table, folder / "p.parquet")
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.rows_read, batch.rows_loaded, batch.rows_quarantined) == (3, 2, 1)
+    (q,) = rows(engine, QuarantinedRow)
+    assert q.line_no == 2 and '"amount": "abc"' in q.raw_text
+    got = {r.transaction_id: r for r in rows(engine, Purchase)}
+    assert got["P1"].purchased_at.isoformat() == "2026-03-01T02:00:00+00:00"  # naive means UTC
+    assert got["P3"].quantity == 3
+
+
+def test_amount_precision_follows_the_currency(engine, cfg, landing):
+    write_csv(landing, "purchases", DAY, [purchase("T1", amount="1500.5", currency="IRR"),
+                                          purchase("T2", amount="1500.00", currency="IRR"),
+                                          purchase("T3", amount="0.005", currency="INR")]
+              + [purchase(f"G{i}") for i in range(50)])
+    ingest_dates(engine, cfg, [D])
+    reasons = sorted(r.reason for r in rows(engine, QuarantinedRow))
+    assert reasons == ["amount has more decimal places than currency 'INR' allows",
+                       "amount has more decimal places than currency 'IRR' allows"]
+
+
+def test_dates_run_customers_before_purchases_and_in_order(engine, cfg, landing):
+    write_csv(landing, "purchases", "2026-03-02", [purchase("T2")])
+    write_csv(landing, "customers", "2026-03-02", [customer("C1")])
+    write_csv(landing, "purchases", "2026-03-01", [purchase("T1")])
+    report = ingest_dates(engine, cfg, [date(2026, 3, 2), date(2026, 3, 1)])
+    assert [b.file for b in report.batches] == [
+        "purchases/dt=2026-03-01/purchases.csv",
+        "customers/dt=2026-03-02/customers.csv",
+        "purchases/dt=2026-03-02/purchases.csv",
+    ]
+
+
+def test_header_order_and_extra_whitespace_do_not_matter(engine, cfg, landing):
+    header = list(reversed(CUSTOMER_HEADER))
+    write_csv(landing, "customers", DAY, [customer("C1")], header=header)
+    ingest_dates(engine, cfg, [D])
+    assert rows(engine, Customer)[0].email == "c1@example.com"
