@@ -1,0 +1,43 @@
+"""Settings: file, environment, and errors that name the file and the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from crm_tasks.config import load_settings, normalise_url
+from crm_tasks.errors import ConfigError
+
+
+def test_environment_overrides_the_file(tmp_path):
+    f = tmp_path / "crm.yaml"
+    f.write_text("timezone: Asia/Tehran\nreject_threshold: 0.1\n")
+    s = load_settings(f, env={"CRM_REJECT_THRESHOLD": "0.2"})
+    assert s.timezone == "Asia/Tehran" and s.reject_threshold == 0.2
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("timezone: Mars/Base\n", "timezone: Value error, 'Mars/Base' is not an IANA time zone"),
+        ("custom_attributes:\n  - {name: email, type: text}\n", "'email' is already a contract column"),
+        ("custom_attributes:\n  - {name: size, type: colour}\n", "custom_attributes.0.type"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("reject_threshold: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_configuration_names_file_and_field(tmp_path, text, message):
+    f = tmp_path / "crm.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(f, env={})
+    assert str(f) in str(err.value) and message in str(err.value)
+
+
+def test_missing_named_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_settings(env={"CRM_CONFIG": str(tmp_path / "nope.yaml")})
+
+
+def test_airflow_style_urls_get_the_psycopg_driver():
+    assert normalise_url("postgres://u:p@h:5432/crm") == "postgresql+psycopg://u:p@h:5432/crm"
+    assert normalise_url("sqlite:////x/crm.db") == "sqlite:////x/crm.db"
