@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
@@ -25,7 +26,7 @@ from crm_tasks.config import CUSTOMER_COLUMNS, PURCHASE_COLUMNS, Settings
 from crm_tasks.db import bulk_insert
 from crm_tasks.errors import BatchRejected, CrmError, IngestFailed, UnreadableFile
 from crm_tasks.models import BatchStatus, IngestBatch, Purchase, QuarantinedRow
-from crm_tasks.readers import Chunk, FileScan, iter_csv, iter_parquet, read_csv_header, read_parquet_header, scan_file
+from crm_tasks.readers import Chunk, FileScan, prefetch, iter_csv, iter_parquet, read_csv_header, read_parquet_header, scan_file
 from crm_tasks.standardise import standardise_customers, standardise_purchases, units_to_decimal_text
 
 SOURCES = ("customers", "purchases")
@@ -357,6 +358,7 @@ class _Rejected(Exception):
 
 def _load(engine, settings, lf, scan, chunks, keep, prior, report, started) -> BatchReport:
     quarantine: list[tuple[int, str, str]] = []
+    t0 = time.perf_counter()
     try:
         with engine.begin() as conn:
             batch_id = _insert_batch(conn, lf, scan, report, started)
@@ -366,10 +368,11 @@ def _load(engine, settings, lf, scan, chunks, keep, prior, report, started) -> B
             loader = _PurchaseLoader(conn, batch_id, lf) if lf.source == "purchases" else _CustomerLoader(
                 conn, batch_id, lf, settings
             )
-            for chunk in chunks:
-                rejects = loader.load(_only(chunk, keep))
-                quarantine.extend(rejects)
-                report.rows_read += len(chunk) + len(chunk.broken)
+            # Reading and validating the next chunk overlaps with writing this one.
+            for prepared in prefetch(loader.prepare(_only(chunk, keep)) for chunk in chunks):
+                loader.write(prepared)
+                quarantine.extend(prepared.rejects)
+                report.rows_read += prepared.read
             loader.finish()
             report.rows_loaded = loader.loaded
             report.rows_duplicate = loader.duplicate
@@ -379,9 +382,12 @@ def _load(engine, settings, lf, scan, chunks, keep, prior, report, started) -> B
             share = report.rows_quarantined / report.rows_read if report.rows_read else 0.0
             if share > settings.reject_threshold and report.rows_quarantined >= settings.reject_min_rows:
                 raise _Rejected
+            loaded_at = time.perf_counter()
             if lf.source == "purchases":
                 metrics.mark_batch(conn, batch_id)
                 metrics.refresh_dirty(conn)
+            log.info("%s: rows written in %.1f s, metrics refreshed in %.1f s", lf.rel_path,
+                     loaded_at - t0, time.perf_counter() - loaded_at)
             _insert_quarantine(conn, batch_id, lf.rel_path, quarantine)
             report.status = BatchStatus.LOADED
             report.batch_id = batch_id
@@ -450,6 +456,21 @@ def _timestamps(values, dialect: str) -> list[str]:
     return np.datetime_as_string(arr, unit="us", timezone="UTC").tolist()
 
 
+@dataclass
+class _Prepared:
+    """One chunk, validated and shaped for the database; built off the main thread."""
+
+    rows: list[tuple]
+    rejects: list[tuple[int, str, str]]
+    read: int
+    superseded: int = 0
+
+
+def _good_and_rejects(chunk: Chunk, reasons) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
+    good = ~reasons.bad
+    return np.flatnonzero(good), _rejects(chunk, ~good, reasons.text)
+
+
 class _PurchaseLoader:
     COLUMNS = ["transaction_id", "customer_id", "purchased_at", "amount", "currency", "store_id", "sku",
                "category", "quantity", "coupon_code", "batch_id", "line_no"]
@@ -461,12 +482,11 @@ class _PurchaseLoader:
         self.dialect = conn.dialect.name
         self.loaded = self.duplicate = 0
 
-    def load(self, chunk: Chunk) -> list[tuple[int, str, str]]:
+    def prepare(self, chunk: Chunk) -> _Prepared:
         if not len(chunk):
-            return list(chunk.broken)
+            return _Prepared([], list(chunk.broken), len(chunk.broken))
         values, reasons = standardise_purchases(chunk.columns, self.lf.partition_date)
-        good = ~reasons.bad
-        idx = np.flatnonzero(good)
+        idx, rejects = _good_and_rejects(chunk, reasons)
         units = values["amount_units"][idx]
         amount = units.tolist() if self.dialect == "sqlite" else units_to_decimal_text(units).tolist()
         rows = list(zip(
@@ -476,10 +496,12 @@ class _PurchaseLoader:
             values["category"][idx].tolist(), values["quantity"][idx].tolist(),
             values["coupon_code"][idx].tolist(), [self.batch_id] * len(idx), chunk.line_no[idx].tolist(),
         ))
-        inserted = bulk_insert(self.conn, "purchases", self.COLUMNS, rows, self.CONFLICT)
+        return _Prepared(rows, rejects, len(chunk) + len(chunk.broken))
+
+    def write(self, prepared: _Prepared) -> None:
+        inserted = bulk_insert(self.conn, "purchases", self.COLUMNS, prepared.rows, self.CONFLICT)
         self.loaded += inserted
-        self.duplicate += len(rows) - inserted
-        return _rejects(chunk, ~good, reasons.text)
+        self.duplicate += len(prepared.rows) - inserted
 
     def finish(self) -> None:
         pass
@@ -507,15 +529,14 @@ class _CustomerLoader:
             f"WHERE excluded.updated_at >= customers.updated_at"
         )
 
-    def load(self, chunk: Chunk) -> list[tuple[int, str, str]]:
+    def prepare(self, chunk: Chunk) -> _Prepared:
         if not len(chunk):
-            return list(chunk.broken)
+            return _Prepared([], list(chunk.broken), len(chunk.broken))
         values, reasons = standardise_customers(
             chunk.columns, self.lf.partition_date, self.settings.default_locale, self.settings.timezone,
             self.settings.custom_attributes,
         )
-        good = ~reasons.bad
-        idx = np.flatnonzero(good)
+        idx, rejects = _good_and_rejects(chunk, reasons)
         # Several versions of one customer in a chunk: keep the newest (the last line on a tie).
         order = np.lexsort((chunk.line_no[idx], np.asarray(values["updated_at"][idx].asi8)))
         ids = values["customer_id"][idx][order]
@@ -523,26 +544,26 @@ class _CustomerLoader:
         last = np.zeros(len(ids), dtype=bool)
         last[len(ids) - 1 - first_from_end] = True
         pick = idx[order][last]
-        superseded = len(idx) - len(pick)
-        attrs = [values["attributes"][i] for i in pick]
+        consent = values["email_consent"][pick]
         rows = list(zip(
             values["customer_id"][pick].tolist(), values["first_name"][pick].tolist(),
             values["last_name"][pick].tolist(), values["email"][pick].tolist(), values["phone"][pick].tolist(),
             values["birthday"][pick].tolist(), values["locale"][pick].tolist(), values["timezone"][pick].tolist(),
             values["country"][pick].tolist(),
-            values["email_consent"][pick].tolist() if self.dialect != "sqlite" else values["email_consent"][pick].astype(int).tolist(),
-            [json.dumps(a, ensure_ascii=False) for a in attrs],
+            consent.astype(int).tolist() if self.dialect == "sqlite" else consent.tolist(),
+            [json.dumps(values["attributes"][i], ensure_ascii=False) for i in pick],
             _timestamps(values["created_at"][pick], self.dialect), _timestamps(values["updated_at"][pick], self.dialect),
             [self.batch_id] * len(pick),
         ))
-        written = bulk_insert(self.conn, "customers", self.COLUMNS, rows, self.conflict)
+        return _Prepared(rows, rejects, len(chunk) + len(chunk.broken), superseded=len(idx) - len(pick))
+
+    def write(self, prepared: _Prepared) -> None:
+        written = bulk_insert(self.conn, "customers", self.COLUMNS, prepared.rows, self.conflict)
         self.loaded += written
-        # Older than the stored profile, or superseded within the file: counted, not applied.
-        self.duplicate += superseded + len(rows) - written
-        return _rejects(chunk, ~good, reasons.text)
+        # Older than the stored profile, or superseded within the chunk: counted, not applied.
+        self.duplicate += prepared.superseded + len(prepared.rows) - written
 
     def finish(self) -> None:
         # A null attribute means "clear it" during the merge; new profiles must not keep the nulls.
         strip = "json_patch('{}', attributes)" if self.dialect == "sqlite" else "jsonb_strip_nulls(attributes)"
         self.conn.execute(text(f"UPDATE customers SET attributes = {strip} WHERE batch_id = :b"), {"b": self.batch_id})
-

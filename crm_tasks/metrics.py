@@ -25,35 +25,42 @@ DELETE FROM customer_metrics WHERE customer_id IN (SELECT customer_id FROM metri
 # Orders are transactions with amount >= 0 (a free item is still an order); refunds
 # (amount < 0) lower revenue but are not orders. First and last purchase ignore
 # refunds. Amounts of different currencies are never added up: one row per currency.
-# The favourite category has the most orders; ties go to the higher revenue, then
-# to the alphabetically first category, so the result is deterministic.
+# The favourite category has the most orders; ties go to the higher order revenue,
+# then to the alphabetically first category, so the result is deterministic.
+#
+# One pass over the purchases groups them by customer, currency and category
+# (by_category, materialised once); the per-customer totals and the favourite
+# category are then derived from that much smaller set.
 _INSERT_METRICS = """
 INSERT INTO customer_metrics (
     customer_id, currency, first_purchase_at, last_purchase_at,
     orders, refunds, items, revenue, avg_basket, favourite_category)
-WITH dirty_purchases AS (
-    SELECT p.customer_id, p.currency, p.purchased_at, p.amount, p.quantity, p.category
+WITH by_category AS MATERIALIZED (
+    SELECT p.customer_id, p.currency, p.category,
+           MIN(CASE WHEN p.amount >= 0 THEN p.purchased_at END) AS first_purchase_at,
+           MAX(CASE WHEN p.amount >= 0 THEN p.purchased_at END) AS last_purchase_at,
+           SUM(CASE WHEN p.amount >= 0 THEN 1 ELSE 0 END) AS orders,
+           SUM(CASE WHEN p.amount < 0 THEN 1 ELSE 0 END) AS refunds,
+           SUM(CASE WHEN p.amount >= 0 THEN p.quantity ELSE 0 END) AS items,
+           SUM(p.amount) AS revenue,
+           SUM(CASE WHEN p.amount >= 0 THEN p.amount ELSE 0 END) AS order_revenue
     FROM metrics_dirty d JOIN purchases p ON p.customer_id = d.customer_id
+    GROUP BY p.customer_id, p.currency, p.category
 ),
 agg AS (
-    SELECT customer_id, currency,
-           MIN(CASE WHEN amount >= 0 THEN purchased_at END) AS first_purchase_at,
-           MAX(CASE WHEN amount >= 0 THEN purchased_at END) AS last_purchase_at,
-           SUM(CASE WHEN amount >= 0 THEN 1 ELSE 0 END) AS orders,
-           SUM(CASE WHEN amount < 0 THEN 1 ELSE 0 END) AS refunds,
-           SUM(CASE WHEN amount >= 0 THEN quantity ELSE 0 END) AS items,
-           SUM(amount) AS revenue
-    FROM dirty_purchases
+    SELECT customer_id, currency, MIN(first_purchase_at) AS first_purchase_at,
+           MAX(last_purchase_at) AS last_purchase_at, SUM(orders) AS orders, SUM(refunds) AS refunds,
+           SUM(items) AS items, SUM(revenue) AS revenue
+    FROM by_category
     GROUP BY customer_id, currency
 ),
 cat AS (
     SELECT customer_id, currency, category,
            ROW_NUMBER() OVER (
                PARTITION BY customer_id, currency
-               ORDER BY COUNT(*) DESC, SUM(amount) DESC, category) AS rn
-    FROM dirty_purchases
-    WHERE amount >= 0
-    GROUP BY customer_id, currency, category
+               ORDER BY orders DESC, order_revenue DESC, category) AS rn
+    FROM by_category
+    WHERE orders > 0
 )
 SELECT agg.customer_id, agg.currency, agg.first_purchase_at, agg.last_purchase_at,
        agg.orders, agg.refunds, agg.items, agg.revenue, {avg_basket}, cat.category

@@ -14,7 +14,9 @@ import codecs
 import csv
 import hashlib
 import json
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,3 +248,51 @@ def iter_parquet(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chu
         yield Chunk(columns, np.arange(first, first + n, dtype=np.int64), batch)
         first += n
 
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """Iterate ``items`` in a background thread, at most ``depth`` ahead.
+
+    Arrow, pandas and the database driver release the GIL for their heavy
+    parts, so reading and validating the next chunk overlaps with writing this
+    one; memory stays bounded by ``depth`` chunks. An error in the producer is
+    raised here; leaving the loop early stops the producer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((_DONE, None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put((_DONE, exc))
+
+    worker = threading.Thread(target=produce, name="crm-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.1)

@@ -44,6 +44,18 @@ class Reasons:
         current = self.text[mask]
         self.text[mask] = np.where(current == "", msg, current + "; " + msg)
 
+    def add_quoting(self, mask: np.ndarray, name: str, values: pa.Array, problem: str) -> None:
+        """Add "<name> '<value>' <problem>", quoting the value (cut to 40 characters).
+
+        Only for fields that hold no personal data. Values are read for the masked rows only.
+        """
+        if not mask.any():
+            return
+        picked = values.take(pa.array(np.flatnonzero(mask))).to_pylist()
+        message = np.full(len(mask), "", dtype=object)
+        message[mask] = [f"{name} '{v[:40]}' {problem}" for v in picked]
+        self.add(mask, message)
+
     @property
     def bad(self) -> np.ndarray:
         return self.text != ""
@@ -167,7 +179,7 @@ def standardise_purchases(cols: dict[str, pa.Array], partition: date) -> tuple[d
     raw_ts = pc.utf8_trim_whitespace(cols["purchased_at"])
     ts = parse_timestamps(raw_ts)
     bad_ts = np.asarray(ts.isna())
-    reasons.add(bad_ts & ~empty(raw_ts), "purchased_at " + _quoted(raw_ts) + " is not an ISO 8601 timestamp")
+    reasons.add_quoting(bad_ts & ~empty(raw_ts), "purchased_at", raw_ts, "is not an ISO 8601 timestamp")
     reasons.add(empty(raw_ts), "purchased_at is missing")
     # Late files are normal, files from the future are not: allow a day of clock skew.
     latest = pd.Timestamp(partition + timedelta(days=2), tz="UTC")
@@ -176,33 +188,27 @@ def standardise_purchases(cols: dict[str, pa.Array], partition: date) -> tuple[d
 
     raw_amount = pc.utf8_trim_whitespace(cols["amount"])
     valid, units, frac = parse_decimal(raw_amount)
-    reasons.add(
-        ~valid,
-        "amount " + _quoted(raw_amount) + " is not a decimal number (use '.' for decimals, no thousands separators)",
+    reasons.add_quoting(
+        ~valid, "amount", raw_amount, "is not a decimal number (use '.' for decimals, no thousands separators)"
     )
     out["amount_units"] = np.where(valid, _np(pc.cast(pc.if_else(pa.array(valid), units, "0"), pa.int64())), 0)
 
     currency = pc.utf8_upper(pc.utf8_trim_whitespace(cols["currency"]))
     precision = currency_precision()
     known = _mask(pc.is_in(currency, value_set=pa.array(list(precision))))
-    reasons.add(~known, "currency " + _quoted(currency) + " is not an ISO 4217 code")
+    reasons.add_quoting(~known, "currency", currency, "is not an ISO 4217 code")
     out["currency"] = _np(currency)
     digits = pd.Series(out["currency"]).map(precision).fillna(4).to_numpy()
     too_precise = valid & known & (_np(pc.utf8_length(frac)) > digits)
-    reasons.add(too_precise, "amount has more decimal places than currency " + _quoted(currency) + " allows")
+    reasons.add_quoting(too_precise, "amount has more decimal places than currency", currency, "allows")
 
     raw_qty = pc.utf8_trim_whitespace(cols["quantity"])
     qty_ok = _mask(pc.match_substring_regex(raw_qty, r"^[+-]?\d{1,6}$"))
-    reasons.add(~qty_ok, "quantity " + _quoted(raw_qty) + " is not a whole number")
+    reasons.add_quoting(~qty_ok, "quantity", raw_qty, "is not a whole number")
     qty = np.where(qty_ok, _np(pc.cast(pc.if_else(pa.array(qty_ok), raw_qty, "0"), pa.int64())), 0)
     reasons.add(qty_ok & (qty == 0), "quantity is 0")
     out["quantity"] = qty
     return out, reasons
-
-
-def _quoted(arr: pa.Array, width: int = 40) -> np.ndarray:
-    """Values as "'value'" for reasons, cut to ``width`` characters."""
-    return ("'" + pd.Series(_np(arr), dtype=object).str.slice(0, width) + "'").to_numpy(dtype=object)
 
 
 # --- customers ------------------------------------------------------------------
@@ -281,7 +287,7 @@ def standardise_customers(
     country = pc.utf8_upper(clean_text(cols["country"]))
     reasons.add(empty(country), "country is missing")
     known = _mask(pc.is_in(country, value_set=pa.array(sorted(country_codes()))))
-    reasons.add(~known & ~empty(country), "country " + _quoted(country) + " is not an ISO 3166-1 alpha-2 code")
+    reasons.add_quoting(~known & ~empty(country), "country", country, "is not an ISO 3166-1 alpha-2 code")
     out["country"] = _np(country)
 
     out["email"] = standardise_emails(cols.get("email", blank), reasons)
@@ -300,31 +306,30 @@ def standardise_customers(
     locale_values = np.where(_np(raw_locale) == "", default_locale, _np(raw_locale))
     uniques, inverse = np.unique(locale_values.astype(str), return_inverse=True)
     canon = np.array([canonical_locale(u) or "" for u in uniques], dtype=object)[inverse]
-    reasons.add(canon == "", "locale " + _quoted(raw_locale) + " is not a known BCP 47 locale (e.g. hi-IN)")
+    reasons.add_quoting(canon == "", "locale", raw_locale, "is not a known BCP 47 locale (e.g. hi-IN)")
     out["locale"] = canon
 
     tz = clean_text(cols["timezone"])
     tz = pc.if_else(pa.array(empty(tz)), default_timezone, tz)
     tz_ok = _mask(pc.is_in(tz, value_set=pa.array(sorted(timezones()))))
-    reasons.add(~tz_ok, "timezone " + _quoted(tz) + " is not an IANA time zone (e.g. Asia/Kolkata)")
+    reasons.add_quoting(~tz_ok, "timezone", tz, "is not an IANA time zone (e.g. Asia/Kolkata)")
     out["timezone"] = _np(tz)
 
     consent = pc.utf8_lower(clean_text(cols["email_consent"]))
     consent_np = _np(consent)
     is_true = np.isin(consent_np, list(_TRUE))
-    reasons.add(~is_true & ~np.isin(consent_np, list(_FALSE)), "email_consent " + _quoted(consent) + " is not true or false")
+    reasons.add_quoting(~is_true & ~np.isin(consent_np, list(_FALSE)), "email_consent", consent, "is not true or false")
     out["email_consent"] = is_true
 
     updated_raw = clean_text(cols["updated_at"])
     updated = parse_timestamps(updated_raw)
-    reasons.add(np.asarray(updated.isna()), "updated_at " + _quoted(updated_raw) + " is not an ISO 8601 timestamp")
+    reasons.add_quoting(np.asarray(updated.isna()), "updated_at", updated_raw, "is not an ISO 8601 timestamp")
     latest = pd.Timestamp(partition + timedelta(days=2), tz="UTC")
     reasons.add(np.asarray(updated > latest), f"updated_at is after the partition date {partition}")
     created_raw = clean_text(cols["created_at"])
     created = parse_timestamps(created_raw)
-    reasons.add(
-        np.asarray(created.isna()) & ~empty(created_raw),
-        "created_at " + _quoted(created_raw) + " is not an ISO 8601 timestamp",
+    reasons.add_quoting(
+        np.asarray(created.isna()) & ~empty(created_raw), "created_at", created_raw, "is not an ISO 8601 timestamp"
     )
     out["updated_at"] = updated
     out["created_at"] = created.where(~created.isna(), updated)
@@ -350,12 +355,12 @@ def _custom_attributes(cols, attributes: list[CustomAttribute], reasons: Reasons
         elif attr.type == "number":
             valid, _, _ = parse_decimal(arr)
             bad = has & ~valid
-            reasons.add(bad, f"{attr.name} " + _quoted(arr) + " is not a number")
+            reasons.add_quoting(bad, attr.name, arr, "is not a number")
             typed = np.array([_number(v) if ok else None for v, ok in zip(values, has & ~bad)], dtype=object)
         elif attr.type == "boolean":
             low = np.char.lower(values.astype(str))
             bad = has & ~np.isin(low, list(_TRUE | _FALSE))
-            reasons.add(bad, f"{attr.name} " + _quoted(arr) + " is not true or false")
+            reasons.add_quoting(bad, attr.name, arr, "is not true or false")
             typed = np.where(has & ~bad, np.isin(low, list(_TRUE)), None)
         else:
             reasons.add(_mask(pc.greater(pc.utf8_length(arr), 500)), f"{attr.name} is longer than 500 characters")

@@ -1,0 +1,134 @@
+"""Ingest benchmark: 1M customers and 10M purchases, then one incremental night.
+
+    .venv/bin/python bench/bench_ingest.py                 # both dialects, full size
+    .venv/bin/python bench/bench_ingest.py --purchases 1000000 --dialects sqlite
+
+Each measured phase runs in its own process so that its peak memory (max RSS)
+is its own. Landing files are generated once into bench/data/ and reused.
+Figures go to stdout (and --json FILE); bench/README.md records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+INITIAL, NIGHT = date(2026, 1, 1), date(2026, 1, 2)
+PG_URL = os.environ.get("CRM_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def ensure_data(root: Path, customers: int, purchases: int, night: int) -> Path:
+    from datagen import customers_frame, purchases_frame, write
+
+    landing = root / f"landing-{customers}-{purchases}-{night}"
+    marker = landing / ".complete"
+    if marker.exists():
+        return landing
+    t = time.time()
+    write(customers_frame(customers, INITIAL), landing / "customers" / f"dt={INITIAL}" / "customers.csv")
+    write(purchases_frame(purchases, customers, date(2025, 1, 1), 365),
+          landing / "purchases" / f"dt={INITIAL}" / "history.csv")
+    # The night: new purchases, and profile updates for 0.3% of the base.
+    write(purchases_frame(night, customers, NIGHT, 1, seed=9, prefix="N"),
+          landing / "purchases" / f"dt={NIGHT}" / "purchases.csv")
+    updates = max(1, customers // 330)
+    write(customers_frame(updates, NIGHT, seed=5, start_id=customers // 2,
+                          updated=f"{NIGHT.isoformat()}T09:00:00+05:30"),
+          landing / "customers" / f"dt={NIGHT}" / "customers.csv")
+    marker.write_text("ok")
+    print(f"generated landing files in {time.time() - t:.0f} s: {landing}", file=sys.stderr)
+    return landing
+
+
+def phase(url: str, landing: Path, day: date) -> dict:
+    """Runs inside the child process: ingest one date, customers then purchases, timed apart."""
+    from crm_tasks.config import load_settings
+    from crm_tasks.db import make_engine
+    from crm_tasks.ingest import ingest_dates
+
+    cfg = load_settings(env={"CRM_LANDING_DIR": str(landing)})
+    engine = make_engine(url)
+    out = {}
+    for source in ("customers", "purchases"):
+        t = time.perf_counter()
+        report = ingest_dates(engine, cfg, [day], [source])
+        seconds = time.perf_counter() - t
+        totals = report.totals
+        out[source] = {"seconds": round(seconds, 2), "rows": totals["rows_read"],
+                       "rows_per_s": round(totals["rows_read"] / seconds), "loaded": totals["rows_loaded"],
+                       "reconciles": report.reconciles}
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def fresh_database(dialect: str, root: Path) -> str:
+    from sqlalchemy import create_engine, text
+
+    from crm_tasks.db import make_engine, upgrade
+
+    if dialect == "sqlite":
+        db = root / "bench-crm.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db) + suffix).unlink(missing_ok=True)
+        url = f"sqlite:///{db}"
+    else:
+        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS crm_bench CASCADE"))
+            conn.execute(text("CREATE SCHEMA crm_bench"))
+        url = f"{PG_URL}?options=-csearch_path%3Dcrm_bench"
+    upgrade(make_engine(url))
+    return url
+
+
+def run_child(url: str, landing: Path, day: date) -> dict:
+    cmd = [sys.executable, __file__, "--child", url, str(landing), day.isoformat()]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        url, landing, day = sys.argv[2:5]
+        print(json.dumps(phase(url, Path(landing), date.fromisoformat(day))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", type=int, default=1_000_000)
+    ap.add_argument("--purchases", type=int, default=10_000_000)
+    ap.add_argument("--night", type=int, default=30_000)
+    ap.add_argument("--dialects", default="sqlite,postgresql")
+    ap.add_argument("--data", type=Path, default=HERE / "data")
+    ap.add_argument("--json", type=Path, help="also write the results to this file")
+    args = ap.parse_args()
+    args.data.mkdir(parents=True, exist_ok=True)
+    landing = ensure_data(args.data, args.customers, args.purchases, args.night)
+    results = {"customers": args.customers, "purchases": args.purchases, "night": args.night,
+               "cpus": os.cpu_count(), "runs": {}}
+    for dialect in args.dialects.split(","):
+        url = fresh_database(dialect, args.data)
+        initial = run_child(url, landing, INITIAL)
+        night = run_child(url, landing, NIGHT)
+        results["runs"][dialect] = {"initial": initial, "night": night}
+        for name, r in (("initial load", initial), ("night", night)):
+            total = r["customers"]["seconds"] + r["purchases"]["seconds"]
+            print(f"{dialect:<10} {name:<13} customers {r['customers']['rows']:>9} rows "
+                  f"{r['customers']['seconds']:>7.1f} s ({r['customers']['rows_per_s']:>7}/s)  "
+                  f"purchases {r['purchases']['rows']:>9} rows {r['purchases']['seconds']:>7.1f} s "
+                  f"({r['purchases']['rows_per_s']:>7}/s)  total {total:>6.1f} s  peak {r['peak_rss_mib']} MiB",
+                  flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
