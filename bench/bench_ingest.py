@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_ingest.py                 # both dialects, full size
     .venv/bin/python bench/bench_ingest.py --purchases 1000000 --dialects sqlite
 
-Each measured phase runs in its own process so that its peak memory (max RSS)
-is its own. Landing files are generated once into bench/data/ and reused.
+Each source of each phase (customers, then purchases) runs in its own process,
+as each is its own Airflow task, so that its peak memory (max RSS) is its own. Landing files are generated once into bench/data/ and reused.
 Figures go to stdout (and --json FILE); bench/README.md records them.
 """
 
@@ -50,25 +50,22 @@ def ensure_data(root: Path, customers: int, purchases: int, night: int) -> Path:
     return landing
 
 
-def phase(url: str, landing: Path, day: date) -> dict:
-    """Runs inside the child process: ingest one date, customers then purchases, timed apart."""
+def phase(url: str, landing: Path, day: date, source: str) -> dict:
+    """Runs inside the child process: ingest one source of one date."""
     from crm_tasks.config import load_settings
     from crm_tasks.db import make_engine
     from crm_tasks.ingest import ingest_dates
 
     cfg = load_settings(env={"CRM_LANDING_DIR": str(landing)})
     engine = make_engine(url)
-    out = {}
-    for source in ("customers", "purchases"):
-        t = time.perf_counter()
-        report = ingest_dates(engine, cfg, [day], [source])
-        seconds = time.perf_counter() - t
-        totals = report.totals
-        out[source] = {"seconds": round(seconds, 2), "rows": totals["rows_read"],
-                       "rows_per_s": round(totals["rows_read"] / seconds), "loaded": totals["rows_loaded"],
-                       "reconciles": report.reconciles}
-    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return out
+    t = time.perf_counter()
+    report = ingest_dates(engine, cfg, [day], [source])
+    seconds = time.perf_counter() - t
+    totals = report.totals
+    return {"seconds": round(seconds, 2), "rows": totals["rows_read"],
+            "rows_per_s": round(totals["rows_read"] / seconds), "loaded": totals["rows_loaded"],
+            "reconciles": report.reconciles,
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def fresh_database(dialect: str, root: Path) -> str:
@@ -92,15 +89,18 @@ def fresh_database(dialect: str, root: Path) -> str:
 
 
 def run_child(url: str, landing: Path, day: date) -> dict:
-    cmd = [sys.executable, __file__, "--child", url, str(landing), day.isoformat()]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = {}
+    for source in ("customers", "purchases"):
+        cmd = [sys.executable, __file__, "--child", url, str(landing), day.isoformat(), source]
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        out[source] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        url, landing, day = sys.argv[2:5]
-        print(json.dumps(phase(url, Path(landing), date.fromisoformat(day))))
+        url, landing, day, source = sys.argv[2:6]
+        print(json.dumps(phase(url, Path(landing), date.fromisoformat(day), source)))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, default=1_000_000)
@@ -121,11 +121,11 @@ def main() -> None:
         results["runs"][dialect] = {"initial": initial, "night": night}
         for name, r in (("initial load", initial), ("night", night)):
             total = r["customers"]["seconds"] + r["purchases"]["seconds"]
-            print(f"{dialect:<10} {name:<13} customers {r['customers']['rows']:>9} rows "
-                  f"{r['customers']['seconds']:>7.1f} s ({r['customers']['rows_per_s']:>7}/s)  "
-                  f"purchases {r['purchases']['rows']:>9} rows {r['purchases']['seconds']:>7.1f} s "
-                  f"({r['purchases']['rows_per_s']:>7}/s)  total {total:>6.1f} s  peak {r['peak_rss_mib']} MiB",
-                  flush=True)
+            c, p = r["customers"], r["purchases"]
+            print(f"{dialect:<10} {name:<13} customers {c['rows']:>9} rows {c['seconds']:>6.1f} s "
+                  f"({c['rows_per_s']:>7}/s, peak {c['peak_rss_mib']:>5} MiB)  purchases {p['rows']:>9} rows "
+                  f"{p['seconds']:>6.1f} s ({p['rows_per_s']:>7}/s, peak {p['peak_rss_mib']:>5} MiB)  "
+                  f"total {total:>6.1f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

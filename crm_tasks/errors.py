@@ -31,12 +31,18 @@ class UnreadableFile(CrmError):
 class BatchRejected(CrmError):
     """Too large a share of a file's rows failed validation; nothing from it was loaded."""
 
-    def __init__(self, path: str, rows_read: int, rows_quarantined: int, threshold: float, reasons: list[str]) -> None:
+    def __init__(
+        self, path: str, rows_read: int, rows_quarantined: int, threshold: float | None, reasons: list[str],
+        message: str | None = None,
+    ) -> None:
         self.path = path
         self.rows_read = rows_read
         self.rows_quarantined = rows_quarantined
         self.threshold = threshold
         self.reasons = reasons
+        if message:  # the stored message of an earlier, identical rejection
+            super().__init__(message)
+            return
         share = rows_quarantined / rows_read if rows_read else 1.0
         first = "; ".join(reasons[:5])
         super().__init__(

@@ -128,15 +128,34 @@ class CustomerMetrics(Base):
     favourite_category: Mapped[str | None] = mapped_column(String(64))
 
 
+class CustomerCategoryMetrics(Base):
+    """The incremental state behind customer_metrics: sums per customer, currency and category."""
+
+    __tablename__ = "customer_category_metrics"
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    orders: Mapped[int] = mapped_column(BigInteger)
+    refunds: Mapped[int] = mapped_column(BigInteger)
+    items: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[Decimal] = mapped_column(Money)
+    order_revenue: Mapped[Decimal] = mapped_column(Money)  # revenue of orders only: the favourite's tie-break
+
+
 class MetricsDirty(Base):
-    """Customers whose metrics must be recomputed; filled and drained inside one ingest transaction."""
+    """Customers whose metrics must be re-derived (and, with ``rebuild``, recomputed from
+    their purchases); filled and drained inside one ingest transaction."""
 
     __tablename__ = "metrics_dirty"
 
     customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rebuild: Mapped[bool]
 
 
 __all__ = [
-    "Base", "BatchStatus", "Customer", "CustomerMetrics", "IngestBatch", "MetricsDirty",
+    "Base", "BatchStatus", "Customer", "CustomerCategoryMetrics", "CustomerMetrics", "IngestBatch", "MetricsDirty",
     "Purchase", "QuarantinedRow",
 ]

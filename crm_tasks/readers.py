@@ -37,7 +37,8 @@ class FileScan:
 
     checksum: str
     size: int
-    has_quotes: bool
+    has_quotes: bool = False
+    problem: str | None = None  # why the file cannot be read as UTF-8 CSV, if it cannot
 
 
 @dataclass
@@ -64,37 +65,37 @@ class Chunk:
         return picked.to_pylist()
 
 
-def scan_file(path: Path, display: str, text: bool) -> FileScan:
-    """Checksum the file; for text files also prove it is UTF-8, naming the first bad line."""
+def scan_file(path: Path, text: bool) -> FileScan:
+    """Checksum the file; for text files also check it is UTF-8, naming the first bad line."""
     digest = hashlib.sha256()
     decoder = codecs.getincrementaldecoder("utf-8")()
     size, has_quotes, lines_before = 0, False, 0
+    problem: str | None = None
     with open(path, "rb") as fh:
         while block := fh.read(_BLOCK):
             digest.update(block)
             size += len(block)
-            if not text:
+            if not text or problem:
                 continue
             if size == len(block) and b"\x00" in block[:8192]:
-                raise UnreadableFile(display, "binary content, not a CSV text file; export it as UTF-8 CSV")
+                problem = "binary content, not a CSV text file; export it as UTF-8 CSV"
+                continue
             try:
                 decoder.decode(block)
             except UnicodeDecodeError as exc:
                 line = lines_before + block.count(b"\n", 0, exc.start) + 1
-                raise UnreadableFile(
-                    display,
-                    f"not valid UTF-8 text (first bad byte on line {line}); re-export the file as UTF-8",
-                ) from None
+                problem = f"not valid UTF-8 text (first bad byte on line {line}); re-export the file as UTF-8"
+                continue
             # A quote may hide a comma or a newline inside a value; the unit separator
             # would confuse the fast path's line reader. Either sends the file the exact way.
             has_quotes = has_quotes or b'"' in block or b"\x1f" in block
             lines_before += block.count(b"\n")
-        if text:
-            try:
-                decoder.decode(b"", final=True)
-            except UnicodeDecodeError:
-                raise UnreadableFile(display, "not valid UTF-8 text (truncated character at the end)") from None
-    return FileScan(digest.hexdigest(), size, has_quotes)
+    if text and not problem:
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            problem = "not valid UTF-8 text (truncated character at the end)"
+    return FileScan(digest.hexdigest(), size, has_quotes, problem)
 
 
 def read_csv_header(path: Path, display: str) -> list[str]:

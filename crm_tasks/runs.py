@@ -65,3 +65,11 @@ def task_engine(cfg: Settings | None = None) -> Engine:
     cfg = cfg or settings()
     url = cfg.database_url or airflow_crm_db_url()
     return make_engine(cfg.resolved_database_url(url))
+
+
+def ingest_for_task(dates: list[str], source: str) -> dict:
+    """Ingest one source for the run's dates; returns the counts only (small enough for XCom)."""
+    from crm_tasks.ingest import ingest_dates
+
+    report = ingest_dates(task_engine(), settings(), [date.fromisoformat(d) for d in dates], [source])
+    return report.summary()

@@ -53,16 +53,6 @@ DATA_ERRORS = ExceptionRetryPolicy(
 )
 
 
-def _ingest(dates: list[str], source: str) -> dict:
-    from datetime import date
-
-    from crm_tasks.ingest import ingest_dates
-    from crm_tasks.runs import task_engine
-
-    report = ingest_dates(task_engine(), settings(), [date.fromisoformat(d) for d in dates], [source])
-    return report.summary()
-
-
 @dag(
     dag_id="crm_ingest",
     schedule=CronTriggerTimetable(
@@ -111,12 +101,16 @@ def crm_ingest():
 
     @task
     def ingest_customers(dates: list[str]) -> dict:
-        return _ingest(dates, "customers")
+        from crm_tasks.runs import ingest_for_task
+
+        return ingest_for_task(dates, "customers")
 
     # Purchases do not depend on profiles; a rejected profile file must not hold them back.
     @task(trigger_rule="all_done")
     def ingest_purchases(dates: list[str]) -> dict:
-        return _ingest(dates, "purchases")
+        from crm_tasks.runs import ingest_for_task
+
+        return ingest_for_task(dates, "purchases")
 
     @task(outlets=[CUSTOMERS, PURCHASES])
     def publish(customers: dict, purchases: dict) -> dict:

@@ -120,6 +120,12 @@ def test_rejected_share_fails_loudly_and_loads_nothing(engine, cfg, landing):
     with pytest.raises(IngestFailed):
         ingest_dates(engine, cfg, [D])
     assert count(engine, IngestBatch) == 1 and count(engine, QuarantinedRow) == 12
+    # Once the threshold is raised (this share is expected), the same file loads.
+    relaxed = cfg.model_copy(update={"reject_threshold": 0.2})
+    (batch,) = ingest_dates(engine, relaxed, [D]).batches
+    assert (batch.status, batch.rows_loaded, batch.rows_quarantined) == ("loaded", 100, 12)
+    assert count(engine, QuarantinedRow) == 12  # the rejected attempt's copies were retired
+    assert {b.status for b in rows(engine, IngestBatch)} == {"replaced", "loaded"}
 
 
 def test_other_files_still_load_when_one_fails(engine, cfg, landing):
@@ -319,3 +325,24 @@ def test_header_order_and_extra_whitespace_do_not_matter(engine, cfg, landing):
     write_csv(landing, "customers", DAY, [customer("C1")], header=header)
     ingest_dates(engine, cfg, [D])
     assert rows(engine, Customer)[0].email == "c1@example.com"
+
+
+def test_bulk_load_rebuilds_indexes_and_rolls_back_cleanly(engine, cfg, landing, monkeypatch):
+    from sqlalchemy import inspect
+
+    from crm_tasks import ingest
+
+    # Make any file count as a bulk load.
+    monkeypatch.setattr(ingest._PurchaseLoader, "BULK_MIN_ROWS", 1)
+    monkeypatch.setattr(ingest._PurchaseLoader, "BYTES_PER_ROW", 1)
+    write_csv(landing, "purchases", DAY, [purchase(f"T{i}", customer=f"C{i % 7}") for i in range(50)])
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert batch.rows_loaded == 50
+    expected = {"ix_purchases_customer", "ix_purchases_batch"}
+    assert expected <= {i["name"] for i in inspect(engine).get_indexes("purchases")}
+    # A rejected bulk load leaves the table and its indexes as they were.
+    write_csv(landing, "purchases", "2026-03-02", [purchase(f"B{i}", amount="?") for i in range(60)])
+    with pytest.raises(IngestFailed):
+        ingest_dates(engine, cfg, [date(2026, 3, 2)])
+    assert expected <= {i["name"] for i in inspect(engine).get_indexes("purchases")}
+    assert count(engine, Purchase) == 50

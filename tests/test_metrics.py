@@ -86,8 +86,8 @@ def test_incremental_equals_full_rebuild_after_a_correction(engine, cfg, landing
     ingest_dates(engine, cfg, [date(2026, 1, 3)])
     incremental = stored_metrics(engine)
     with engine.begin() as conn:
-        metrics.mark_all(conn)
-        metrics.refresh_dirty(conn)
+        metrics.mark_all_for_rebuild(conn)
+        metrics.refresh(conn)
     pd.testing.assert_frame_equal(incremental, stored_metrics(engine))
     assert_metrics_match(engine)
 
@@ -128,4 +128,19 @@ def test_average_basket_rounds_half_away_from_zero(engine, cfg, landing):
     m = stored_metrics(engine)
     assert m.loc[("C1", "BHD")].avg_basket == Decimal("0.0003")
     assert m.loc[("C2", "BHD")].avg_basket == Decimal("-0.0003")
+    assert_metrics_match(engine)
+
+
+def test_duplicates_fall_back_to_an_exact_rebuild(engine, cfg, landing):
+    write_csv(landing, "purchases", "2026-03-01", [purchase("T1", amount="10"), purchase("T2", amount="20")])
+    ingest_dates(engine, cfg, [date(2026, 3, 1)])
+    # T2 again (already loaded) and T3 twice: the chunk's delta would double count.
+    write_csv(landing, "purchases", "2026-03-02", [
+        purchase("T2", amount="20"), purchase("T3", amount="5", category="toys"),
+        purchase("T3", amount="5", category="toys"), purchase("T4", customer="C2", amount="7"),
+    ])
+    (batch,) = ingest_dates(engine, cfg, [date(2026, 3, 2)]).batches
+    assert (batch.rows_loaded, batch.rows_duplicate) == (2, 2)
+    m = stored_metrics(engine)
+    assert m.loc[("C1", "INR")]["orders"] == 3 and m.loc[("C1", "INR")]["revenue"] == Decimal("35")
     assert_metrics_match(engine)

@@ -106,9 +106,27 @@ def upgrade() -> None:
         sa.Column("favourite_category", sa.String(64)),
     )
 
-    op.create_table("metrics_dirty", sa.Column("customer_id", sa.String(64), primary_key=True))
+    op.create_table(
+        "customer_category_metrics",
+        sa.Column("customer_id", sa.String(64), primary_key=True),
+        sa.Column("currency", sa.String(3), primary_key=True),
+        sa.Column("category", sa.String(64), primary_key=True),
+        sa.Column("first_purchase_at", UtcDateTime),
+        sa.Column("last_purchase_at", UtcDateTime),
+        sa.Column("orders", sa.BigInteger, nullable=False),
+        sa.Column("refunds", sa.BigInteger, nullable=False),
+        sa.Column("items", sa.BigInteger, nullable=False),
+        sa.Column("revenue", Money, nullable=False),
+        sa.Column("order_revenue", Money, nullable=False),
+    )
+
+    op.create_table(
+        "metrics_dirty",
+        sa.Column("customer_id", sa.String(64), primary_key=True),
+        sa.Column("rebuild", sa.Boolean, nullable=False),
+    )
 
 
 def downgrade() -> None:
-    for table in ("metrics_dirty", "customer_metrics", "quarantine", "purchases", "customers", "ingest_batches"):
+    for table in ("metrics_dirty", "customer_category_metrics", "customer_metrics", "quarantine", "purchases", "customers", "ingest_batches"):
         op.drop_table(table)
