@@ -58,7 +58,7 @@ class Settings(BaseModel):
     # rejected rows a file is never rejected as a whole.
     reject_min_rows: int = Field(10, ge=0)
     default_locale: str = "en-IN"
-    chunk_rows: int = Field(200_000, ge=1_000)
+    chunk_rows: int = Field(100_000, ge=1_000)
     custom_attributes: list[CustomAttribute] = []
 
     @field_validator("timezone")

@@ -453,7 +453,7 @@ class _Prepared:
     rejects: list[tuple[int, str, str]]
     read: int
     superseded: int = 0
-    delta: pa.Table | None = None  # purchases: the chunk's metrics aggregate
+    delta_rows: list | None = None  # purchases: metrics state to write with this chunk
 
 
 def _good_and_rejects(chunk: Chunk, reasons) -> tuple[np.ndarray, list[tuple[int, str, str]]]:
@@ -466,11 +466,10 @@ class _PurchaseLoader:
                "category", "quantity", "coupon_code", "batch_id", "line_no"]
     # First occurrence of a transaction id wins; later ones are counted as duplicates.
     CONFLICT = "ON CONFLICT (transaction_id) DO NOTHING"
-
-    # Chunk deltas are merged this many at a time, and written to the database once
-    # the merged one holds this many keys: memory stays bounded on any file size.
+    # Chunk deltas are merged this many at a time, and handed to the database once the
+    # merged one holds this many keys: memory stays bounded on any file size.
     MERGE_EVERY = 8
-    FLUSH_KEYS = 1_000_000
+    FLUSH_KEYS = 600_000
     # A file this large (in estimated rows) that at least doubles the table is a bulk load:
     # maintaining the secondary indexes row by row costs more than building them once after.
     BULK_MIN_ROWS = 1_000_000
@@ -480,7 +479,7 @@ class _PurchaseLoader:
         self.conn, self.batch_id, self.lf = conn, batch_id, lf
         self.dialect = conn.dialect.name
         self.loaded = self.duplicate = 0
-        self.deltas: list[pa.Table] = []
+        self.deltas: list[pa.Table] = []  # touched by prepare() only, i.e. by the reading thread
         self.rebuild: set[str] = set()
         self.dropped_indexes: list = []
         estimated = scan.size // self.BYTES_PER_ROW
@@ -508,26 +507,28 @@ class _PurchaseLoader:
             values["category"][idx].tolist(), values["quantity"][idx].tolist(),
             values["coupon_code"][idx].tolist(), [self.batch_id] * len(idx), chunk.line_no[idx].tolist(),
         ))
-        delta = metrics.delta(
+        self.deltas.append(metrics.delta(
             values["customer_id"][idx], values["currency"][idx], values["category"][idx],
             values["purchased_at"][idx].asi8 // 1000, units, values["quantity"][idx],
-        )
-        return _Prepared(rows, rejects, len(chunk) + len(chunk.broken), delta=delta)
+        ))
+        delta_rows = None
+        if len(self.deltas) >= self.MERGE_EVERY:
+            self.deltas = [metrics.merge(self.deltas)]
+            if self.deltas[0].num_rows >= self.FLUSH_KEYS:
+                delta_rows = metrics.delta_rows(self.deltas.pop(), self.dialect)
+        return _Prepared(rows, rejects, len(chunk) + len(chunk.broken), delta_rows=delta_rows)
 
     def write(self, prepared: _Prepared) -> None:
         inserted = bulk_insert(self.conn, "purchases", self.COLUMNS, prepared.rows, self.CONFLICT)
         self.loaded += inserted
         self.duplicate += len(prepared.rows) - inserted
-        if inserted == len(prepared.rows):
-            self.deltas.append(prepared.delta)
-            if len(self.deltas) >= self.MERGE_EVERY:
-                self.deltas = [metrics.merge(self.deltas)]
-                if self.deltas[0].num_rows >= self.FLUSH_KEYS:
-                    metrics.apply_delta(self.conn, self.deltas.pop())
-        else:
-            # Some rows were already loaded: which ones is known only to the database,
-            # so these customers are recomputed exactly from their purchases.
-            self.rebuild.update(prepared.delta.column("customer_id").to_pylist())
+        if inserted < len(prepared.rows):
+            # Some rows were already loaded, and only the database knows which: the delta
+            # counted them, so these customers are recomputed exactly from their purchases
+            # after all deltas are in (the rebuild replaces their state).
+            self.rebuild.update(r[1] for r in prepared.rows)
+        if prepared.delta_rows:
+            metrics.write_delta(self.conn, prepared.delta_rows)
 
     def finish(self) -> None:
         for index in self.dropped_indexes:

@@ -20,6 +20,8 @@ higher order revenue, then to the alphabetically first category.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -28,6 +30,7 @@ from sqlalchemy import Connection, text
 from crm_tasks.db import bulk_insert
 
 KEYS = ["customer_id", "currency", "category"]
+_SLICE = 200_000
 _SUMS = ["orders", "refunds", "items", "revenue", "order_revenue"]
 
 
@@ -84,31 +87,49 @@ _UPSERT = {
 }
 
 
-def apply_delta(conn: Connection, table: pa.Table, slice_rows: int = 200_000) -> int:
-    """Add a batch delta to the category state and queue its customers; returns its row count.
+@dataclass
+class DeltaRows:
+    """A delta shaped for the database: category rows to upsert and customers to queue."""
 
-    Written in slices: Python tuples of a few million keys would cost gigabytes.
+    categories: list[tuple]
+    customers: list[tuple]
+
+
+def delta_rows(table: pa.Table, dialect: str) -> list[DeltaRows]:
+    """Turn a delta into database rows, in slices (tuples of millions of keys cost gigabytes).
+
+    Pure, so that ingest can run it off the thread that writes to the database.
     """
-    if not table.num_rows:
-        return 0
     # Key order makes the inserts append to the primary key's B-tree instead of scattering.
     table = table.sort_by([(k, "ascending") for k in KEYS])
-    dialect = conn.dialect.name
-    for start in range(0, table.num_rows, slice_rows):
-        part = table.slice(start, slice_rows)
+    out = []
+    for start in range(0, table.num_rows, _SLICE):
+        part = table.slice(start, _SLICE)
         cols = {c: part.column(c) for c in _COLUMNS}
         stamps = [_stamp_text(cols[c], dialect) for c in ("first_purchase_at", "last_purchase_at")]
         money = [_money(cols[c], dialect) for c in ("revenue", "order_revenue")]
-        rows = list(zip(
+        categories = list(zip(
             cols["customer_id"].to_pylist(), cols["currency"].to_pylist(), cols["category"].to_pylist(),
             *stamps, cols["orders"].to_pylist(), cols["refunds"].to_pylist(), cols["items"].to_pylist(), *money,
         ))
-        bulk_insert(conn, "customer_category_metrics", _COLUMNS, rows, _UPSERT[dialect])
-        # Sorted by customer: a customer's keys may straddle two slices, hence DO NOTHING.
-        customers = pc.unique(cols["customer_id"].combine_chunks()).to_pylist()
-        bulk_insert(conn, "metrics_dirty", ["customer_id", "rebuild"], [(c, False) for c in customers],
+        customers = [(c, False) for c in pc.unique(cols["customer_id"].combine_chunks()).to_pylist()]
+        out.append(DeltaRows(categories, customers))
+    return out
+
+
+def write_delta(conn: Connection, parts: list[DeltaRows]) -> int:
+    """Add a delta to the category state and queue its customers; returns the keys written."""
+    upsert = _UPSERT[conn.dialect.name]
+    for part in parts:
+        bulk_insert(conn, "customer_category_metrics", _COLUMNS, part.categories, upsert)
+        # Sorted by customer, a customer's keys may straddle two slices: hence DO NOTHING.
+        bulk_insert(conn, "metrics_dirty", ["customer_id", "rebuild"], part.customers,
                     "ON CONFLICT (customer_id) DO NOTHING")
-    return table.num_rows
+    return sum(len(p.categories) for p in parts)
+
+
+def apply_delta(conn: Connection, table: pa.Table) -> int:
+    return write_delta(conn, delta_rows(table, conn.dialect.name)) if table.num_rows else 0
 
 
 def _stamp_text(col: pa.ChunkedArray, dialect: str) -> list:
@@ -127,7 +148,7 @@ def _money(col: pa.ChunkedArray, dialect: str) -> list:
     return units_to_decimal_text(units).tolist()
 
 
-# Marks a batch's customers for an exact rebuild; relies on ix_purchases_batch.
+# Marks a (replaced) batch's customers for an exact rebuild.
 _MARK_BATCH = """
 INSERT INTO metrics_dirty (customer_id, rebuild)
 SELECT DISTINCT customer_id, {true} FROM purchases WHERE batch_id = :batch_id

@@ -254,7 +254,7 @@ def iter_parquet(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chu
 _DONE = object()
 
 
-def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+def prefetch(items: Iterable, depth: int = 1) -> Iterator:
     """Iterate ``items`` in a background thread, at most ``depth`` ahead.
 
     Arrow, pandas and the database driver release the GIL for their heavy

@@ -79,7 +79,6 @@ def upgrade() -> None:
         sa.Column("line_no", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_purchases_customer", "purchases", ["customer_id", "purchased_at"])
-    op.create_index("ix_purchases_batch", "purchases", ["batch_id"])
 
     op.create_table(
         "quarantine",
@@ -104,6 +103,7 @@ def upgrade() -> None:
         sa.Column("revenue", Money, nullable=False),
         sa.Column("avg_basket", Money),
         sa.Column("favourite_category", sa.String(64)),
+        sqlite_with_rowid=False,
     )
 
     op.create_table(
@@ -118,12 +118,14 @@ def upgrade() -> None:
         sa.Column("items", sa.BigInteger, nullable=False),
         sa.Column("revenue", Money, nullable=False),
         sa.Column("order_revenue", Money, nullable=False),
+        sqlite_with_rowid=False,
     )
 
     op.create_table(
         "metrics_dirty",
         sa.Column("customer_id", sa.String(64), primary_key=True),
         sa.Column("rebuild", sa.Boolean, nullable=False),
+        sqlite_with_rowid=False,
     )
 
 
