@@ -31,6 +31,7 @@ from crm_tasks.readers import (
     Chunk, FileScan, iter_csv, iter_parquet, prefetch, read_csv_header, read_parquet_header, scan_file,
 )
 from crm_tasks.standardise import standardise_customers, standardise_purchases, units_to_decimal_text
+from crm_tasks.types import timestamp_texts
 
 SOURCES = ("customers", "purchases")
 REQUIRED = {
@@ -438,11 +439,8 @@ def _rejects(chunk: Chunk, bad: np.ndarray, reasons: np.ndarray) -> list[tuple[i
 
 
 def _timestamps(values, dialect: str) -> list[str]:
-    """UTC timestamps as text in each dialect's storage form (see crm_tasks.types)."""
-    arr = np.asarray(values.tz_convert("UTC").tz_localize(None), dtype="datetime64[us]")
-    if dialect == "sqlite":
-        return np.datetime_as_string(arr, unit="us").tolist()
-    return np.datetime_as_string(arr, unit="us", timezone="UTC").tolist()
+    """A tz-aware pandas DatetimeIndex as storage text (see crm_tasks.types)."""
+    return timestamp_texts(np.asarray(values.tz_convert("UTC").tz_localize(None), dtype="datetime64[us]"), dialect)
 
 
 @dataclass

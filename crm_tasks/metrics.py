@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from sqlalchemy import Connection, text
 
 from crm_tasks.db import bulk_insert
+from crm_tasks.types import timestamp_texts
 
 KEYS = ["customer_id", "currency", "category"]
 _SLICE = 200_000
@@ -133,10 +134,8 @@ def apply_delta(conn: Connection, table: pa.Table) -> int:
 
 
 def _stamp_text(col: pa.ChunkedArray, dialect: str) -> list:
-    arr = col.combine_chunks().cast(pa.timestamp("us", "UTC")).to_numpy(zero_copy_only=False)
-    naive = arr.astype("datetime64[us]")
-    text_ = np.datetime_as_string(naive, unit="us", timezone="naive" if dialect == "sqlite" else "UTC")
-    return np.where(np.isnat(naive), None, text_).tolist()
+    utc_us = col.combine_chunks().cast(pa.timestamp("us", "UTC")).to_numpy(zero_copy_only=False)
+    return timestamp_texts(utc_us.astype("datetime64[us]"), dialect)
 
 
 def _money(col: pa.ChunkedArray, dialect: str) -> list:

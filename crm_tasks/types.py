@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 
+import numpy as np
+
 from sqlalchemy import BigInteger, DateTime, Numeric
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.types import TypeDecorator
@@ -79,5 +81,11 @@ class UtcDateTime(TypeDecorator):
         return value.astimezone(UTC)
 
 
-def utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+def timestamp_texts(utc_us: np.ndarray, dialect: str) -> list[str | None]:
+    """UTC instants (naive datetime64[us]) as text in each dialect's storage form, for bulk loads.
+
+    SQLite: the ISO form of SQLITE_DATETIME_FORMAT; PostgreSQL: ISO with 'Z'. NaT becomes None.
+    """
+    text = np.datetime_as_string(utc_us, unit="us", timezone="naive" if dialect == "sqlite" else "UTC")
+    nat = np.isnat(utc_us)
+    return np.where(nat, None, text).tolist() if nat.any() else text.tolist()
