@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 
 from crm_tasks.config import Settings, settings
 from crm_tasks.db import make_engine
@@ -49,15 +50,38 @@ def business_dates(
     return [run_after.astimezone(zone).date() - timedelta(days=1)]
 
 
+def url_from_connection(conn_type: str, host: str | None, login: str | None, password: str | None,
+                        port: int | None, schema: str | None, extra: dict | None = None) -> str:
+    """A SQLAlchemy URL from an Airflow connection's fields.
+
+    Airflow's own ``get_uri()`` percent-encodes a SQLite path into something
+    SQLAlchemy reads as a relative file name, so the URL is built from the fields.
+    For ``sqlite`` the host is the database file; for ``postgres`` the schema is
+    the database and extras such as ``options`` or ``sslmode`` become query parameters.
+    """
+    kind = (conn_type or "").lower()
+    if kind == "sqlite":
+        if not host:
+            raise ConfigError("Airflow connection crm_db (sqlite) needs the database file as its host")
+        return f"sqlite:///{host}"
+    if kind in ("postgres", "postgresql"):
+        query = {k: str(v) for k, v in (extra or {}).items() if k in ("options", "sslmode", "application_name")}
+        return URL.create("postgresql+psycopg", username=login, password=password, host=host, port=port,
+                          database=schema, query=query).render_as_string(hide_password=False)
+    raise ConfigError(f"Airflow connection crm_db has type {conn_type!r}; use postgres (or sqlite for development)")
+
+
 def airflow_crm_db_url() -> str | None:
-    """The URI of the Airflow connection ``crm_db``, or None where it is not defined."""
+    """The URL of the Airflow connection ``crm_db``, or None where it is not defined."""
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
 
     try:
-        return Connection.get("crm_db").get_uri()
+        conn = Connection.get("crm_db")
     except AirflowNotFoundException:
         return None
+    return url_from_connection(conn.conn_type, conn.host, conn.login, conn.password, conn.port, conn.schema,
+                               conn.extra_dejson)
 
 
 def task_engine(cfg: Settings | None = None) -> Engine:

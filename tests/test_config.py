@@ -41,3 +41,14 @@ def test_missing_named_config_file_is_an_error(tmp_path):
 def test_airflow_style_urls_get_the_psycopg_driver():
     assert normalise_url("postgres://u:p@h:5432/crm") == "postgresql+psycopg://u:p@h:5432/crm"
     assert normalise_url("sqlite:////x/crm.db") == "sqlite:////x/crm.db"
+
+
+def test_urls_from_airflow_connection_fields():
+    from crm_tasks.runs import url_from_connection
+
+    assert url_from_connection("sqlite", "/srv/crm/crm.db", None, None, None, None) == "sqlite:////srv/crm/crm.db"
+    url = url_from_connection("postgres", "db.internal", "crm", "s3cr:t", 5432, "crm",
+                              {"sslmode": "require", "unrelated": "x"})
+    assert url == "postgresql+psycopg://crm:s3cr%3At@db.internal:5432/crm?sslmode=require"
+    with pytest.raises(ConfigError, match="use postgres"):
+        url_from_connection("mysql", "h", None, None, None, "crm")

@@ -111,3 +111,28 @@ def test_crm_ingest_fails_on_a_rejected_file(ingest_dag, engine, landing):
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Purchase)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(QuarantinedRow)).scalar_one() == 20
+
+
+@pytest.mark.airflow
+def test_crm_ingest_uses_the_airflow_connection_crm_db(ingest_dag, engine, landing, db_url, monkeypatch):
+    """Without CRM_DATABASE_URL, tasks reach the CRM database through the connection crm_db."""
+    import json
+
+    from sqlalchemy.engine import make_url
+
+    from crm_tasks.config import settings
+
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        conn = {"conn_type": "sqlite", "host": url.database}
+    else:
+        conn = {"conn_type": "postgres", "host": url.host, "port": url.port, "login": url.username,
+                "schema": url.database, "extra": {"options": url.query["options"]}}
+    monkeypatch.delenv("CRM_DATABASE_URL")
+    monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", json.dumps(conn))
+    settings.cache_clear()
+    write_csv(landing, "purchases", "2026-03-01", [purchase("T1")])
+    run = ingest_dag.test(run_conf={"start_date": "2026-03-01"})
+    assert run.state == "success"
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(Purchase)).scalar_one() == 1
