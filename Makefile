@@ -2,7 +2,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 ROOT := $(abspath .)
-AIRFLOW_ENV := AIRFLOW_HOME=$(ROOT)/var/airflow AIRFLOW__CORE__DAGS_FOLDER=$(ROOT)/dags \
+AIRFLOW_ENV := PATH=$(ROOT)/$(BIN):$$PATH AIRFLOW_HOME=$(ROOT)/var/airflow AIRFLOW__CORE__DAGS_FOLDER=$(ROOT)/dags \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(ROOT)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False
 
 .PHONY: install demo test airflow bench clean
