@@ -28,6 +28,10 @@ class UnreadableFile(CrmError):
         super().__init__(f"{path}: {problem}")
 
 
+class DatabaseError(CrmError):
+    """The CRM database refused or failed a batch. Worth a retry; the message holds no row values."""
+
+
 class BatchRejected(CrmError):
     """Too large a share of a file's rows failed validation; nothing from it was loaded."""
 

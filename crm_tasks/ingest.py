@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -19,13 +20,15 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pyarrow as pa
 from sqlalchemy import Connection, Engine, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from crm_tasks import metrics
 from crm_tasks.config import CUSTOMER_COLUMNS, PURCHASE_COLUMNS, Settings
 from crm_tasks.db import bulk_insert
-from crm_tasks.errors import BatchRejected, CrmError, IngestFailed, UnreadableFile
+from crm_tasks.errors import BatchRejected, CrmError, DatabaseError, IngestFailed, UnreadableFile
 from crm_tasks.models import BatchStatus, IngestBatch, Purchase, QuarantinedRow
 from crm_tasks.readers import (
     Chunk, FileScan, iter_csv, iter_parquet, prefetch, read_csv_header, read_parquet_header, scan_file,
@@ -40,8 +43,10 @@ REQUIRED = {
 }
 CONTRACT = {"customers": CUSTOMER_COLUMNS, "purchases": PURCHASE_COLUMNS}
 PATTERNS = {"customers": ("*.csv",), "purchases": ("*.csv", "*.parquet")}
+_COUNTS = ("rows_read", "rows_loaded", "rows_quarantined", "rows_duplicate", "rows_withheld")
 log = logging.getLogger(__name__)
 _PARTITION = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]{0,63}")
 
 
 @dataclass
@@ -66,13 +71,14 @@ class BatchReport:
     rows_quarantined: int = 0
     rows_duplicate: int = 0
     dropped_columns: list[str] = field(default_factory=list)
+    rows_withheld: int = 0  # a rejected file's good rows, not loaded
     replaced_batch_id: int | None = None
     first_reasons: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
     def reconciles(self) -> bool:
-        return self.rows_read == self.rows_loaded + self.rows_quarantined + self.rows_duplicate
+        return self.rows_read == self.rows_loaded + self.rows_quarantined + self.rows_duplicate + self.rows_withheld
 
     def to_dict(self) -> dict:
         return asdict(self) | {"reconciles": self.reconciles}
@@ -84,8 +90,7 @@ class IngestReport:
 
     @property
     def totals(self) -> dict[str, int]:
-        keys = ("rows_read", "rows_loaded", "rows_quarantined", "rows_duplicate")
-        return {k: sum(getattr(b, k) for b in self.batches) for k in keys}
+        return {k: sum(getattr(b, k) for b in self.batches) for k in _COUNTS}
 
     @property
     def failed(self) -> list[BatchReport]:
@@ -115,13 +120,10 @@ class IngestReport:
 
 def combine_summaries(*summaries: dict) -> dict:
     """Add up task summaries; refuse counts that do not reconcile."""
-    keys = ("rows_read", "rows_loaded", "rows_quarantined", "rows_duplicate")
-    totals = {k: sum(s["totals"][k] for s in summaries) for k in keys}
+    totals = {k: sum(s["totals"][k] for s in summaries) for k in _COUNTS}
     combined = {"files": sum(s["files"] for s in summaries), "totals": totals,
                 "reconciles": all(s["reconciles"] for s in summaries)}
-    if not combined["reconciles"] or totals["rows_read"] != (
-        totals["rows_loaded"] + totals["rows_quarantined"] + totals["rows_duplicate"]
-    ):
+    if not combined["reconciles"] or totals["rows_read"] != sum(totals[k] for k in _COUNTS[1:]):
         raise CrmError(f"ingest counts do not reconcile: {totals}")
     log.info("ingest reconciled: %s", totals)
     return combined
@@ -139,7 +141,7 @@ def stored_report(engine: Engine, since: date | None = None, until: date | None 
         batches = [
             BatchReport(
                 b.file_path, b.source, b.partition_date.isoformat(), b.status, b.id, b.rows_read, b.rows_loaded,
-                b.rows_quarantined, b.rows_duplicate, list(b.dropped_columns or []), error=b.error,
+                b.rows_quarantined, b.rows_duplicate, list(b.dropped_columns or []), b.rows_withheld, error=b.error,
             )
             for b in conn.execute(stmt).all()
         ]
@@ -167,8 +169,10 @@ def format_report(payload: dict) -> str:
         f"{'total (' + str(payload['files']) + ' files)':<52} {'':<10} {t['rows_read']:>8} {t['rows_loaded']:>8} "
         f"{t['rows_quarantined']:>6} {t['rows_duplicate']:>6}"
     )
+    if t["rows_withheld"]:
+        lines.append(f"withheld (good rows of rejected files, not loaded): {t['rows_withheld']}")
     verdict = "reconciles" if payload["reconciles"] else "DOES NOT RECONCILE"
-    lines.append(f"read = loaded + quarantined + duplicates: {verdict}")
+    lines.append(f"read = loaded + quarantined + duplicates + withheld: {verdict}")
     return "\n".join(lines)
 
 
@@ -252,17 +256,28 @@ def ingest_file(engine: Engine, settings: Settings, lf: LandingFile) -> BatchRep
             raise UnreadableFile(lf.rel_path, scan.problem)
         header = (read_csv_header if text_file else read_parquet_header)(lf.path, lf.rel_path)
         _check_header(lf, header)
-        chunks = (
-            iter_csv(lf.path, header, scan, settings.chunk_rows)
-            if text_file
-            else iter_parquet(lf.path, header, settings.chunk_rows)
-        )
         keep = [c for c in header if c in CONTRACT[lf.source] or c in _declared(settings, lf.source)]
         report.dropped_columns = [c for c in header if c not in keep]
-        return _load(engine, settings, lf, scan, chunks, keep, prior, report, started)
+        chunks = (
+            iter_csv(lf.path, header, scan, settings.chunk_rows, lf.rel_path)
+            if text_file
+            else iter_parquet(lf.path, keep, settings.chunk_rows, lf.rel_path)
+        )
+        try:
+            return _load(engine, settings, lf, scan, chunks, keep, report, started)
+        except (DBAPIError, psycopg.Error, sqlite3.Error) as exc:
+            # The driver's message may quote row values (personal data): keep only its kind.
+            orig = exc.orig if isinstance(exc, DBAPIError) else exc
+            code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+            raise DatabaseError(
+                f"{lf.rel_path}: the CRM database failed the batch ({type(orig).__name__}"
+                f"{', ' + code if code else ''}); nothing of this file was loaded"
+            ) from None
     except UnreadableFile as exc:
         report.status = BatchStatus.UNREADABLE
         report.error = exc.problem
+        report.rows_read = report.rows_loaded = report.rows_quarantined = report.rows_duplicate = 0
+        report.first_reasons = []
         with engine.begin() as conn:
             report.batch_id = _insert_batch(conn, lf, scan, report, started)
         exc.report = report  # type: ignore[attr-defined]
@@ -274,16 +289,21 @@ def _declared(settings: Settings, source: str) -> set[str]:
 
 
 def _check_header(lf: LandingFile, header: list[str]) -> None:
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise UnreadableFile(lf.rel_path, f"column(s) named more than once in the header: {', '.join(dupes)}")
+    # Messages echo only names that look like column names: a file without a header
+    # row would otherwise put a customer's data into logs and error messages.
     missing = [c for c in REQUIRED[lf.source] if c not in header]
     if missing:
+        names = [h for h in header if _COLUMN_NAME.fullmatch(h)]
+        shown = f"the header has {', '.join(names)}" if set(names) & set(CONTRACT[lf.source]) else (
+            f"the first line ({len(header)} fields) does not look like a header row")
         raise UnreadableFile(
             lf.rel_path,
-            f"missing required column(s) {', '.join(missing)}; the header has {', '.join(header) or 'nothing'}. "
-            f"See the input contract in README.md",
+            f"missing required column(s) {', '.join(missing)}; {shown}. See the input contract in README.md",
         )
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        shown = ", ".join(d if _COLUMN_NAME.fullmatch(d) else "(unprintable)" for d in dupes)
+        raise UnreadableFile(lf.rel_path, f"column(s) named more than once in the header: {shown}")
 
 
 def _latest_batch(conn: Connection, rel_path: str) -> IngestBatch | None:
@@ -303,7 +323,7 @@ def _repeat(engine: Engine, lf: LandingFile, prior: IngestBatch) -> BatchReport:
         lf.rel_path, lf.source, lf.partition_date.isoformat(),
         "unchanged" if prior.status == BatchStatus.LOADED else prior.status,
         prior.id, prior.rows_read, prior.rows_loaded, prior.rows_quarantined, prior.rows_duplicate,
-        list(prior.dropped_columns or []), error=prior.error,
+        list(prior.dropped_columns or []), prior.rows_withheld, error=prior.error,
     )
     with engine.connect() as conn:
         report.first_reasons = _first_reasons(conn, prior.id)
@@ -339,7 +359,7 @@ def _insert_batch(conn: Connection, lf: LandingFile, scan: FileScan, report: Bat
         checksum=scan.checksum, file_size=scan.size, status=str(report.status),
         rows_read=report.rows_read, rows_loaded=report.rows_loaded,
         rows_quarantined=report.rows_quarantined, rows_duplicate=report.rows_duplicate,
-        dropped_columns=report.dropped_columns, error=report.error, started_at=started,
+        rows_withheld=report.rows_withheld, dropped_columns=report.dropped_columns, error=report.error, started_at=started,
         finished_at=None if report.status == BatchStatus.LOADING else datetime.now(UTC),
     )
     return conn.execute(IngestBatch.__table__.insert().returning(IngestBatch.id), values).scalar_one()
@@ -349,17 +369,25 @@ class _Rejected(Exception):
     pass
 
 
-def _load(engine, settings, lf, scan, chunks, keep, prior, report, started) -> BatchReport:
+def _current_batches(conn: Connection, rel_path: str) -> list[IngestBatch]:
+    """Every earlier version of this file that a new one supersedes (loaded, rejected or unreadable)."""
+    stmt = select(IngestBatch).where(IngestBatch.file_path == rel_path, IngestBatch.status != BatchStatus.REPLACED)
+    return [IngestBatch(**row._mapping) for row in conn.execute(stmt.order_by(IngestBatch.id))]
+
+
+def _load(engine, settings, lf, scan, chunks, keep, report, started) -> BatchReport:
     quarantine: list[tuple[int, str, str]] = []
     t0 = time.perf_counter()
     try:
         with engine.begin() as conn:
+            priors = _current_batches(conn, lf.rel_path)
             batch_id = _insert_batch(conn, lf, scan, report, started)
-            if prior is not None and prior.status in (BatchStatus.LOADED, BatchStatus.REJECTED):
+            for prior in priors:
                 _retire(conn, lf.source, prior, batch_id)
-                report.replaced_batch_id = prior.id
+            replaced = [p.id for p in priors if p.status == BatchStatus.LOADED]
+            report.replaced_batch_id = replaced[-1] if replaced else None
             loader = _PurchaseLoader(conn, batch_id, lf, scan) if lf.source == "purchases" else _CustomerLoader(
-                conn, batch_id, lf, settings
+                conn, batch_id, lf, settings, replaced
             )
             # Reading and validating the next chunk overlaps with writing this one.
             for prepared in prefetch(loader.prepare(_only(chunk, keep)) for chunk in chunks):
@@ -386,6 +414,7 @@ def _load(engine, settings, lf, scan, chunks, keep, prior, report, started) -> B
     except _Rejected:
         pass
     # Nothing of the file is loaded, but its rejected rows are kept for inspection.
+    report.rows_withheld = report.rows_loaded + report.rows_duplicate
     report.rows_loaded = report.rows_duplicate = 0
     exc = BatchRejected(lf.rel_path, report.rows_read, report.rows_quarantined, settings.reject_threshold,
                         report.first_reasons)
@@ -399,7 +428,12 @@ def _load(engine, settings, lf, scan, chunks, keep, prior, report, started) -> B
 
 
 def _retire(conn: Connection, source: str, prior: IngestBatch, batch_id: int) -> None:
-    """A corrected file replaces what its earlier version loaded or rejected."""
+    """A corrected file replaces what its earlier versions loaded, rejected or failed to read.
+
+    Purchases of a replaced version are deleted. Profiles cannot be: an earlier
+    version's updates may have overwritten older ones. The new version's rows
+    re-apply over them instead (see _CustomerLoader).
+    """
     if source == "purchases" and prior.status == BatchStatus.LOADED:
         metrics.mark_batch_for_rebuild(conn, prior.id)
         conn.execute(Purchase.__table__.delete().where(Purchase.batch_id == prior.id))
@@ -420,9 +454,10 @@ def _finish_batch(conn: Connection, batch_id: int, report: BatchReport) -> None:
 
 
 def _insert_quarantine(conn: Connection, batch_id: int, rel_path: str, rows: list[tuple[int, str, str]]) -> None:
+    # Raw text is kept verbatim, except that a NUL byte (which PostgreSQL cannot store) is written as \x00.
     bulk_insert(
         conn, "quarantine", ["batch_id", "file_path", "line_no", "raw_text", "reason"],
-        [(batch_id, rel_path, ln, raw, reason) for ln, raw, reason in rows],
+        [(batch_id, rel_path, ln, raw.replace("\x00", "\\x00"), reason) for ln, raw, reason in rows],
     )
 
 
@@ -541,11 +576,17 @@ class _CustomerLoader:
     COLUMNS = ["customer_id", "first_name", "last_name", "email", "phone", "birthday", "locale", "timezone",
                "country", "email_consent", "attributes", "created_at", "updated_at", "batch_id"]
 
-    def __init__(self, conn: Connection, batch_id: int, lf: LandingFile, settings: Settings) -> None:
+    def __init__(self, conn: Connection, batch_id: int, lf: LandingFile, settings: Settings,
+                 replaced: list[int]) -> None:
         self.conn, self.batch_id, self.lf, self.settings = conn, batch_id, lf, settings
         self.dialect = conn.dialect.name
         self.loaded = self.duplicate = 0
-        updates = ", ".join(f"{c} = excluded.{c}" for c in self.COLUMNS if c not in ("customer_id", "attributes"))
+        updates = ", ".join(
+            f"{c} = excluded.{c}" for c in self.COLUMNS if c not in ("customer_id", "attributes", "created_at")
+        )
+        # A profile was created when it was first seen: the earliest creation time stays.
+        earliest = "MIN" if self.dialect == "sqlite" else "LEAST"
+        updates += f", created_at = {earliest}(customers.created_at, excluded.created_at)"
         # Declared attributes merge: a file without a column keeps what is stored;
         # an empty value clears it.
         merge = (
@@ -553,10 +594,13 @@ class _CustomerLoader:
             if self.dialect == "sqlite"
             else "jsonb_strip_nulls(customers.attributes || excluded.attributes)"
         )
-        # The latest updated_at wins; an equal one re-applies (a corrected file).
+        # The latest updated_at wins; an equal one re-applies. A corrected file also
+        # overrides what its own earlier version wrote, whatever the timestamps say.
+        # (Batch ids are integers from our own table, never input.)
+        own = f" OR customers.batch_id IN ({', '.join(str(int(b)) for b in replaced)})" if replaced else ""
         self.conflict = (
             f"ON CONFLICT (customer_id) DO UPDATE SET {updates}, attributes = {merge} "
-            f"WHERE excluded.updated_at >= customers.updated_at"
+            f"WHERE excluded.updated_at >= customers.updated_at{own}"
         )
 
     def prepare(self, chunk: Chunk) -> _Prepared:

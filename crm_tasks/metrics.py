@@ -213,7 +213,7 @@ SELECT agg.customer_id, agg.currency, agg.first_purchase_at, agg.last_purchase_a
        agg.orders, agg.refunds, agg.items, agg.revenue, {avg_basket},
        (SELECT c.category FROM customer_category_metrics c
         WHERE c.customer_id = agg.customer_id AND c.currency = agg.currency AND c.orders > 0
-        ORDER BY c.orders DESC, c.order_revenue DESC, c.category LIMIT 1)
+        ORDER BY c.orders DESC, c.order_revenue DESC, c.category{collate} LIMIT 1)
 FROM (
     SELECT m.customer_id, m.currency, MIN(m.first_purchase_at) AS first_purchase_at,
            MAX(m.last_purchase_at) AS last_purchase_at, SUM(m.orders) AS orders,
@@ -247,6 +247,8 @@ def refresh(conn: Connection) -> int:
         conn.execute(text(_REBUILD_DELETE.format(true=true)))
         conn.execute(text(_REBUILD_INSERT.format(true=true)))
     conn.execute(text(_DELETE_CUSTOMERS))
-    conn.execute(text(_DERIVE_CUSTOMERS.format(avg_basket=_AVG[conn.dialect.name])))
+    # Ties go to the first category by code point on both dialects, whatever PostgreSQL's collation.
+    collate = ' COLLATE "C"' if conn.dialect.name == "postgresql" else ""
+    conn.execute(text(_DERIVE_CUSTOMERS.format(avg_basket=_AVG[conn.dialect.name], collate=collate)))
     conn.execute(text("DELETE FROM metrics_dirty"))
     return queued

@@ -45,6 +45,8 @@ class IngestBatch(Base):
     rows_loaded: Mapped[int] = mapped_column(BigInteger, default=0)
     rows_quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
     rows_duplicate: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Good rows of a rejected file: read and valid, but not loaded because the file was rejected.
+    rows_withheld: Mapped[int] = mapped_column(BigInteger, default=0)
     dropped_columns: Mapped[list] = mapped_column(Json, default=list)
     error: Mapped[str | None] = mapped_column(Text)
     replaced_by: Mapped[int | None] = mapped_column(BigInteger)

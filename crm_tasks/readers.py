@@ -110,11 +110,22 @@ def read_csv_header(path: Path, display: str) -> list[str]:
     return [h.strip() for h in header]
 
 
-def iter_csv(path: Path, header: list[str], scan: FileScan, chunk_rows: int) -> Iterator[Chunk]:
+# A quoted value may span lines (an address), but not this many: beyond it, a
+# quote was opened and never closed, and the rest of the file would vanish into it.
+MAX_LINES_PER_RECORD = 20
+
+
+def iter_csv(path: Path, header: list[str], scan: FileScan, chunk_rows: int, display: str) -> Iterator[Chunk]:
     if scan.has_quotes:
-        yield from _iter_csv_exact(path, header, chunk_rows)
-    else:
+        yield from _iter_csv_exact(path, header, chunk_rows, display)
+    elif _has_data_lines(path):
         yield from _iter_csv_fast(path, header, chunk_rows)
+
+
+def _has_data_lines(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.readline()
+        return bool(fh.read(1))
 
 
 def _iter_csv_fast(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
@@ -175,7 +186,7 @@ def _field_count_reason(count: int, width: int, text: str) -> str:
     return f"line has {count} fields but the header has {width} (unquoted comma in a value?)"
 
 
-def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
+def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int, display: str) -> Iterator[Chunk]:
     width = len(header)
     with open(path, encoding="utf-8-sig", newline="") as fh:
         fh.readline()
@@ -186,9 +197,10 @@ def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int) -> Iterator[
                 raw_lines.append(text)
                 yield text
 
-        reader = csv.reader(recording())
+        reader = csv.reader(recording(), strict=True)
         line = 1
-        while True:
+        done = False
+        while not done:
             cols: list[list[str]] = [[] for _ in header]
             line_nos: list[int] = []
             raws: list[str] = []
@@ -198,13 +210,24 @@ def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int) -> Iterator[
                 try:
                     record = next(reader)
                 except StopIteration:
+                    done = True
                     break
                 except csv.Error as exc:
                     start = line + 1
+                    if len(raw_lines) > MAX_LINES_PER_RECORD or "unexpected end of data" in str(exc):
+                        raise UnreadableFile(
+                            display, f"line {start}: a quoted value opened here is never closed; fix the quoting"
+                        ) from None
                     line += len(raw_lines)
                     broken.append((start, "".join(raw_lines).rstrip("\r\n"), f"not valid CSV: {exc}"))
                     continue
                 start = line + 1
+                if len(raw_lines) > MAX_LINES_PER_RECORD:
+                    raise UnreadableFile(
+                        display,
+                        f"line {start}: a quoted value runs over {len(raw_lines)} lines; a quote was probably "
+                        f"opened and never closed",
+                    )
                 line += len(raw_lines)
                 raw = "".join(raw_lines).rstrip("\r\n")
                 if not raw.strip():
@@ -217,7 +240,7 @@ def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int) -> Iterator[
                 line_nos.append(start)
                 raws.append(raw)
             if not line_nos and not broken:
-                return
+                continue  # only blank lines in this stretch; the file may go on
             yield Chunk(
                 {name: pa.array(cols[j], type=pa.string()) for j, name in enumerate(header)},
                 np.array(line_nos, dtype=np.int64),
@@ -233,10 +256,20 @@ def read_parquet_header(path: Path, display: str) -> list[str]:
         raise UnreadableFile(display, f"not a Parquet file: {exc}") from None
 
 
-def iter_parquet(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
-    """Parquet rows are numbered from 1; the raw text of a row is its JSON."""
+def iter_parquet(path: Path, header: list[str], chunk_rows: int, display: str) -> Iterator[Chunk]:
+    """Parquet rows are numbered from 1; the raw text of a row is its JSON (of the kept columns).
+
+    Only ``header`` (the columns kept) is read: others are never loaded, not even into quarantine.
+    """
+    try:
+        yield from _parquet_chunks(path, header, chunk_rows)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise UnreadableFile(display, f"a column cannot be read as text: {exc}") from None
+
+
+def _parquet_chunks(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
     first = 1
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows, columns=header):
         columns = {}
         for name in header:
             col = batch.column(name)

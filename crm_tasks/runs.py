@@ -93,7 +93,10 @@ def task_engine(cfg: Settings | None = None) -> Engine:
 
 def ingest_for_task(dates: list[str], source: str) -> dict:
     """Ingest one source for the run's dates; returns the counts only (small enough for XCom)."""
+    from crm_tasks.db import check_schema
     from crm_tasks.ingest import ingest_dates
 
-    report = ingest_dates(task_engine(), settings(), [date.fromisoformat(d) for d in dates], [source])
+    engine = task_engine()
+    check_schema(engine)  # purchases run even when the profile task failed: check again
+    report = ingest_dates(engine, settings(), [date.fromisoformat(d) for d in dates], [source])
     return report.summary()

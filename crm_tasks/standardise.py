@@ -84,10 +84,15 @@ def empty(arr: pa.Array) -> np.ndarray:
     return _mask(pc.equal(pc.utf8_length(arr), 0))
 
 
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+
+
 def require(reasons: Reasons, name: str, arr: pa.Array, max_len: int, required: bool = True) -> None:
     if required:
         reasons.add(empty(arr), f"{name} is missing")
     reasons.add(_mask(pc.greater(pc.utf8_length(arr), max_len)), f"{name} is longer than {max_len} characters")
+    # A NUL byte or other control character is never data; PostgreSQL refuses NUL outright.
+    reasons.add(_mask(pc.match_substring_regex(arr, _CONTROL)), f"{name} contains control characters")
 
 
 # --- registries ---------------------------------------------------------------
@@ -227,9 +232,12 @@ def standardise_emails(arr: pa.Array, reasons: Reasons) -> np.ndarray:
     arr = pc.utf8_lower(clean_text(arr))
     values = _np(arr).copy()
     blank = values == ""
-    fast = _mask(pc.match_substring_regex(arr, _EMAIL))
+    # RFC 5321 limits: 254 characters in all, 64 before the '@'.
+    too_long = _mask(pc.greater(pc.utf8_length(arr), 254)) | _mask(pc.match_substring_regex(arr, r"^[^@]{65,}@"))
+    reasons.add(too_long, "email is longer than an address may be")
+    fast = _mask(pc.match_substring_regex(arr, _EMAIL)) | too_long
     msgs = np.full(len(values), "", dtype=object)
-    for i in np.flatnonzero(~fast & ~blank):
+    for i in np.flatnonzero(~fast & ~blank):  # too long ones were reported above
         try:
             values[i] = email_validator.validate_email(
                 values[i], check_deliverability=False, allow_smtputf8=True
@@ -363,7 +371,7 @@ def _custom_attributes(cols, attributes: list[CustomAttribute], reasons: Reasons
             reasons.add_quoting(bad, attr.name, arr, "is not true or false")
             typed = np.where(has & ~bad, np.isin(low, list(_TRUE)), None)
         else:
-            reasons.add(_mask(pc.greater(pc.utf8_length(arr), 500)), f"{attr.name} is longer than 500 characters")
+            require(reasons, attr.name, arr, 500, required=False)
             typed = np.where(has, values, None)
         for i, v in enumerate(typed):
             result[i][attr.name] = v

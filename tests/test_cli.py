@@ -33,11 +33,12 @@ def test_ingest_json_is_one_object_and_reconciles(use_settings, landing):
     result = CliRunner().invoke(main, ["ingest", "--date", "2026-03-01", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["totals"] == {"rows_read": 4, "rows_loaded": 2, "rows_quarantined": 1, "rows_duplicate": 1}
+    assert payload["totals"] == {"rows_read": 4, "rows_loaded": 2, "rows_quarantined": 1, "rows_duplicate": 1,
+                                 "rows_withheld": 0}
     assert payload["reconciles"] is True and payload["files"] == 2
     human = CliRunner().invoke(main, ["batches"])
     assert "purchases/dt=2026-03-01/purchases.csv" in human.output
-    assert "read = loaded + quarantined + duplicates: reconciles" in human.output
+    assert "read = loaded + quarantined + duplicates + withheld: reconciles" in human.output
 
 
 def test_failed_ingest_exits_1_with_the_report(use_settings, landing):

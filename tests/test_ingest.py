@@ -346,3 +346,105 @@ def test_bulk_load_rebuilds_indexes_and_rolls_back_cleanly(engine, cfg, landing,
         ingest_dates(engine, cfg, [date(2026, 3, 2)])
     assert expected <= {i["name"] for i in inspect(engine).get_indexes("purchases")}
     assert count(engine, Purchase) == 50
+
+
+def test_correction_after_a_rejected_attempt_replaces_the_loaded_version(engine, cfg, landing):
+    write_csv(landing, "purchases", DAY, [purchase(f"T{i}", amount="10") for i in range(20)])
+    ingest_dates(engine, cfg, [D])
+    write_csv(landing, "purchases", DAY, [purchase(f"B{i}", amount="?") for i in range(20)])
+    with pytest.raises(IngestFailed):
+        ingest_dates(engine, cfg, [D])
+    write_csv(landing, "purchases", DAY, [purchase(f"T{i}", amount="99") for i in range(5)])
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.rows_loaded, batch.rows_duplicate) == (5, 0)
+    assert sorted(r.amount for r in rows(engine, Purchase)) == [Decimal("99")] * 5
+    assert [b.status for b in rows(engine, IngestBatch)] == ["replaced", "replaced", "loaded"]
+    assert count(engine, QuarantinedRow) == 0
+
+
+def test_a_rejected_batch_reconciles_with_its_withheld_rows(engine, cfg, landing):
+    write_csv(landing, "purchases", DAY, [purchase(f"T{i}") for i in range(100)] + [purchase("T1")]
+              + [purchase(f"B{i}", amount="?") for i in range(12)])
+    with pytest.raises(IngestFailed) as err:
+        ingest_dates(engine, cfg, [D])
+    (batch,) = err.value.report.batches
+    assert (batch.rows_read, batch.rows_loaded, batch.rows_quarantined, batch.rows_withheld) == (113, 0, 12, 101)
+    assert batch.reconciles
+
+
+def test_an_unclosed_quote_fails_the_file_instead_of_swallowing_it(engine, cfg, landing):
+    rows_ = [customer(f"C{i}") for i in range(60)]
+    path = write_csv(landing, "customers", DAY, rows_)
+    lines = path.read_text().splitlines()
+    lines[12] = lines[12].replace("Asha", '"Johnny', 1)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(IngestFailed) as err:
+        ingest_dates(engine, cfg, [D])
+    assert "line 13: a quoted value" in str(err.value)
+    assert count(engine, Customer) == 0
+
+
+def test_blank_stretches_do_not_end_the_exact_reader(engine, cfg, landing):
+    path = write_csv(landing, "customers", DAY, [customer("C1", first="Asha, Maria")])
+    path.write_text(path.read_text() + "\n" * 2500 + path.read_text().splitlines()[1].replace("C1", "C2") + "\n")
+    small = cfg.model_copy(update={"chunk_rows": 1000})
+    (batch,) = ingest_dates(engine, small, [D]).batches
+    assert (batch.rows_read, batch.rows_loaded) == (2, 2)
+
+
+def test_header_only_files_load_nothing(engine, cfg, landing):
+    folder = landing / "purchases" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    (folder / "empty.csv").write_text(",".join(["transaction_id", "customer_id", "purchased_at", "amount", "currency",
+                                                "store_id", "sku", "category", "quantity"]))
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.status, batch.rows_read) == ("loaded", 0)
+
+
+def test_parquet_columns_outside_the_contract_are_never_read(engine, cfg, landing):
+    folder = landing / "purchases" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({
+        "transaction_id": ["P1"], "customer_id": ["C1"], "purchased_at": ["2026-03-01T10:00:00Z"],
+        "amount": ["1.00"], "currency": ["INR"], "store_id": ["S"], "sku": ["K"], "category": ["toys"],
+        "quantity": [1], "tags": pa.array([[1, 2]], pa.list_(pa.int64())),
+    }), folder / "p.parquet")
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.rows_loaded, batch.dropped_columns) == (1, ["tags"])
+
+
+def test_a_corrected_profile_file_overrides_its_own_earlier_version(engine, cfg, landing):
+    write_csv(landing, "customers", "2025-06-01", [customer("C1", updated="2025-06-01T00:00:00Z")])
+    ingest_dates(engine, cfg, [date(2025, 6, 1)])
+    write_csv(landing, "customers", DAY, [customer("C1", email="wrong@example.com", updated="2026-03-01T12:00:00Z")])
+    ingest_dates(engine, cfg, [D])
+    write_csv(landing, "customers", DAY, [customer("C1", email="right@example.com", updated="2026-03-01T09:00:00Z")])
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.rows_loaded, batch.rows_duplicate) == (1, 0)
+    (c,) = rows(engine, Customer)
+    assert c.email == "right@example.com"
+    assert c.created_at.year == 2025  # the earliest creation time stays
+
+
+def test_values_the_database_would_refuse_are_quarantined(engine, cfg, landing):
+    # Enough good rows first that the NUL byte is past the binary-file sniff of the first 8 KB.
+    good = [customer(f"G{i}") for i in range(150)]
+    write_csv(landing, "customers", DAY, good + [
+        customer("C2", email="a" * 300 + "@example.com"), customer("C3", first="Ash\x00a"),
+    ])
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.rows_loaded, batch.rows_quarantined) == (150, 2)
+    reasons = sorted(r.reason for r in rows(engine, QuarantinedRow))
+    assert reasons == ["email is longer than an address may be", "first_name contains control characters"]
+
+
+def test_a_file_without_header_row_does_not_echo_customer_data(engine, cfg, landing):
+    folder = landing / "customers" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    (folder / "c.csv").write_text("C1,Asha,Rao,asha.rao@example.com,+919876543210,1990-05-17,en-IN,"
+                                  "Asia/Kolkata,IN,true,2025-01-01T00:00:00Z,2025-01-01T00:00:00Z\n")
+    with pytest.raises(IngestFailed) as err:
+        ingest_dates(engine, cfg, [D])
+    message = str(err.value)
+    assert "does not look like a header row" in message
+    assert "asha" not in message.lower() and "9876543210" not in message

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("rows_loaded", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("rows_quarantined", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("rows_duplicate", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("rows_withheld", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("dropped_columns", Json, nullable=False),
         sa.Column("error", sa.Text),
         sa.Column("replaced_by", sa.BigInteger),
