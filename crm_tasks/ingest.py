@@ -502,7 +502,7 @@ class _PurchaseLoader:
     # Chunk deltas are merged this many at a time, and handed to the database once the
     # merged one holds this many keys: memory stays bounded on any file size.
     MERGE_EVERY = 8
-    FLUSH_KEYS = 600_000
+    FLUSH_KEYS = 400_000
     # A file this large (in estimated rows) that at least doubles the table is a bulk load:
     # maintaining the secondary indexes row by row costs more than building them once after.
     BULK_MIN_ROWS = 1_000_000
@@ -570,6 +570,10 @@ class _PurchaseLoader:
             metrics.apply_delta(self.conn, metrics.merge(self.deltas))
         if self.rebuild:
             metrics.mark_for_rebuild(self.conn, self.rebuild)
+        if self.dropped_indexes and self.dialect == "postgresql":
+            # After a bulk load the planner's statistics describe a nearly empty table;
+            # without fresh ones the next nights' metrics queries pick scans over seeks.
+            self.conn.execute(text("ANALYZE purchases, customer_category_metrics, metrics_dirty"))
 
 
 class _CustomerLoader:

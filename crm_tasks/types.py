@@ -8,7 +8,7 @@ both; Python always sees ``Decimal``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
