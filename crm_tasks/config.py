@@ -70,6 +70,17 @@ class Settings(BaseModel):
             raise ValueError(f"'{v}' is not an IANA time zone (for example Asia/Kolkata)") from None
         return v
 
+    @field_validator("default_locale")
+    @classmethod
+    def _locale(cls, v: str) -> str:
+        import babel
+
+        try:
+            babel.Locale.parse(v.replace("_", "-"), sep="-")
+        except (ValueError, TypeError, babel.UnknownLocaleError):
+            raise ValueError(f"'{v}' is not a known BCP 47 locale (for example en-IN)") from None
+        return v
+
     @field_validator("custom_attributes")
     @classmethod
     def _unique(cls, v: list[CustomAttribute]) -> list[CustomAttribute]:

@@ -19,6 +19,7 @@ def test_environment_overrides_the_file(tmp_path):
     "text, message",
     [
         ("timezone: Mars/Base\n", "timezone: Value error, 'Mars/Base' is not an IANA time zone"),
+        ("default_locale: xx-QQ\n", "'xx-QQ' is not a known BCP 47 locale"),
         ("custom_attributes:\n  - {name: email, type: text}\n", "'email' is already a contract column"),
         ("custom_attributes:\n  - {name: size, type: colour}\n", "custom_attributes.0.type"),
         ("- just\n- a list\n", "expected a mapping"),
