@@ -88,7 +88,7 @@ def ingest(day, start, end, everything, as_json) -> None:
     from crm_tasks.db import check_schema
     from crm_tasks.ingest import all_dates, format_report, ingest_dates
 
-    chosen = sum(x is not None and x is not False for x in (day, start or end, everything or None))
+    chosen = (day is not None) + (start is not None or end is not None) + everything
     if chosen != 1 or (start is None) != (end is None):
         raise click.UsageError("give exactly one of --date DATE, --from DATE --to DATE, or --all")
     cfg = load_default_settings()
