@@ -241,7 +241,8 @@ def ingest_file(engine: Engine, settings: Settings, lf: LandingFile) -> BatchRep
     text_file = lf.path.suffix.lower() == ".csv"
     scan = scan_file(lf.path, text=text_file)
     with engine.connect() as conn:
-        prior = _latest_batch(conn, lf.rel_path)
+        priors = _current_batches(conn, lf.rel_path)
+    prior = priors[-1] if priors else None
     if prior is not None and prior.checksum == scan.checksum:
         # The same bytes again. Only a rejection that today's thresholds would not
         # repeat (the threshold was raised) is worth another attempt.
@@ -306,17 +307,6 @@ def _check_header(lf: LandingFile, header: list[str]) -> None:
         raise UnreadableFile(lf.rel_path, f"column(s) named more than once in the header: {shown}")
 
 
-def _latest_batch(conn: Connection, rel_path: str) -> IngestBatch | None:
-    stmt = (
-        select(IngestBatch)
-        .where(IngestBatch.file_path == rel_path, IngestBatch.status != BatchStatus.REPLACED)
-        .order_by(IngestBatch.id.desc())
-        .limit(1)
-    )
-    row = conn.execute(stmt).first()
-    return IngestBatch(**row._mapping) if row else None  # detached copy
-
-
 def _repeat(engine: Engine, lf: LandingFile, prior: IngestBatch) -> BatchReport:
     """The same bytes again: change nothing, and answer as the first time did."""
     report = BatchReport(
@@ -370,7 +360,8 @@ class _Rejected(Exception):
 
 
 def _current_batches(conn: Connection, rel_path: str) -> list[IngestBatch]:
-    """Every earlier version of this file that a new one supersedes (loaded, rejected or unreadable)."""
+    """Every earlier version of this file that a new one supersedes (loaded, rejected or
+    unreadable), oldest first, as detached copies."""
     stmt = select(IngestBatch).where(IngestBatch.file_path == rel_path, IngestBatch.status != BatchStatus.REPLACED)
     return [IngestBatch(**row._mapping) for row in conn.execute(stmt.order_by(IngestBatch.id))]
 
