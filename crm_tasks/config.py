@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import re
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import pycountry
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from crm_tasks.errors import ConfigError
 
@@ -48,6 +50,57 @@ class CustomAttribute(BaseModel):
         return v
 
 
+class LifecycleRules(BaseModel):
+    """Thresholds of the lifecycle stages, in days (see crm_tasks/segments.py)."""
+
+    new_days: int = Field(30, ge=1)  # first order this many days ago or fewer: new
+    churn_days: int = Field(180, ge=2)  # no order for this many days: churned
+    at_risk_factor: float = Field(2.0, gt=0)  # silent for longer than this many usual gaps: at risk
+    at_risk_min_days: int = Field(30, ge=1)  # ...and for at least this many days
+    single_order_gap_days: int = Field(60, ge=1)  # the "usual gap" of a customer with one order
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LifecycleRules:
+        if self.churn_days <= self.new_days:
+            raise ValueError(f"churn_days ({self.churn_days}) must be greater than new_days ({self.new_days})")
+        return self
+
+
+class SegmentSettings(BaseModel):
+    folder: Path = REPO_ROOT / "segments"  # custom segment definitions, one YAML file each
+    # Segments compare customers across currencies in this one, at these fixed planning
+    # rates (units of the base currency per unit): a segment must not move because a
+    # market rate did. A currency without a rate stops the run with its name.
+    base_currency: str = "INR"
+    exchange_rates: dict[str, Decimal] = {"INR": Decimal(1)}
+    # RFM frequency and monetary over the last N days (None: all history).
+    window_days: int | None = Field(None, ge=1)
+    high_value_share: float = Field(0.10, gt=0, lt=1)
+    lifecycle: LifecycleRules = LifecycleRules()
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, v: Path) -> Path:
+        return v if v.is_absolute() else REPO_ROOT / v
+
+    @field_validator("exchange_rates")
+    @classmethod
+    def _rates(cls, v: dict[str, Decimal]) -> dict[str, Decimal]:
+        known = {c.alpha_3 for c in pycountry.currencies}
+        for code, rate in v.items():
+            if code not in known:
+                raise ValueError(f"'{code}' is not an ISO 4217 currency code")
+            if rate <= 0:
+                raise ValueError(f"the rate of {code} must be positive, got {rate}")
+        return v
+
+    @model_validator(mode="after")
+    def _base(self) -> SegmentSettings:
+        if self.exchange_rates.get(self.base_currency) != 1:
+            raise ValueError(f"exchange_rates must give the base currency {self.base_currency} the rate 1")
+        return self
+
+
 class Settings(BaseModel):
     database_url: str | None = None
     landing_dir: Path = REPO_ROOT / "var" / "landing"
@@ -60,6 +113,7 @@ class Settings(BaseModel):
     default_locale: str = "en-IN"
     chunk_rows: int = Field(100_000, ge=1_000)
     custom_attributes: list[CustomAttribute] = []
+    segments: SegmentSettings = SegmentSettings()
 
     @field_validator("timezone")
     @classmethod
@@ -108,6 +162,7 @@ _ENV = {
     "CRM_DEFAULT_LOCALE": "default_locale",
     "CRM_CHUNK_ROWS": "chunk_rows",
 }
+_SEGMENT_ENV = {"CRM_SEGMENTS_DIR": "folder"}
 
 
 def normalise_url(url: str) -> str:
@@ -134,6 +189,9 @@ def load_settings(config_path: str | os.PathLike | None = None, env: dict[str, s
     for var, field in _ENV.items():
         if env.get(var):
             data[field] = env[var]
+    for var, field in _SEGMENT_ENV.items():
+        if env.get(var):
+            data["segments"] = {**(data.get("segments") or {}), field: env[var]}
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -6,7 +6,7 @@ import enum
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, Integer, SmallInteger, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -165,7 +165,134 @@ class MetricsDirty(Base):
     rebuild: Mapped[bool]
 
 
+class Segment(Base):
+    """A segment: built in (RFM, lifecycle, value tier) or defined in segments/*.yaml."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)  # 'rfm:champions', or a custom name
+    family: Mapped[str] = mapped_column(String(16))  # rfm | lifecycle | value | custom
+    description: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str | None] = mapped_column(String(512))  # the definition file of a custom segment
+    definition: Mapped[dict | None] = mapped_column(Json)  # its rule, as last loaded
+    status: Mapped[str] = mapped_column(String(16))  # SegmentStatus
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SegmentStatus(enum.StrEnum):
+    ACTIVE = "active"
+    # The definition file is broken: the last good membership is carried forward, unchanged.
+    INVALID = "invalid"
+    REMOVED = "removed"  # the definition file is gone: memberships were closed
+
+
+class SegmentRun(Base):
+    """One recompute, keyed by its as-of date: what it covered and how it reconciled."""
+
+    __tablename__ = "segment_runs"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    cutoff: Mapped[datetime] = mapped_column(UtcDateTime)  # end of the as-of day: purchases before it count
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    source: Mapped[str] = mapped_column(String(16))  # 'metrics' (maintained totals) | 'purchases' (rescan)
+    customers: Mapped[int] = mapped_column(BigInteger)  # profiles existing at the cutoff
+    scored: Mapped[int] = mapped_column(BigInteger)  # ...of which with an order: RFM-scored
+    buyers_without_profile: Mapped[int] = mapped_column(BigInteger)  # purchases but no profile: not segmented
+    memberships: Mapped[int] = mapped_column(BigInteger)
+    entered: Mapped[int] = mapped_column(BigInteger)
+    exited: Mapped[int] = mapped_column(BigInteger)
+    parameters: Mapped[dict] = mapped_column(Json)  # the settings it ran with
+    problems: Mapped[list] = mapped_column(Json)  # invalid custom segments, by file
+
+
+class CustomerScore(Base):
+    """Each customer's RFM figures, scores and stages as of the latest recompute."""
+
+    __tablename__ = "customer_scores"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    as_of: Mapped[date] = mapped_column(Date)
+    orders: Mapped[int] = mapped_column(BigInteger)  # all history up to the cutoff
+    frequency: Mapped[int] = mapped_column(BigInteger)  # orders in the RFM window
+    monetary: Mapped[Decimal] = mapped_column(Money)  # net revenue in the window, base currency
+    avg_basket: Mapped[Decimal | None] = mapped_column(Money)  # monetary / frequency
+    recency_days: Mapped[int | None] = mapped_column(Integer)  # whole days since the last order
+    tenure_days: Mapped[int | None] = mapped_column(Integer)  # whole days since the first order
+    first_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    previous_gap_days: Mapped[int | None] = mapped_column(Integer)  # between the last two orders, if recent
+    r_score: Mapped[int | None] = mapped_column(SmallInteger)
+    f_score: Mapped[int | None] = mapped_column(SmallInteger)
+    m_score: Mapped[int | None] = mapped_column(SmallInteger)
+    rfm_segment: Mapped[str | None] = mapped_column(String(32))
+    lifecycle: Mapped[str] = mapped_column(String(16))
+    value_tier: Mapped[str] = mapped_column(String(16))
+
+
+class SegmentMembership(Base):
+    """Who was in which segment when: member from valid_from up to, not including, valid_to."""
+
+    __tablename__ = "segment_memberships"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    segment_id: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    valid_from: Mapped[date] = mapped_column(Date)
+    valid_to: Mapped[date | None] = mapped_column(Date)  # None: still a member
+
+    __table_args__ = (
+        # Current members; the nightly diff probes it once per staged membership.
+        Index("ux_segment_memberships_open", "segment_id", "customer_id", unique=True,
+              sqlite_where=text("valid_to IS NULL"), postgresql_where=text("valid_to IS NULL")),
+        # Entries of a day (sizes, transitions, undoing a re-run date).
+        Index("ix_segment_memberships_from", "valid_from", "segment_id"),
+        # Exits of a day, paired with entries by customer for transitions. Partial: closed
+        # rows are the few that changed, so the index costs nothing on the first run.
+        Index("ix_segment_memberships_closed", "valid_to", "segment_id", "customer_id",
+              sqlite_where=text("valid_to IS NOT NULL"), postgresql_where=text("valid_to IS NOT NULL")),
+    )
+
+
+class SegmentSize(Base):
+    """A daily snapshot of every segment's size, and how many entered and left that day."""
+
+    __tablename__ = "segment_sizes"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    entered: Mapped[int] = mapped_column(BigInteger)
+    exited: Mapped[int] = mapped_column(BigInteger)
+
+
+class SegmentStage(Base):
+    """Work table of a recompute: the memberships as of its date, before the diff into history."""
+
+    __tablename__ = "segment_stage"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 __all__ = [
-    "Base", "BatchStatus", "Customer", "CustomerCategoryMetrics", "CustomerMetrics", "IngestBatch", "MetricsDirty",
-    "Purchase", "QuarantinedRow",
+    "Base",
+    "BatchStatus",
+    "Customer",
+    "CustomerCategoryMetrics",
+    "CustomerMetrics",
+    "CustomerScore",
+    "IngestBatch",
+    "MetricsDirty",
+    "Purchase",
+    "QuarantinedRow",
+    "Segment",
+    "SegmentMembership",
+    "SegmentRun",
+    "SegmentSize",
+    "SegmentStage",
+    "SegmentStatus",
 ]

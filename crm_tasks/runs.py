@@ -18,6 +18,11 @@ from crm_tasks.errors import ConfigError
 
 MAX_RANGE_DAYS = 3660
 
+# The assets that connect the DAGs (Airflow's Asset takes these URIs; crm_tasks does not import Airflow).
+CUSTOMERS_ASSET = "crm://customers"
+PURCHASES_ASSET = "crm://purchases"
+SEGMENTS_ASSET = "crm://segments"
+
 
 def business_dates(
     start: str | None,
@@ -100,3 +105,53 @@ def ingest_for_task(dates: list[str], source: str) -> dict:
     check_schema(engine)  # purchases run even when the profile task failed: check again
     report = ingest_dates(engine, settings(), [date.fromisoformat(d) for d in dates], [source])
     return report.summary()
+
+
+def segment_dates(as_of: str | None, through: str | None, loaded_dates: list[str], latest: date | None,
+                  fallback: date | None) -> list[date]:
+    """The as-of dates a segments run computes, in order.
+
+    An explicit date (trigger form) wins, with ``through`` for a backfill range. A run
+    triggered by ingest computes as of the latest date it loaded, but never before the
+    latest recorded recompute: a corrected old partition changes today's segments, and
+    must not undo the history recorded since. Otherwise: ``fallback``, the latest
+    loaded partition.
+    """
+    if through and not as_of:
+        raise ConfigError("through needs an as_of date to start from")
+    if as_of:
+        try:
+            first = date.fromisoformat(as_of)
+            last = date.fromisoformat(through) if through else first
+        except ValueError:
+            raise ConfigError(f"as_of/through must be dates in YYYY-MM-DD form, got {as_of!r}, {through!r}") from None
+        if last < first:
+            raise ConfigError(f"through {last} is before as_of {first}")
+        if (last - first).days >= MAX_RANGE_DAYS:
+            raise ConfigError(f"a range of more than {MAX_RANGE_DAYS} days is refused; split it")
+        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+    if loaded_dates:
+        newest = max(date.fromisoformat(d) for d in loaded_dates)
+        return [max(newest, latest) if latest else newest]
+    if fallback is None:
+        raise ConfigError("nothing has been ingested yet and no as_of date was given")
+    return [fallback]
+
+
+def segments_for_task(as_of: str | None, through: str | None, loaded_dates: list[str]) -> dict:
+    """Recompute segments for a DAG run; returns the last recompute's counts (no customer data)."""
+    from crm_tasks import segments
+    from crm_tasks.db import check_schema
+    from crm_tasks.errors import CrmError
+
+    engine = task_engine()
+    check_schema(engine)
+    try:
+        fallback = segments.default_as_of(engine)
+    except CrmError:
+        fallback = None
+    dates = segment_dates(as_of, through, loaded_dates, segments.latest_as_of(engine), fallback)
+    results = [segments.recompute(engine, settings(), d) for d in dates]
+    out = results[-1].summary()
+    out["dates"] = [d.isoformat() for d in dates]
+    return out

@@ -17,10 +17,10 @@ are refreshed for the customers each batch touched.
 **Trigger by hand** with *start date* and *end date* to (re)load a range,
 for example a backfill or the demo's year of data.
 
-On success it updates the assets `crm://customers` and `crm://purchases`, which
-the segment DAG schedules on. Failures caused by the data (rejected or
-unreadable files) fail at once without retries; see the task log for the file,
-the counts and the first reasons.
+On success it updates the assets `crm://customers` and `crm://purchases`
+(their events carry the dates loaded), which `crm_segments` schedules on.
+Failures caused by the data (rejected or unreadable files) fail at once without
+retries; see the task log for the file, the counts and the first reasons.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_con
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from crm_tasks.config import settings
+from crm_tasks.runs import CUSTOMERS_ASSET, PURCHASES_ASSET
 
-CUSTOMERS = Asset("crm://customers")
-PURCHASES = Asset("crm://purchases")
+CUSTOMERS = Asset(CUSTOMERS_ASSET)
+PURCHASES = Asset(PURCHASES_ASSET)
 
 # Bad data does not get better by waiting: fail at once. Anything else
 # (a database restart, a full disk being cleared) gets the retries.
@@ -106,10 +107,13 @@ def crm_ingest():
         return ingest_for_task(dates, "purchases")
 
     @task(outlets=[CUSTOMERS, PURCHASES])
-    def publish(customers: dict, purchases: dict) -> dict:
-        """Reconcile the run's counts and announce fresh data to downstream DAGs."""
+    def publish(dates: list[str], customers: dict, purchases: dict) -> dict:
+        """Reconcile the run's counts and announce fresh data, with the dates loaded, to downstream DAGs."""
         from crm_tasks.ingest import combine_summaries
 
+        outlets = get_current_context()["outlet_events"]
+        for asset in (CUSTOMERS, PURCHASES):
+            outlets[asset].extra = {"dates": dates}
         return combine_summaries(customers, purchases)
 
     # Each ingest task checks the schema itself (purchases run even when profiles failed).
@@ -117,7 +121,7 @@ def crm_ingest():
     customers = ingest_customers(dates)
     purchases = ingest_purchases(dates)
     customers >> purchases
-    publish(customers, purchases)
+    publish(dates, customers, purchases)
 
 
 crm_ingest()

@@ -136,3 +136,56 @@ def test_crm_ingest_uses_the_airflow_connection_crm_db(ingest_dag, engine, landi
     assert run.state == "success"
     with engine.connect() as c:
         assert c.execute(select(func.count()).select_from(Purchase)).scalar_one() == 1
+
+
+def test_segments_run_after_ingest_and_announce_their_own_asset(dagbag):
+    ingest = dagbag.dags["crm_ingest"]
+    seg = dagbag.dags["crm_segments"]
+    produced = {o.uri for t in ingest.tasks for o in t.outlets}
+    # Either asset triggers a recompute (fresh profiles alone change prospects and custom rules).
+    consumed = {a.uri for a in seg.timetable.asset_condition.objects}
+    assert consumed == produced == {"crm://customers/", "crm://purchases/"}
+    assert {o.uri for t in seg.tasks for o in t.outlets} == {"crm://segments/"}
+
+
+def test_segment_dates_follow_the_triggering_run():
+    from crm_tasks.errors import ConfigError
+    from crm_tasks.runs import segment_dates
+
+    d = date.fromisoformat
+    # After ingest: the latest date it loaded.
+    assert segment_dates(None, None, ["2026-03-01", "2026-03-02"], None, None) == [d("2026-03-02")]
+    # A corrected old partition recomputes today's segments, without undoing recorded history.
+    assert segment_dates(None, None, ["2026-02-01"], d("2026-03-02"), None) == [d("2026-03-02")]
+    # The trigger form: one date, or a backfill range in order.
+    assert segment_dates("2026-01-30", "2026-02-02", [], d("2026-03-02"), None)[1:3] == [
+        d("2026-01-31"), d("2026-02-01")]
+    # A manual run without dates: the latest loaded partition.
+    assert segment_dates(None, None, [], None, d("2026-03-05")) == [d("2026-03-05")]
+    with pytest.raises(ConfigError, match="through"):
+        segment_dates("2026-03-02", "2026-03-01", [], None, None)
+    with pytest.raises(ConfigError, match="nothing has been ingested"):
+        segment_dates(None, None, [], None, None)
+
+
+@pytest.mark.airflow
+def test_ingest_then_segments_through_airflow(dagbag, airflow_db, use_settings, monkeypatch, engine, landing):
+    from crm_tasks.models import SegmentRun
+
+    for dag_id in ("crm_ingest", "crm_segments"):
+        for t in dagbag.dags[dag_id].tasks:
+            monkeypatch.setattr(t, "retries", 0)
+    write_csv(landing, "customers", "2026-03-01", [customer("C1"), customer("C2")])
+    write_csv(landing, "purchases", "2026-03-01", [purchase("T1", amount="10")])
+    assert dagbag.dags["crm_ingest"].test(run_conf={"start_date": "2026-03-01"}).state == "success"
+    # A manual run without dates computes as of the latest loaded partition.
+    run = dagbag.dags["crm_segments"].test(run_conf={"as_of": None, "through": None})
+    assert run.state == "success"
+    with engine.connect() as conn:
+        runs = conn.execute(select(SegmentRun.as_of, SegmentRun.customers, SegmentRun.scored)).all()
+    assert runs == [(date(2026, 3, 1), 2, 1)]
+    # A backfill from the trigger form: one history step per day.
+    run = dagbag.dags["crm_segments"].test(run_conf={"as_of": "2026-03-02", "through": "2026-03-04"})
+    assert run.state == "success"
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(SegmentRun)).scalar_one() == 4
