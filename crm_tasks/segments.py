@@ -8,8 +8,10 @@ transaction, set-based SQL on SQLite and PostgreSQL alike:
    Orders, first and last order come from all history; frequency and monetary
    from the RFM window (default: all history). Amounts of every currency are
    converted into the base currency at the fixed rates of ``crm.yaml``; a
-   currency without a rate stops the run, naming it. Days are whole 24-hour
-   periods before the cutoff, so a purchase on the as-of day is 0 days ago.
+   currency without a rate stops the run, naming it. Days count back in whole
+   24-hour periods from the cutoff, the way custom rules count them
+   (``rules.py``): a purchase on the as-of day is 0 days ago, on the day
+   before 1 day ago.
    With no window and no purchase after the cutoff (the nightly case), the totals
    come from ``customer_metrics``, which ingest keeps current; otherwise
    (looking back, or a window) purchases are rescanned up to the cutoff.
@@ -317,6 +319,8 @@ _AVG_BASKET = {
 }
 
 # One pass: the base figures (b), their quintile ranks (r), then scores, stage and tier.
+# Days: an instant in [cutoff - (N+1) days, cutoff - N days) is N days ago, in whole
+# seconds on both dialects (hence the - 1: the first second of the as-of day is 0 days ago).
 # The gap before the last order is looked up only for recent repeat buyers, one seek
 # each into ix_purchases_customer (the second-latest order, ties included).
 _SCORES = """
@@ -351,12 +355,12 @@ FROM (
         FROM (
             SELECT c.customer_id, COALESCE(pc.orders, 0) AS orders, COALESCE(pc.frequency, 0) AS frequency,
                    COALESCE(pc.monetary, 0) AS monetary, {avg_basket} AS avg_basket,
-                   (:cutoff_epoch - {last_epoch}) / {day} AS recency_days,
-                   (:cutoff_epoch - {first_epoch}) / {day} AS tenure_days,
+                   (:cutoff_epoch - 1 - {last_epoch}) / {day} AS recency_days,
+                   (:cutoff_epoch - 1 - {first_epoch}) / {day} AS tenure_days,
                    pc.first_at, pc.last_at,
                    CASE WHEN pc.orders >= 2 THEN ({last_epoch} - {first_epoch}) / ({day}.0 * (pc.orders - 1))
                         ELSE :single_gap END AS usual_gap_days,
-                   CASE WHEN pc.orders >= 2 AND (:cutoff_epoch - {last_epoch}) / {day} < :new_days THEN
+                   CASE WHEN pc.orders >= 2 AND (:cutoff_epoch - 1 - {last_epoch}) / {day} < :new_days THEN
                        ({last_epoch} - {previous_epoch}) / {day} END AS previous_gap_days
             FROM customers c
             LEFT JOIN ({per_customer}) pc ON pc.customer_id = c.customer_id

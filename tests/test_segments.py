@@ -65,8 +65,9 @@ def expected_scores(engine, cfg, as_of: date) -> pd.DataFrame:
         row = {"orders": len(orders), "frequency": freq, "monetary": monetary}
         if len(orders):
             secs = sorted(orders["sec"])
-            row["recency_days"] = (cut - secs[-1]) // 86400
-            row["tenure_days"] = (cut - secs[0]) // 86400
+            # The day an instant falls in: [cutoff - (N+1) days, cutoff - N days) is N days ago.
+            row["recency_days"] = (cut - 1 - secs[-1]) // 86400
+            row["tenure_days"] = (cut - 1 - secs[0]) // 86400
             row["gap"] = (secs[-1] - secs[0]) / 86400 / (len(secs) - 1) if len(secs) > 1 else None
             row["previous_gap_days"] = (secs[-1] - secs[-2]) // 86400 if len(secs) > 1 else None
         if freq:
@@ -214,14 +215,17 @@ def test_quintile_boundaries_and_ties(engine, seg_cfg, landing):
 
 def test_refunds_currencies_and_one_time_buyers(engine, seg_cfg, landing):
     _load(engine, seg_cfg, landing, [
-        purchase("A1", "ONE", "2026-03-30T10:00:00+05:30", "100.00"),
+        purchase("A1", "ONE", "2026-03-30T23:59:59+05:30", "100.00"),  # the day before
         purchase("B1", "REF", "2026-03-10T10:00:00+05:30", "-40.00"),  # a refund only: not a buyer
         purchase("C1", "MIX", "2026-03-01T10:00:00+05:30", "1000.00", currency="PKR"),  # 300 INR at 0.30
         purchase("C2", "MIX", "2026-03-05T10:00:00+05:30", "50.00"),
         purchase("C3", "MIX", "2026-03-06T10:00:00+05:30", "-20.00"),  # refunds lower monetary
-        purchase("D1", "NET", "2026-03-31T23:59:59+05:30", "0.00"),  # a free item is an order
+        purchase("D1", "NET", "2026-03-31T00:00:00+05:30", "0.00"),  # a free item; first second of the day
         purchase("E1", "LATE", "2026-04-01T00:00:00+05:30", "10.00"),  # after the cutoff: not counted
     ], [customer(c) for c in ("ONE", "REF", "MIX", "NET", "LATE", "NONE")])
+    # A rule's day count and the recency score count days the same way.
+    (seg_cfg.segments.folder / "yesterday.yaml").write_text(
+        "name: bought_yesterday\nrule: {field: last_purchase_at, days_ago: {eq: 1}}\n")
     result = segments.recompute(engine, seg_cfg, AS_OF)
     assert result.source == "purchases"  # a purchase after the cutoff: the totals are rescanned
     got = stored_scores(engine)
@@ -234,6 +238,7 @@ def test_refunds_currencies_and_one_time_buyers(engine, seg_cfg, landing):
     assert got.loc["NET", "recency_days"] == 0 and got.loc["ONE", "recency_days"] == 1
     assert got.loc["LATE", "lifecycle"] == "prospect"
     assert result.customers == 6 and result.scored == 3  # ONE, MIX and NET
+    assert members(engine, "bought_yesterday") == set(got.index[got["recency_days"] == 1]) == {"ONE"}
     assert_scores_match(engine, seg_cfg, AS_OF)
 
 
