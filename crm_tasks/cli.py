@@ -7,6 +7,7 @@ JSON object on stdout. Errors go to stderr with exit code 1.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from datetime import date, timedelta
 from pathlib import Path
@@ -40,6 +41,9 @@ def _fail(exc: CrmError, as_json: bool, payload: dict | None = None) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """CRM campaign engine: ingest, segments and campaigns for retail loyalty data."""
+    # The commands print what matters themselves; without a handler, Python's
+    # last-resort handler would echo the library's warnings to stderr a second time.
+    logging.getLogger("crm_tasks").addHandler(logging.NullHandler())
 
 
 @main.group()
@@ -216,8 +220,12 @@ def segments_recompute(as_of, start, end, dry_run, as_json) -> None:
             human.append(f"  note: {r.buyers_without_profile} customers have purchases but no profile; "
                          "they are not segmented")
         human += [f"  problem: {p}" for p in r.problems]
-        if r.cleared_dates:
-            human.append(f"  note: the later recomputes {', '.join(map(str, r.cleared_dates))} were undone; "
+        # In a backfill, the dates a day undoes are recomputed by the days after it.
+        cleared = [d for d in r.cleared_dates if not end or d > end]
+        if cleared and r.dry_run:
+            human.append(f"  note: a real run would undo the later recomputes {', '.join(map(str, cleared))}")
+        elif cleared:
+            human.append(f"  note: the later recomputes {', '.join(map(str, cleared))} were undone; "
                          "recompute them in order (--from/--to)")
     _emit(as_json, payload, "\n".join(human))
 

@@ -53,10 +53,10 @@ class CustomAttribute(BaseModel):
 class LifecycleRules(BaseModel):
     """Thresholds of the lifecycle stages, in days (see crm_tasks/segments.py)."""
 
-    new_days: int = Field(30, ge=1)  # first order this many days ago or fewer: new
+    new_days: int = Field(30, ge=1)  # first order fewer than this many days ago: new
     churn_days: int = Field(180, ge=2)  # no order for this many days: churned
     at_risk_factor: float = Field(2.0, gt=0)  # silent for longer than this many usual gaps: at risk
-    at_risk_min_days: int = Field(30, ge=1)  # ...and for at least this many days
+    at_risk_min_days: int = Field(30, ge=1)  # ...and for more than this many days
     single_order_gap_days: int = Field(60, ge=1)  # the "usual gap" of a customer with one order
 
     @model_validator(mode="after")

@@ -244,6 +244,7 @@ class RecomputeResult:
     cleared_dates: list[date] = field(default_factory=list)  # later recomputes undone by this one
     dry_run: bool = False
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for the log and the benchmark
 
     def summary(self) -> dict:
         """Counts only (no customer ids): small enough for XCom and logs."""
@@ -302,8 +303,11 @@ _CONVERT = {
     "postgresql": "ROUND(revenue_w * ({rate}), 4)",
 }
 
+# Whole seconds of the first and last order are computed here, once per row, inside the
+# aggregate (SQLite would otherwise re-parse the timestamp text wherever they are used).
 _PER_CUSTOMER = """
 SELECT customer_id, SUM(orders) AS orders, MIN(first_at) AS first_at, MAX(last_at) AS last_at,
+       MIN({first_epoch}) AS first_s, MAX({last_epoch}) AS last_s,
        SUM(frequency) AS frequency, SUM({converted}) AS monetary
 FROM ({source}) per_currency
 GROUP BY customer_id
@@ -318,56 +322,68 @@ _AVG_BASKET = {
     ),
 }
 
-# One pass: the base figures (b), their quintile ranks (r), then scores, stage and tier.
+# Step 1, the base figures and the lifecycle stage of every profile existing at the cutoff,
+# into a scratch table (temporary: never in the database's journal).
 # Days: an instant in [cutoff - (N+1) days, cutoff - N days) is N days ago, in whole
 # seconds on both dialects (hence the - 1: the first second of the as-of day is 0 days ago).
 # The gap before the last order is looked up only for recent repeat buyers, one seek
 # each into ix_purchases_customer (the second-latest order, ties included).
-_SCORES = """
-INSERT INTO customer_scores (
-    customer_id, as_of, orders, frequency, monetary, avg_basket, recency_days, tenure_days,
-    first_purchase_at, last_purchase_at, previous_gap_days, r_score, f_score, m_score,
-    rfm_segment, lifecycle, value_tier)
-SELECT customer_id, :as_of, orders, frequency, monetary, avg_basket, recency_days, tenure_days,
-       first_at, last_at, previous_gap_days, r_score, f_score, m_score,
-       {rfm_case},
+_BASE = """
+CREATE TEMP TABLE seg_base {on_commit} AS
+SELECT customer_id, orders, frequency, monetary, avg_basket, recency_days, tenure_days,
+       first_at, last_at, previous_gap_days,
        CASE WHEN orders = 0 THEN 'prospect'
             WHEN tenure_days < :new_days THEN 'new'
             WHEN recency_days < :new_days AND previous_gap_days >= :churn_days THEN 'reactivated'
             WHEN recency_days >= :churn_days THEN 'churned'
             WHEN recency_days > :at_risk_min_days AND recency_days > :at_risk_factor * usual_gap_days
                  THEN 'at_risk'
-            ELSE 'active' END,
-       CASE WHEN frequency > 0 AND (v_rank - 1) * :share_den < :share_num * scored THEN 'high_value'
-            ELSE 'other' END
+            ELSE 'active' END AS lifecycle
 FROM (
-    SELECT r.*,
-           CASE WHEN frequency > 0 THEN 1 + 5 * (r_rank - 1) / scored END AS r_score,
-           CASE WHEN frequency > 0 THEN 1 + 5 * (f_rank - 1) / scored END AS f_score,
-           CASE WHEN frequency > 0 THEN 1 + 5 * (m_rank - 1) / scored END AS m_score
+    SELECT c.customer_id, COALESCE(pc.orders, 0) AS orders, COALESCE(pc.frequency, 0) AS frequency,
+           COALESCE(pc.monetary, 0) AS monetary, {avg_basket} AS avg_basket,
+           (:cutoff_epoch - 1 - pc.last_s) / {day} AS recency_days,
+           (:cutoff_epoch - 1 - pc.first_s) / {day} AS tenure_days,
+           pc.first_at, pc.last_at,
+           CASE WHEN pc.orders >= 2 THEN (pc.last_s - pc.first_s) / ({day}.0 * (pc.orders - 1))
+                ELSE :single_gap END AS usual_gap_days,
+           CASE WHEN pc.orders >= 2 AND (:cutoff_epoch - 1 - pc.last_s) / {day} < :new_days THEN
+               (pc.last_s - {previous_epoch}) / {day} END AS previous_gap_days
+    FROM customers c
+    LEFT JOIN ({per_customer}) pc ON pc.customer_id = c.customer_id
+    WHERE c.created_at < :cutoff
+) b
+"""
+
+# Step 2, the quintile scores of the customers with an order in the window, and the
+# rows written once. The ranks are computed over the four narrow columns they need
+# (sorting whole rows four times costs several times more). High value is the top
+# share by monetary, ties at the boundary included (rank from the top <= share * scored).
+_SCORES = """
+INSERT INTO customer_scores (
+    customer_id, as_of, orders, frequency, monetary, avg_basket, recency_days, tenure_days,
+    first_purchase_at, last_purchase_at, previous_gap_days, r_score, f_score, m_score,
+    rfm_segment, lifecycle, value_tier)
+SELECT b.customer_id, :as_of, b.orders, b.frequency, b.monetary, b.avg_basket, b.recency_days, b.tenure_days,
+       b.first_at, b.last_at, b.previous_gap_days, r.r_score, r.f_score, r.m_score,
+       {rfm_case},
+       b.lifecycle,
+       CASE WHEN (r.v_rank - 1) * :share_den < :share_num * :scored THEN 'high_value' ELSE 'other' END
+FROM seg_base b
+LEFT JOIN (
+    SELECT customer_id, v_rank,
+           1 + 5 * (r_rank - 1) / :scored AS r_score,
+           1 + 5 * (f_rank - 1) / :scored AS f_score,
+           1 + 5 * (m_rank - 1) / :scored AS m_score
     FROM (
-        SELECT b.*,
-               RANK() OVER (PARTITION BY frequency > 0 ORDER BY recency_days DESC) AS r_rank,
-               RANK() OVER (PARTITION BY frequency > 0 ORDER BY frequency) AS f_rank,
-               RANK() OVER (PARTITION BY frequency > 0 ORDER BY monetary) AS m_rank,
-               RANK() OVER (PARTITION BY frequency > 0 ORDER BY monetary DESC) AS v_rank,
-               COUNT(*) OVER (PARTITION BY frequency > 0) AS scored
-        FROM (
-            SELECT c.customer_id, COALESCE(pc.orders, 0) AS orders, COALESCE(pc.frequency, 0) AS frequency,
-                   COALESCE(pc.monetary, 0) AS monetary, {avg_basket} AS avg_basket,
-                   (:cutoff_epoch - 1 - {last_epoch}) / {day} AS recency_days,
-                   (:cutoff_epoch - 1 - {first_epoch}) / {day} AS tenure_days,
-                   pc.first_at, pc.last_at,
-                   CASE WHEN pc.orders >= 2 THEN ({last_epoch} - {first_epoch}) / ({day}.0 * (pc.orders - 1))
-                        ELSE :single_gap END AS usual_gap_days,
-                   CASE WHEN pc.orders >= 2 AND (:cutoff_epoch - 1 - {last_epoch}) / {day} < :new_days THEN
-                       ({last_epoch} - {previous_epoch}) / {day} END AS previous_gap_days
-            FROM customers c
-            LEFT JOIN ({per_customer}) pc ON pc.customer_id = c.customer_id
-            WHERE c.created_at < :cutoff
-        ) b
-    ) r
-) s
+        SELECT customer_id,
+               RANK() OVER (ORDER BY recency_days DESC) AS r_rank,
+               RANK() OVER (ORDER BY frequency) AS f_rank,
+               RANK() OVER (ORDER BY monetary) AS m_rank,
+               RANK() OVER (ORDER BY monetary DESC) AS v_rank
+        FROM seg_base WHERE frequency > 0
+    ) ranked
+) r ON r.customer_id = b.customer_id
 """
 _PREVIOUS_ORDER = """(SELECT p.purchased_at FROM purchases p
     WHERE p.customer_id = c.customer_id AND p.amount >= 0 AND p.purchased_at < :cutoff
@@ -415,7 +431,7 @@ def _rfm_case() -> str:
         f"WHEN {r * 10 + fm} THEN '{name}'"
         for r, names in RFM_GRID.items() for fm, name in enumerate(names, start=1)
     )
-    return f"CASE r_score * 10 + (f_score + m_score + 1) / 2 {whens} END"
+    return f"CASE r.r_score * 10 + (r.f_score + r.m_score + 1) / 2 {whens} END"
 
 
 def _rate_case(cfg: Settings, params: dict) -> str:
@@ -477,6 +493,9 @@ def recompute(engine: Engine, cfg: Settings, as_of: date, *, dry_run: bool = Fal
              result.seconds)
     for problem in result.problems:
         log.warning("segments as of %s: %s", as_of, problem)
+    if result.cleared_dates and not dry_run:
+        log.warning("segments: recomputing %s undid the later recomputes %s .. %s; recompute them in order",
+                    as_of, result.cleared_dates[0], result.cleared_dates[-1])
     return result
 
 
@@ -487,8 +506,22 @@ def recompute_range(engine: Engine, cfg: Settings, first: date, last: date) -> l
     return [recompute(engine, cfg, first + timedelta(days=i)) for i in range((last - first).days + 1)]
 
 
+class _Phases(dict):
+    """Seconds per step of a recompute: where the time goes, for the log and the benchmark."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self[name] = round(self.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+
 def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None) -> RecomputeResult:
     dialect = conn.dialect.name
+    phases = _Phases()
     if dialect == "postgresql":
         # One recompute at a time: two would diff against each other's half-written history.
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('crm_segments'))"))
@@ -497,31 +530,38 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
     builtins = builtin_segments()
     definitions, problems = rules.load_definitions(cfg.segments.folder, fields, builtins.keys())
     ids, carried = _sync_segments(conn, builtins, definitions, problems, cutoff)
+    phases.done("definitions")
     cleared = _undo_from(conn, as_of)
+    phases.done("undo")
     _check_currencies(conn, cfg)
-
     chosen = source or _choose_source(conn, cfg, cutoff)
-    customers, scored = _compute_scores(conn, cfg, as_of, cutoff, chosen)
+    phases.done("checks")
+    customers, scored = _compute_scores(conn, cfg, as_of, cutoff, chosen, phases)
     buyers_without_profile = conn.execute(text(
         "SELECT COUNT(*) FROM customer_metrics m WHERE m.orders > 0 AND NOT EXISTS "
         "(SELECT 1 FROM customers c WHERE c.customer_id = m.customer_id)"
     )).scalar_one()
+    phases.done("checks")
 
     conn.execute(delete(SegmentStage))
     for prefix, column in (("rfm:", "rfm_segment"), ("lifecycle:", "lifecycle"), ("value:", "value_tier")):
         conn.execute(text(_STAGE_BUILTIN.format(column=column)), {"prefix": prefix})
+    phases.done("stage_builtin")
     failed = _stage_custom(conn, cfg, definitions, ids, as_of, cutoff, fields)
     for name, message in failed.items():
         problems.append(rules.DefinitionProblem(source=name, name=name, path="", message=message))
         carried.add(ids[name])
         conn.execute(update(Segment).where(Segment.id == ids[name])
                      .values(status=SegmentStatus.INVALID, error=message))
+    phases.done("stage_custom")
 
     keep = f"AND segment_id NOT IN ({', '.join(str(int(i)) for i in sorted(carried))})" if carried else ""
     params = {"as_of": as_of}
     binds = [bindparam("as_of", type_=Date)]
     exited = conn.execute(text(_CLOSE.format(keep=keep)).bindparams(*binds), params).rowcount
+    phases.done("history_close")
     entered = conn.execute(text(_OPEN).bindparams(*binds), params).rowcount
+    phases.done("history_open")
     conn.execute(delete(SegmentStage))
 
     counts = _record_sizes(conn, as_of)
@@ -531,10 +571,11 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
         scored=scored, buyers_without_profile=buyers_without_profile, memberships=memberships, entered=entered,
         exited=exited, parameters=_parameters(cfg), problems=[str(p) for p in problems],
     ))
+    phases.done("sizes")
     return RecomputeResult(
         as_of=as_of, source=chosen, customers=customers, scored=scored,
         buyers_without_profile=buyers_without_profile, memberships=memberships, entered=entered, exited=exited,
-        segments=counts, problems=[str(p) for p in problems], cleared_dates=cleared,
+        segments=counts, problems=[str(p) for p in problems], cleared_dates=cleared, phases=phases,
     )
 
 
@@ -594,11 +635,7 @@ def _undo_from(conn: Connection, as_of: date) -> list[date]:
     conn.execute(update(SegmentMembership).where(SegmentMembership.valid_to >= as_of).values(valid_to=None))
     conn.execute(delete(SegmentSize).where(SegmentSize.as_of >= as_of))
     conn.execute(delete(SegmentRun).where(SegmentRun.as_of >= as_of))
-    later = [d for d in undone if d > as_of]
-    if later:
-        log.warning("segments: recomputing %s undid the later recomputes %s .. %s; recompute them in order",
-                    as_of, later[0], later[-1])
-    return later
+    return [d for d in undone if d > as_of]
 
 
 def _check_currencies(conn: Connection, cfg: Settings) -> None:
@@ -624,41 +661,50 @@ def _choose_source(conn: Connection, cfg: Settings, cutoff: datetime) -> str:
     return "metrics" if latest < cutoff else "purchases"
 
 
-def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: datetime, source: str) -> tuple[int, int]:
+def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: datetime, source: str,
+                    phases: _Phases) -> tuple[int, int]:
     dialect = conn.dialect.name
     seg = cfg.segments
     life = seg.lifecycle
     params: dict = {}
     rate = _rate_case(cfg, params)
     per_customer = _PER_CUSTOMER.format(
-        converted=_CONVERT[dialect].format(rate=rate),
+        converted=_CONVERT[dialect].format(rate=rate), first_epoch=_epoch("first_at", dialect),
+        last_epoch=_epoch("last_at", dialect),
         source=_FROM_METRICS if source == "metrics" else _FROM_PURCHASES,
     )
     share = Fraction(str(seg.high_value_share))
     window_start = cutoff - timedelta(days=seg.window_days) if seg.window_days else datetime(1970, 1, 1, tzinfo=UTC)
-    sql = _SCORES.format(
-        rfm_case=_rfm_case(), avg_basket=_AVG_BASKET[dialect], per_customer=per_customer, day=DAY,
-        last_epoch=_epoch("pc.last_at", dialect), first_epoch=_epoch("pc.first_at", dialect),
+    on_commit = "ON COMMIT DROP" if dialect == "postgresql" else ""
+    sql = _BASE.format(
+        on_commit=on_commit, avg_basket=_AVG_BASKET[dialect], per_customer=per_customer, day=DAY,
         previous_epoch=_epoch(_PREVIOUS_ORDER, dialect),
     )
     params |= {
-        "as_of": as_of, "cutoff": cutoff, "window_start": window_start,
+        "cutoff": cutoff, "window_start": window_start,
         "cutoff_epoch": int(cutoff.timestamp()), "new_days": life.new_days, "churn_days": life.churn_days,
         "at_risk_min_days": life.at_risk_min_days, "at_risk_factor": life.at_risk_factor,
-        "single_gap": float(life.single_order_gap_days), "share_num": share.numerator,
-        "share_den": share.denominator,
+        "single_gap": float(life.single_order_gap_days),
     }
     stmt = text(sql).bindparams(
-        bindparam("as_of", type_=Date), bindparam("cutoff", type_=UtcDateTime()),
+        bindparam("cutoff", type_=UtcDateTime()),
         *([bindparam("window_start", type_=UtcDateTime())] if source == "purchases" else []),
     )
     if source != "purchases":
         params.pop("window_start")
     if dialect == "sqlite":  # SQLite multiplies integer units by a float rate, then rounds
         params |= {k: float(v) for k, v in params.items() if k.startswith("rate_")}
+    conn.execute(text("DROP TABLE IF EXISTS seg_base"))
+    conn.execute(stmt, params)
+    phases.done("base")
+    scored = conn.execute(text("SELECT COUNT(*) FROM seg_base WHERE frequency > 0")).scalar_one()
     conn.execute(delete(CustomerScore))
-    customers = conn.execute(stmt, params).rowcount
-    scored = conn.execute(select(func.count()).where(CustomerScore.frequency > 0)).scalar_one()
+    customers = conn.execute(
+        text(_SCORES.format(rfm_case=_rfm_case())).bindparams(bindparam("as_of", type_=Date)),
+        {"as_of": as_of, "scored": max(scored, 1), "share_num": share.numerator, "share_den": share.denominator},
+    ).rowcount
+    conn.execute(text("DROP TABLE seg_base"))
+    phases.done("scores")
     if scored:
         medians = {}
         for column in ("avg_basket", "frequency"):
@@ -666,6 +712,7 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
                                            {"take": 2 - scored % 2, "skip": (scored - 1) // 2}).scalar_one()
         conn.execute(text(_HIGH_POTENTIAL), {"median_basket": medians["avg_basket"],
                                              "median_frequency": medians["frequency"]})
+    phases.done("high_potential")
     return customers, scored
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: a multi-locale customer base and a year of purchases, loaded into the
-# embedded SQLite CRM database through the real crm_ingest DAG.
+# embedded SQLite CRM database through the real crm_ingest DAG, then segmented by the
+# crm_segments DAG over the last week (one history step per day).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -50,5 +51,26 @@ with engine.connect() as conn:
                             .order_by(QuarantinedRow.id).limit(5)):
         print(f"    {row.file_path}:{row.line_no}: {row.reason}")
 PY
+
+# One history step per day over the last week, so that sizes change and customers move.
+SEG_FROM=$(date -d "$END - 7 days" +%F)
+SINCE=$(date -d "$END - 6 days" +%F)
+echo
+echo "==> Running the crm_segments DAG through Airflow for $SEG_FROM .. $END (log: var/log/demo-crm_segments.log)"
+if "$BIN/airflow" dags test crm_segments --conf "{\"as_of\": \"$SEG_FROM\", \"through\": \"$END\"}" \
+    > var/log/demo-crm_segments.log 2>&1; then
+  grep -E "DagRun Finished" var/log/demo-crm_segments.log | sed -E 's/.*(state=[a-z]+).*/    DAG run finished: \1/' || true
+else
+  echo "    the DAG run failed; see var/log/demo-crm_segments.log" >&2
+  exit 1
+fi
+
+echo "==> Segments: RFM, lifecycle, value tiers and the custom segments of segments/"
+"$BIN/crm" segments list
+echo
+echo "Moves between segments since $SINCE (the most frequent first):"
+"$BIN/crm" segments transitions --since "$SINCE" | sed -n '2,11p'
 echo
 echo "Done. The CRM database is var/crm.db; \`make airflow\` opens the Airflow UI."
+echo "Try: .venv/bin/crm segments show lapsed_high_spenders --limit 5"
+echo "     .venv/bin/crm segments transitions --since $SINCE --from-segment lifecycle:active --to-segment lifecycle:at_risk"
