@@ -575,7 +575,7 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
     return RecomputeResult(
         as_of=as_of, source=chosen, customers=customers, scored=scored,
         buyers_without_profile=buyers_without_profile, memberships=memberships, entered=entered, exited=exited,
-        segments=counts, problems=[str(p) for p in problems], cleared_dates=cleared, phases=phases,
+        segments=counts, problems=[str(p) for p in problems], cleared_dates=cleared, phases=dict(phases),
     )
 
 
