@@ -18,7 +18,8 @@ it would in its own Airflow task, and reports its peak memory (max RSS):
 4. ``look_back``: a dry run as of a month earlier, which rescans the purchases;
 5. ``pandas_metrics`` and ``pandas_purchases``: the same RFM scores and named
    segments in vectorised pandas, from the same maintained totals and from the raw
-   purchases, reading from the same database.
+   purchases, read from and stored back into the same database (with the engine's
+   own fastest bulk insert). RFM only: no lifecycle, tiers, custom segments or history.
 
 Figures go to stdout (and --json FILE); bench/README.md records them.
 """
@@ -45,6 +46,11 @@ SCHEMA = "crm_bench_segments"
 
 
 def _rss() -> int:
+    """This process's peak resident memory in MiB. (ru_maxrss would carry over the peak of
+    the parent that generated the data: Linux keeps it across fork and exec.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -118,7 +124,8 @@ def step_recompute(url: str, day: str, dry_run: str) -> dict:
     cfg = load_settings()
     t = time.perf_counter()
     r = segments.recompute(make_engine(url), cfg, date.fromisoformat(day), dry_run=dry_run == "1")
-    return {"seconds": round(time.perf_counter() - t, 2), "source": r.source, "customers": r.customers,
+    return {"seconds": round(time.perf_counter() - t, 2), "phases": r.phases, "source": r.source,
+            "customers": r.customers,
             "scored": r.scored, "memberships": r.memberships, "entered": r.entered, "exited": r.exited,
             "problems": len(r.problems), "peak_rss_mib": _rss(),
             "sizes": {s.name: s.size for s in r.segments}}
@@ -132,7 +139,7 @@ def step_pandas(url: str, day: str, source: str) -> dict:
 
     from crm_tasks import segments
     from crm_tasks.config import load_settings
-    from crm_tasks.db import make_engine
+    from crm_tasks.db import bulk_insert, make_engine
 
     cfg = load_settings()
     cutoff = segments.cutoff_for(date.fromisoformat(day), cfg.timezone)
@@ -167,6 +174,15 @@ def step_pandas(url: str, day: str, source: str) -> dict:
     grid = np.array([[""] * 5] + [list(segments.RFM_GRID[r]) for r in range(1, 6)], dtype=object)
     fm = (scores["f"] + scores["m"] + 1) // 2
     c["rfm_segment"] = grid[scores["r"], fm - 1]
+    # Stored, as the engine stores its scores: a segment campaigns cannot read is not done.
+    rows = list(zip(c.index.tolist(), scores["r"].tolist(), scores["f"].tolist(), scores["m"].tolist(),
+                    c["rfm_segment"].tolist()))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS bench_pandas_scores (customer_id VARCHAR(64) PRIMARY KEY, "
+                          "r_score INTEGER, f_score INTEGER, m_score INTEGER, rfm_segment VARCHAR(32))"))
+        conn.execute(text("DELETE FROM bench_pandas_scores"))
+        bulk_insert(conn, "bench_pandas_scores", ["customer_id", "r_score", "f_score", "m_score", "rfm_segment"],
+                    rows)
     sizes = c["rfm_segment"].value_counts().to_dict()
     return {"seconds": round(time.perf_counter() - t, 2), "scored": n, "peak_rss_mib": _rss(),
             "sizes": {f"rfm:{k}": int(v) for k, v in sizes.items()}}

@@ -404,21 +404,35 @@ SELECT AVG(v) FROM (
 """
 
 # Built-in memberships straight from the scores: one row per customer and family.
-_STAGE_BUILTIN = """
-INSERT INTO segment_stage (segment_id, customer_id)
-SELECT g.id, s.customer_id FROM customer_scores s JOIN segments g ON g.name = :prefix || s.{column}
-"""
-
-# History, step 1: close the memberships that ended (except carried-forward segments).
-_CLOSE = """
+# History of the built-in families, diffed straight from the scores (one row per customer
+# and family), without staging a row per membership.
+# Step 1: close the open memberships of a family whose customer now has another value.
+_CLOSE_BUILTIN = """
 UPDATE segment_memberships SET valid_to = :as_of
-WHERE valid_to IS NULL {keep}
+WHERE valid_to IS NULL AND segment_id IN ({ids})
+  AND NOT EXISTS (SELECT 1 FROM customer_scores s
+                  WHERE s.customer_id = segment_memberships.customer_id
+                    AND s.{column} = CASE segment_memberships.segment_id {whens} END)
+"""
+# Step 2: open the new ones; ux_segment_memberships_open answers each probe.
+_OPEN_BUILTIN = """
+INSERT INTO segment_memberships (segment_id, customer_id, valid_from)
+SELECT g.id, s.customer_id, :as_of FROM customer_scores s JOIN segments g ON g.name = :prefix || s.{column}
+WHERE NOT EXISTS (SELECT 1 FROM segment_memberships m
+                  WHERE m.valid_to IS NULL AND m.segment_id = g.id AND m.customer_id = s.customer_id)
+"""
+_FAMILY_COLUMNS = {"rfm": "rfm_segment", "lifecycle": "lifecycle", "value": "value_tier"}
+
+# Custom segments are staged (segment_stage) and diffed the same way, for the segments
+# computed this time (a broken one keeps its memberships).
+_CLOSE_CUSTOM = """
+UPDATE segment_memberships SET valid_to = :as_of
+WHERE valid_to IS NULL AND segment_id IN ({ids})
   AND NOT EXISTS (SELECT 1 FROM segment_stage s
                   WHERE s.segment_id = segment_memberships.segment_id
                     AND s.customer_id = segment_memberships.customer_id)
 """
-# Step 2: open the new ones; ux_segment_memberships_open answers each probe.
-_OPEN = """
+_OPEN_CUSTOM = """
 INSERT INTO segment_memberships (segment_id, customer_id, valid_from)
 SELECT s.segment_id, s.customer_id, :as_of FROM segment_stage s
 WHERE NOT EXISTS (SELECT 1 FROM segment_memberships m
@@ -525,6 +539,11 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
     if dialect == "postgresql":
         # One recompute at a time: two would diff against each other's half-written history.
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('crm_segments'))"))
+        # For this transaction only: the ranks and diffs sort and hash a million rows, which
+        # spill to disk at the default 4 MB; and JIT compiling these one-off statements
+        # costs more than it saves.
+        conn.execute(text("SET LOCAL work_mem = '256MB'"))
+        conn.execute(text("SET LOCAL jit = off"))
     cutoff = cutoff_for(as_of, cfg.timezone)
     fields = rule_fields(cfg)
     builtins = builtin_segments()
@@ -543,10 +562,22 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
     )).scalar_one()
     phases.done("checks")
 
+    binds = [bindparam("as_of", type_=Date)]
+    params = {"as_of": as_of}
+    exited = entered = 0
+    for family, column in _FAMILY_COLUMNS.items():
+        members = {name.split(":", 1)[1]: ids[name] for name in builtins if name.startswith(family + ":")}
+        names = {f"v_{i}": v for i, v in enumerate(members)}
+        whens = " ".join(f"WHEN {int(members[v])} THEN :{k}" for k, v in names.items())
+        ids_sql = ", ".join(str(int(i)) for i in members.values())
+        exited += conn.execute(text(_CLOSE_BUILTIN.format(ids=ids_sql, column=column, whens=whens))
+                               .bindparams(*binds), params | names).rowcount
+        phases.done("history_close")
+        entered += conn.execute(text(_OPEN_BUILTIN.format(column=column)).bindparams(*binds),
+                                params | {"prefix": family + ":"}).rowcount
+        phases.done("history_open")
+
     conn.execute(delete(SegmentStage))
-    for prefix, column in (("rfm:", "rfm_segment"), ("lifecycle:", "lifecycle"), ("value:", "value_tier")):
-        conn.execute(text(_STAGE_BUILTIN.format(column=column)), {"prefix": prefix})
-    phases.done("stage_builtin")
     failed = _stage_custom(conn, cfg, definitions, ids, as_of, cutoff, fields)
     for name, message in failed.items():
         problems.append(rules.DefinitionProblem(source=name, name=name, path="", message=message))
@@ -554,15 +585,14 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
         conn.execute(update(Segment).where(Segment.id == ids[name])
                      .values(status=SegmentStatus.INVALID, error=message))
     phases.done("stage_custom")
-
-    keep = f"AND segment_id NOT IN ({', '.join(str(int(i)) for i in sorted(carried))})" if carried else ""
-    params = {"as_of": as_of}
-    binds = [bindparam("as_of", type_=Date)]
-    exited = conn.execute(text(_CLOSE.format(keep=keep)).bindparams(*binds), params).rowcount
-    phases.done("history_close")
-    entered = conn.execute(text(_OPEN).bindparams(*binds), params).rowcount
-    phases.done("history_open")
+    # Every custom segment not carried forward: computed now, or retired (its file is gone).
+    custom = conn.execute(select(Segment.id).where(Segment.family == "custom")).scalars().all()
+    diffed = ", ".join(str(int(i)) for i in custom if i not in carried)
+    if diffed:
+        exited += conn.execute(text(_CLOSE_CUSTOM.format(ids=diffed)).bindparams(*binds), params).rowcount
+        entered += conn.execute(text(_OPEN_CUSTOM).bindparams(*binds), params).rowcount
     conn.execute(delete(SegmentStage))
+    phases.done("history_custom")
 
     counts = _record_sizes(conn, as_of)
     memberships = sum(c.size for c in counts)
@@ -698,7 +728,8 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
     conn.execute(stmt, params)
     phases.done("base")
     scored = conn.execute(text("SELECT COUNT(*) FROM seg_base WHERE frequency > 0")).scalar_one()
-    conn.execute(delete(CustomerScore))
+    # TRUNCATE is transactional on PostgreSQL and, unlike DELETE, leaves no million dead rows.
+    conn.execute(text("TRUNCATE customer_scores") if dialect == "postgresql" else delete(CustomerScore))
     customers = conn.execute(
         text(_SCORES.format(rfm_case=_rfm_case())).bindparams(bindparam("as_of", type_=Date)),
         {"as_of": as_of, "scored": max(scored, 1), "share_num": share.numerator, "share_den": share.denominator},
@@ -749,8 +780,6 @@ def _stage_custom(conn: Connection, cfg: Settings, definitions: list, ids: dict[
 def _record_sizes(conn: Connection, as_of: date) -> list[SegmentCount]:
     """Snapshot every segment's size with the day's entries and exits."""
     d = bindparam("as_of", type_=Date)
-    size = dict(conn.execute(text(
-        "SELECT segment_id, COUNT(*) FROM segment_memberships WHERE valid_to IS NULL GROUP BY segment_id")).all())
     entered = dict(conn.execute(text(
         "SELECT segment_id, COUNT(*) FROM segment_memberships WHERE valid_from = :as_of GROUP BY segment_id"
     ).bindparams(d), {"as_of": as_of}).all())
@@ -760,6 +789,11 @@ def _record_sizes(conn: Connection, as_of: date) -> list[SegmentCount]:
     previous_date = conn.execute(select(func.max(SegmentSize.as_of)).where(SegmentSize.as_of < as_of)).scalar_one()
     previous = dict(conn.execute(select(SegmentSize.segment_id, SegmentSize.size)
                                  .where(SegmentSize.as_of == previous_date)).all()) if previous_date else {}
+    # The open memberships before today's diff are exactly the previous recompute's (an
+    # undone date restores them), so sizes follow from its sizes and today's moves
+    # without counting millions of rows.
+    size = {seg: previous.get(seg, 0) + entered.get(seg, 0) - exited.get(seg, 0)
+            for seg in set(previous) | set(entered) | set(exited)}
     out = []
     rows = conn.execute(select(Segment.id, Segment.name, Segment.family, Segment.status)
                         .where(Segment.status != SegmentStatus.REMOVED).order_by(Segment.id)).all()

@@ -148,10 +148,20 @@ def members(engine, name: str) -> set[str]:
 def test_scores_match_pandas_on_generated_data(engine, seg_cfg, landing):
     generate(landing, customers=300, days=120, start=date(2025, 12, 1), seed=11)
     ingest_dates(engine, seg_cfg, all_dates(landing))
+    # A few nights in a row, then the last generated day: each night's history diff and
+    # sizes must leave exactly the memberships the scores say.
+    for day in (date(2026, 3, 10), date(2026, 3, 20), date(2026, 3, 25)):
+        nightly = segments.recompute(engine, seg_cfg, day)
+        assert_sizes_are_counts(engine, nightly)
     as_of = date(2026, 3, 30)  # the last generated day
     result = segments.recompute(engine, seg_cfg, as_of)
     assert result.source == "metrics"
     assert_scores_match(engine, seg_cfg, as_of)
+    assert_sizes_are_counts(engine, result)
+    scores = stored_scores(engine)
+    for family, column in (("rfm", "rfm_segment"), ("lifecycle", "lifecycle"), ("value", "value_tier")):
+        for value in scores[column].dropna().unique():
+            assert members(engine, f"{family}:{value}") == set(scores.index[scores[column] == value])
     families = {}
     for s in result.segments:
         families[s.family] = families.get(s.family, 0) + s.size
@@ -276,6 +286,12 @@ def test_missing_exchange_rate_names_the_currency(engine, seg_cfg, landing):
 
 # --- history ----------------------------------------------------------------------------------------
 
+def assert_sizes_are_counts(engine, result):
+    """Recorded sizes (kept from the previous run plus the day's moves) equal a plain count."""
+    for seg in result.segments:
+        assert seg.size == len(members(engine, seg.name)), seg.name
+
+
 def _history(engine) -> list[tuple]:
     with engine.connect() as conn:
         return sorted(conn.execute(select(SegmentMembership.segment_id, SegmentMembership.customer_id,
@@ -306,6 +322,7 @@ def test_history_transitions_reruns_and_backfills(engine, seg_cfg, landing):
     before = _history(engine)
     again = segments.recompute(engine, seg_cfg, day2)
     assert _history(engine) == before
+    assert_sizes_are_counts(engine, again)
     assert [(s.name, s.size, s.entered, s.exited) for s in again.segments] == \
         [(s.name, s.size, s.entered, s.exited) for s in second.segments]
     segments.recompute(engine, seg_cfg, date(2026, 6, 1), dry_run=True)
@@ -314,6 +331,7 @@ def test_history_transitions_reruns_and_backfills(engine, seg_cfg, landing):
     # Recomputing an earlier date undoes the later one and says so.
     back = segments.recompute(engine, seg_cfg, day1)
     assert back.cleared_dates == [day2]
+    assert_sizes_are_counts(engine, back)
     assert members(engine, "lifecycle:new") == {"AMY"}
     with engine.connect() as conn:
         assert conn.execute(select(SegmentSize.as_of).distinct()).scalars().all() == [day1]
@@ -344,5 +362,6 @@ def test_a_broken_definition_does_not_stop_the_others(engine, seg_cfg, landing):
     assert members(engine, "big_spenders") == {"AMY", "BEN"}
     assert members(engine, "big_recent") == {"AMY"}
     assert members(engine, "lifecycle:new") == {"AMY", "CAL"}
+    assert_sizes_are_counts(engine, second)
     status = {s.name: s.status for s in second.segments}
     assert status["big_spenders"] == "invalid" and status["big_recent"] == "invalid"
