@@ -757,6 +757,9 @@ def _stage_custom(conn: Connection, cfg: Settings, definitions: list, ids: dict[
     failed: dict[str, str] = {}
 
     def member_of(name: str):
+        if ":" in name:  # built-in: read from the scores, where membership is one column
+            family, value = name.split(":", 1)
+            return s.c[_FAMILY_COLUMNS[family]] == value
         return c.c.customer_id.in_(select(stage.c.customer_id).where(stage.c.segment_id == ids[name]))
 
     for d in definitions:

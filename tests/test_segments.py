@@ -342,6 +342,7 @@ def test_a_broken_definition_does_not_stop_the_others(engine, seg_cfg, landing):
     folder: Path = seg_cfg.segments.folder
     (folder / "big.yaml").write_text(
         "name: big_spenders\ndescription: Spent 150 or more\nrule: {field: monetary, gte: 150}\n")
+    (folder / "new.yaml").write_text("name: new_ones\nrule: {in_segment: \"lifecycle:new\"}\n")
     (folder / "champs.yaml").write_text(
         "name: big_recent\nrule:\n  all:\n    - in_segment: big_spenders\n    - {field: recency_days, lte: 10}\n")
     _load(engine, seg_cfg, landing, [
@@ -353,6 +354,7 @@ def test_a_broken_definition_does_not_stop_the_others(engine, seg_cfg, landing):
     assert first.problems == []
     assert members(engine, "big_spenders") == {"AMY", "BEN"}
     assert members(engine, "big_recent") == {"AMY"}
+    assert members(engine, "new_ones") == members(engine, "lifecycle:new") == {"AMY", "CAL"}
 
     # Break the first file: its membership (and that of the segment built on it) is carried
     # forward unchanged, the run reports the file, and the built-ins are still computed.

@@ -48,13 +48,19 @@ def test_shipped_segments_compute_on_generated_data(engine, shipped_cfg, landing
     assert all(s.status == "active" for s in computed.values())
     assert any(s.size > 0 for s in computed.values())
 
-    # Spot-check one definition against the stored profile and scores.
+    # Two definitions against a plain query over the stored profiles and scores.
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(Customer.locale, CustomerScore.lifecycle)
-            .join(SegmentMembership, SegmentMembership.customer_id == Customer.customer_id)
-            .join(Segment, Segment.id == SegmentMembership.segment_id)
-            .join(CustomerScore, CustomerScore.customer_id == Customer.customer_id)
-            .where(Segment.name == "new_telugu_hindi", SegmentMembership.valid_to.is_(None))).all()
-    assert len(rows) == computed["new_telugu_hindi"].size
-    assert all(locale in ("te-IN", "hi-IN") and stage == "new" for locale, stage in rows)
+        def members(name):
+            return set(conn.execute(
+                select(SegmentMembership.customer_id).join(Segment, Segment.id == SegmentMembership.segment_id)
+                .where(Segment.name == name, SegmentMembership.valid_to.is_(None))).scalars())
+
+        new_te_hi = set(conn.execute(
+            select(Customer.customer_id).join(CustomerScore, CustomerScore.customer_id == Customer.customer_id)
+            .where(Customer.locale.in_(["te-IN", "hi-IN"]), CustomerScore.lifecycle == "new")).scalars())
+        lapsed = set(conn.execute(
+            select(CustomerScore.customer_id).where(
+                (CustomerScore.value_tier == "high_value") | (CustomerScore.rfm_segment == "cant_lose_them"),
+                CustomerScore.recency_days >= 60)).scalars())
+        assert members("new_telugu_hindi") == new_te_hi and new_te_hi
+        assert members("lapsed_high_spenders") == lapsed and lapsed
