@@ -352,8 +352,12 @@ FROM (
     FROM customers c
     LEFT JOIN ({per_customer}) pc ON pc.customer_id = c.customer_id
     WHERE c.created_at < :cutoff
+    {fence}
 ) b
 """
+# Keeps the planner from merging b into the outer query, which would copy the
+# previous-order lookup into every place that uses its result and run it twice.
+_FENCE = {"sqlite": "LIMIT -1 OFFSET 0", "postgresql": "OFFSET 0"}
 
 # Step 2, the quintile scores of the customers with an order in the window, and the
 # rows written once. The ranks are computed over the four narrow columns they need
@@ -405,21 +409,27 @@ SELECT AVG(v) FROM (
 
 # Built-in memberships straight from the scores: one row per customer and family.
 # History of the built-in families, diffed straight from the scores (one row per customer
-# and family), without staging a row per membership.
-# Step 1: close the open memberships of a family whose customer now has another value.
+# and family), without staging a row per membership; one pass each way for all families.
+# Step 1: close the open memberships whose customer now has another value in that family.
 _CLOSE_BUILTIN = """
 UPDATE segment_memberships SET valid_to = :as_of
 WHERE valid_to IS NULL AND segment_id IN ({ids})
   AND NOT EXISTS (SELECT 1 FROM customer_scores s
                   WHERE s.customer_id = segment_memberships.customer_id
-                    AND s.{column} = CASE segment_memberships.segment_id {whens} END)
+                    AND CASE segment_memberships.segment_id {whens} END)
 """
 # Step 2: open the new ones; ux_segment_memberships_open answers each probe.
 _OPEN_BUILTIN = """
 INSERT INTO segment_memberships (segment_id, customer_id, valid_from)
-SELECT g.id, s.customer_id, :as_of FROM customer_scores s JOIN segments g ON g.name = :prefix || s.{column}
+SELECT x.segment_id, x.customer_id, :as_of FROM (
+    SELECT g.id AS segment_id, s.customer_id FROM customer_scores s JOIN segments g ON g.name = 'rfm:' || s.rfm_segment
+    UNION ALL
+    SELECT g.id, s.customer_id FROM customer_scores s JOIN segments g ON g.name = 'lifecycle:' || s.lifecycle
+    UNION ALL
+    SELECT g.id, s.customer_id FROM customer_scores s JOIN segments g ON g.name = 'value:' || s.value_tier
+) x
 WHERE NOT EXISTS (SELECT 1 FROM segment_memberships m
-                  WHERE m.valid_to IS NULL AND m.segment_id = g.id AND m.customer_id = s.customer_id)
+                  WHERE m.valid_to IS NULL AND m.segment_id = x.segment_id AND m.customer_id = x.customer_id)
 """
 _FAMILY_COLUMNS = {"rfm": "rfm_segment", "lifecycle": "lifecycle", "value": "value_tier"}
 
@@ -564,18 +574,22 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
 
     binds = [bindparam("as_of", type_=Date)]
     params = {"as_of": as_of}
-    exited = entered = 0
-    for family, column in _FAMILY_COLUMNS.items():
-        members = {name.split(":", 1)[1]: ids[name] for name in builtins if name.startswith(family + ":")}
-        names = {f"v_{i}": v for i, v in enumerate(members)}
-        whens = " ".join(f"WHEN {int(members[v])} THEN :{k}" for k, v in names.items())
-        ids_sql = ", ".join(str(int(i)) for i in members.values())
-        exited += conn.execute(text(_CLOSE_BUILTIN.format(ids=ids_sql, column=column, whens=whens))
-                               .bindparams(*binds), params | names).rowcount
-        phases.done("history_close")
-        entered += conn.execute(text(_OPEN_BUILTIN.format(column=column)).bindparams(*binds),
-                                params | {"prefix": family + ":"}).rowcount
-        phases.done("history_open")
+    if dialect == "postgresql":
+        # Plan the diff on the tables' real sizes: the scores were just rewritten, and the
+        # history grows by millions of rows on a first run, long before autovacuum looks.
+        conn.execute(text("ANALYZE customer_scores, segment_memberships"))
+    values: dict[str, str] = {}
+    whens = []
+    for name, (family, _desc) in builtins.items():
+        key = f"v_{len(values)}"
+        values[key] = name.split(":", 1)[1]
+        whens.append(f"WHEN {int(ids[name])} THEN s.{_FAMILY_COLUMNS[family]} = :{key}")
+    ids_sql = ", ".join(str(int(ids[name])) for name in builtins)
+    exited = conn.execute(text(_CLOSE_BUILTIN.format(ids=ids_sql, whens=" ".join(whens))).bindparams(*binds),
+                          params | values).rowcount
+    phases.done("history_close")
+    entered = conn.execute(text(_OPEN_BUILTIN).bindparams(*binds), params).rowcount
+    phases.done("history_open")
 
     conn.execute(delete(SegmentStage))
     failed = _stage_custom(conn, cfg, definitions, ids, as_of, cutoff, fields)
@@ -584,6 +598,8 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
         carried.add(ids[name])
         conn.execute(update(Segment).where(Segment.id == ids[name])
                      .values(status=SegmentStatus.INVALID, error=message))
+    if dialect == "postgresql":
+        conn.execute(text("ANALYZE segment_stage"))
     phases.done("stage_custom")
     # Every custom segment not carried forward: computed now, or retired (its file is gone).
     custom = conn.execute(select(Segment.id).where(Segment.family == "custom")).scalars().all()
@@ -708,6 +724,7 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
     on_commit = "ON COMMIT DROP" if dialect == "postgresql" else ""
     sql = _BASE.format(
         on_commit=on_commit, avg_basket=_AVG_BASKET[dialect], per_customer=per_customer, day=DAY,
+        fence=_FENCE[dialect],
         previous_epoch=_epoch(_PREVIOUS_ORDER, dialect),
     )
     params |= {
