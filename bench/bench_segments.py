@@ -230,14 +230,17 @@ def main() -> None:
                      else f"same sizes as SQL: {r['agrees']}")
             print(f"{dialect:<10} {name:<16} {r['seconds']:>7.1f} s  peak {r['peak_rss_mib']:>5} MiB  {extra}",
                   flush=True)
+        if args.json:  # after each dialect: a long run keeps what it measured
+            for r in run.values():
+                r.pop("sizes", None)
+            previous = json.loads(args.json.read_text()) if args.json.exists() else {}
+            previous.update({k: v for k, v in results.items() if k != "runs"})
+            previous.setdefault("runs", {})[dialect] = run
+            args.json.write_text(json.dumps(previous, indent=2))
         for name in ("pandas_metrics", "pandas_purchases"):
             print(f"{dialect:<10} the nightly recompute is {run[name]['seconds'] / run['next']['seconds']:.1f}x "
                   f"as fast as {name}", flush=True)
-    if args.json:
-        for run in results["runs"].values():
-            for r in run.values():
-                r.pop("sizes", None)
-        args.json.write_text(json.dumps(results, indent=2))
+
 
 
 if __name__ == "__main__":

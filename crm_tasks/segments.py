@@ -305,10 +305,11 @@ _CONVERT = {
 
 # Whole seconds of the first and last order are computed here, once per row, inside the
 # aggregate (SQLite would otherwise re-parse the timestamp text wherever they are used).
+# Counts stay integers (PostgreSQL's SUM of BIGINT is NUMERIC, slower to sort).
 _PER_CUSTOMER = """
-SELECT customer_id, SUM(orders) AS orders, MIN(first_at) AS first_at, MAX(last_at) AS last_at,
+SELECT customer_id, CAST(SUM(orders) AS BIGINT) AS orders, MIN(first_at) AS first_at, MAX(last_at) AS last_at,
        MIN({first_epoch}) AS first_s, MAX({last_epoch}) AS last_s,
-       SUM(frequency) AS frequency, SUM({converted}) AS monetary
+       CAST(SUM(frequency) AS BIGINT) AS frequency, SUM({converted}) AS monetary
 FROM ({source}) per_currency
 GROUP BY customer_id
 """
@@ -385,7 +386,7 @@ LEFT JOIN (
                RANK() OVER (ORDER BY frequency) AS f_rank,
                RANK() OVER (ORDER BY monetary) AS m_rank,
                RANK() OVER (ORDER BY monetary DESC) AS v_rank
-        FROM seg_base WHERE frequency > 0
+        FROM (SELECT customer_id, recency_days, frequency, monetary FROM seg_base WHERE frequency > 0) scored
     ) ranked
 ) r ON r.customer_id = b.customer_id
 """
@@ -585,10 +586,23 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
         values[key] = name.split(":", 1)[1]
         whens.append(f"WHEN {int(ids[name])} THEN s.{_FAMILY_COLUMNS[family]} = :{key}")
     ids_sql = ", ".join(str(int(ids[name])) for name in builtins)
+    # A first run (no open membership) writes millions of rows: building the history's
+    # indexes once afterwards costs a fraction of maintaining them row by row.
+    first_run = conn.execute(select(SegmentMembership.id).where(SegmentMembership.valid_to.is_(None)).limit(1)
+                             ).first() is None
+    indexes = sorted(SegmentMembership.__table__.indexes, key=lambda i: i.name) if first_run else []
+    for index in indexes:
+        index.drop(conn)
     exited = conn.execute(text(_CLOSE_BUILTIN.format(ids=ids_sql, whens=" ".join(whens))).bindparams(*binds),
                           params | values).rowcount
     phases.done("history_close")
     entered = conn.execute(text(_OPEN_BUILTIN).bindparams(*binds), params).rowcount
+    for index in indexes:
+        index.create(conn)
+    if dialect == "postgresql" and entered + exited > 10_000:
+        # A first run writes millions of rows the statistics do not know about yet; planned
+        # on an "empty" table, the custom-segment diff below would scan it once per row.
+        conn.execute(text("ANALYZE segment_memberships"))
     phases.done("history_open")
 
     conn.execute(delete(SegmentStage))
