@@ -23,6 +23,28 @@ CUSTOMERS_ASSET = "crm://customers"
 PURCHASES_ASSET = "crm://purchases"
 SEGMENTS_ASSET = "crm://segments"
 
+# Every DAG's retries: transient failures (a database restart) get a few, further apart.
+RETRY_DEFAULTS = {
+    "owner": "crm",
+    "retries": 3,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=30),
+}
+
+
+def date_range(start: str, end: str, start_name: str, end_name: str) -> list[date]:
+    """Every date from ``start`` to ``end`` inclusive, from trigger-form text; errors name the fields."""
+    try:
+        first, last = date.fromisoformat(start), date.fromisoformat(end)
+    except ValueError:
+        raise ConfigError(f"{start_name}/{end_name} must be dates in YYYY-MM-DD form, got {start!r}, {end!r}") from None
+    if last < first:
+        raise ConfigError(f"{end_name} {last} is before {start_name} {first}")
+    if (last - first).days >= MAX_RANGE_DAYS:
+        raise ConfigError(f"a range of more than {MAX_RANGE_DAYS} days is refused; split it")
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+
 
 def business_dates(
     start: str | None,
@@ -40,16 +62,7 @@ def business_dates(
     """
     zone = ZoneInfo(tz)
     if start or end:
-        try:
-            first = date.fromisoformat(start or end)  # type: ignore[arg-type]
-            last = date.fromisoformat(end or start)  # type: ignore[arg-type]
-        except ValueError:
-            raise ConfigError(f"start_date/end_date must be dates in YYYY-MM-DD form, got {start!r}, {end!r}") from None
-        if last < first:
-            raise ConfigError(f"end_date {last} is before start_date {first}")
-        if (last - first).days >= MAX_RANGE_DAYS:
-            raise ConfigError(f"a range of more than {MAX_RANGE_DAYS} days is refused; split it")
-        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        return date_range(start or end, end or start, "start_date", "end_date")  # type: ignore[arg-type]
     if interval_start is not None and interval_end is not None and interval_end > interval_start:
         return [interval_start.astimezone(zone).date()]
     return [run_after.astimezone(zone).date() - timedelta(days=1)]
@@ -120,16 +133,7 @@ def segment_dates(as_of: str | None, through: str | None, loaded_dates: list[str
     if through and not as_of:
         raise ConfigError("through needs an as_of date to start from")
     if as_of:
-        try:
-            first = date.fromisoformat(as_of)
-            last = date.fromisoformat(through) if through else first
-        except ValueError:
-            raise ConfigError(f"as_of/through must be dates in YYYY-MM-DD form, got {as_of!r}, {through!r}") from None
-        if last < first:
-            raise ConfigError(f"through {last} is before as_of {first}")
-        if (last - first).days >= MAX_RANGE_DAYS:
-            raise ConfigError(f"a range of more than {MAX_RANGE_DAYS} days is refused; split it")
-        return [first + timedelta(days=i) for i in range((last - first).days + 1)]
+        return date_range(as_of, through or as_of, "as_of", "through")
     if loaded_dates:
         newest = max(date.fromisoformat(d) for d in loaded_dates)
         return [max(newest, latest) if latest else newest]

@@ -32,7 +32,7 @@ from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_con
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from crm_tasks.config import settings
-from crm_tasks.runs import CUSTOMERS_ASSET, PURCHASES_ASSET
+from crm_tasks.runs import CUSTOMERS_ASSET, PURCHASES_ASSET, RETRY_DEFAULTS
 
 CUSTOMERS = Asset(CUSTOMERS_ASSET)
 PURCHASES = Asset(PURCHASES_ASSET)
@@ -64,14 +64,7 @@ DATA_ERRORS = ExceptionRetryPolicy(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["crm", "ingest"],
-    default_args={
-        "owner": "crm",
-        "retries": 3,
-        "retry_delay": timedelta(minutes=2),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-        "retry_policy": DATA_ERRORS,
-    },
+    default_args={**RETRY_DEFAULTS, "retry_policy": DATA_ERRORS},
     params={
         "start_date": Param(None, type=["null", "string"], format="date", title="Start date",
                             description="First partition date to load. Empty: the run's own day."),

@@ -25,14 +25,12 @@ step per day). Thresholds, exchange rates and the RFM window live in
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from crm_tasks.config import settings
-from crm_tasks.runs import CUSTOMERS_ASSET, PURCHASES_ASSET, SEGMENTS_ASSET
+from crm_tasks.runs import CUSTOMERS_ASSET, PURCHASES_ASSET, RETRY_DEFAULTS, SEGMENTS_ASSET
 
 SEGMENTS = Asset(SEGMENTS_ASSET)
 
@@ -56,14 +54,7 @@ CONFIG_ERRORS = ExceptionRetryPolicy(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["crm", "segments"],
-    default_args={
-        "owner": "crm",
-        "retries": 3,
-        "retry_delay": timedelta(minutes=2),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-        "retry_policy": CONFIG_ERRORS,
-    },
+    default_args={**RETRY_DEFAULTS, "retry_policy": CONFIG_ERRORS},
     params={
         "as_of": Param(None, type=["null", "string"], format="date", title="As of",
                        description="Business date to compute the segments as of. Empty: the latest date ingest "
