@@ -299,7 +299,12 @@ GROUP BY customer_id, currency
 # Converted per currency, rounded to the money scale, then added: the same on both
 # dialects and on both sources. SQLite holds money as integer 1/10000 units.
 _CONVERT = {
-    "sqlite": "CAST(ROUND(revenue_w * ({rate})) AS INTEGER)",
+    # Exact on SQLite too: the rate is a fraction num/den and integer division rounds
+    # half away from zero, as PostgreSQL's ROUND(numeric) does.
+    "sqlite": (
+        "(CASE WHEN revenue_w * ({num}) >= 0 THEN 2 * revenue_w * ({num}) + ({den}) "
+        "ELSE 2 * revenue_w * ({num}) - ({den}) END) / (2 * ({den}))"
+    ),
     "postgresql": "ROUND(revenue_w * ({rate}), 4)",
 }
 
@@ -459,12 +464,17 @@ def _rfm_case() -> str:
     return f"CASE r.r_score * 10 + (r.f_score + r.m_score + 1) / 2 {whens} END"
 
 
-def _rate_case(cfg: Settings, params: dict) -> str:
-    whens = []
+def _rate_cases(cfg: Settings, params: dict) -> dict[str, str]:
+    """The conversion rate per currency as SQL CASEs over bound values: the rate itself,
+    and the exact fraction num/den for SQLite's integer arithmetic."""
+    cases: dict[str, list[str]] = {"rate": [], "num": [], "den": []}
     for i, (code, rate) in enumerate(sorted(cfg.segments.exchange_rates.items())):
-        params[f"cur_{i}"], params[f"rate_{i}"] = code, rate
-        whens.append(f"WHEN :cur_{i} THEN :rate_{i}")
-    return f"CASE currency {' '.join(whens)} END"
+        fraction = Fraction(rate)
+        params |= {f"cur_{i}": code, f"rate_{i}": rate, f"num_{i}": fraction.numerator,
+                   f"den_{i}": fraction.denominator}
+        for key, whens in cases.items():
+            whens.append(f"WHEN :cur_{i} THEN :{key}_{i}")
+    return {key: f"CASE currency {' '.join(whens)} END" for key, whens in cases.items()}
 
 
 # --- the recompute ----------------------------------------------------------------------------
@@ -502,6 +512,10 @@ def recompute(engine: Engine, cfg: Settings, as_of: date, *, dry_run: bool = Fal
     started = time.perf_counter()
     with engine.connect() as conn:
         trans = conn.begin()
+        if conn.dialect.name == "sqlite":
+            # Take the write lock before the first read, as PostgreSQL's advisory lock does:
+            # two recomputes at once would otherwise read the same history and both write it.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         try:
             result = _recompute(conn, cfg, as_of, source)
             result.dry_run = dry_run
@@ -664,10 +678,14 @@ def _sync_segments(conn: Connection, builtins: dict, definitions: list, problems
     for d in definitions:
         wanted[d.name] = {"family": "custom", "description": d.description, "source": d.source,
                           "definition": d.rule, "status": SegmentStatus.ACTIVE, "error": None}
+    by_source = {row.source: name for name, row in existing.items() if row.source}
     for p in problems:
-        if p.name and p.name not in wanted and p.name not in builtins:
-            old = existing.get(p.name)
-            wanted[p.name] = {"family": "custom", "description": old.description if old else "",
+        # A file too broken to name its segment (bad YAML, a bad name) still holds the
+        # segment it defined last time: find it by file, and keep its members.
+        name = p.name if p.name and rules.NAME_RE.fullmatch(str(p.name)) else by_source.get(p.source)
+        if name and name not in wanted and name not in builtins:
+            old = existing.get(name)
+            wanted[name] = {"family": "custom", "description": old.description if old else "",
                               "source": p.source, "definition": old.definition if old else None,
                               "status": SegmentStatus.INVALID, "error": str(p)}
     for name, row in existing.items():
@@ -727,9 +745,9 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
     seg = cfg.segments
     life = seg.lifecycle
     params: dict = {}
-    rate = _rate_case(cfg, params)
+    rates = _rate_cases(cfg, params)
     per_customer = _PER_CUSTOMER.format(
-        converted=_CONVERT[dialect].format(rate=rate), first_epoch=_epoch("first_at", dialect),
+        converted=_CONVERT[dialect].format(**rates), first_epoch=_epoch("first_at", dialect),
         last_epoch=_epoch("last_at", dialect),
         source=_FROM_METRICS if source == "metrics" else _FROM_PURCHASES,
     )
@@ -753,8 +771,6 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
     )
     if source != "purchases":
         params.pop("window_start")
-    if dialect == "sqlite":  # SQLite multiplies integer units by a float rate, then rounds
-        params |= {k: float(v) for k, v in params.items() if k.startswith("rate_")}
     conn.execute(text("DROP TABLE IF EXISTS seg_base"))
     conn.execute(stmt, params)
     phases.done("base")
@@ -930,7 +946,7 @@ def show_segment(engine: Engine, name: str, limit: int = 20, as_of: date | None 
             select(m.customer_id, m.valid_from.label("member_since"), s.lifecycle, s.rfm_segment, s.value_tier,
                    s.recency_days, s.frequency, s.monetary)
             .outerjoin(s, s.customer_id == m.customer_id).where(where)
-            .order_by(s.monetary.desc(), m.customer_id).limit(limit)
+            .order_by(s.monetary.desc().nulls_last(), m.customer_id).limit(limit)
         ).mappings().all()
     return SegmentMembers(name, as_of, size, [dict(r) for r in rows])
 

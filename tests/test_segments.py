@@ -367,3 +367,44 @@ def test_a_broken_definition_does_not_stop_the_others(engine, seg_cfg, landing):
     assert_sizes_are_counts(engine, second)
     status = {s.name: s.status for s in second.segments}
     assert status["big_spenders"] == "invalid" and status["big_recent"] == "invalid"
+
+
+def test_an_unreadable_file_keeps_its_segment_and_a_bad_name_stops_nothing(engine, seg_cfg, landing):
+    folder: Path = seg_cfg.segments.folder
+    (folder / "big.yaml").write_text("name: big_spenders\nrule: {field: monetary, gte: 150}\n")
+    _load(engine, seg_cfg, landing, [purchase("A1", "AMY", "2026-03-30T10:00:00+05:30", "200.00")],
+          [customer("AMY")])
+    segments.recompute(engine, seg_cfg, AS_OF)
+    assert members(engine, "big_spenders") == {"AMY"}
+    # Not even YAML any more, and a second file with a name too long for any column.
+    (folder / "big.yaml").write_text("name: [big_spenders\nrule: {")
+    (folder / "long.yaml").write_text(f"name: {'x' * 80}\nrule: {{field: monetary, gte: 1}}\n")
+    later = segments.recompute(engine, seg_cfg, AS_OF + timedelta(days=1))
+    assert members(engine, "big_spenders") == {"AMY"}  # carried forward, not retired
+    assert {s.name: s.status for s in later.segments}["big_spenders"] == "invalid"
+    assert any("long.yaml" in p for p in later.problems) and any("big.yaml" in p for p in later.problems)
+
+
+def test_conversion_is_exact_and_the_same_on_both_dialects(engine, seg_cfg, landing):
+    # 7.00 PKR at 0.33335 is 2.33345 INR exactly: half a unit of 1/10000, which binary
+    # floating point cannot hold; rounded away from zero on both dialects.
+    cfg = _with(seg_cfg, exchange_rates={"INR": Decimal(1), "PKR": Decimal("0.33335")})
+    _load(engine, cfg, landing, [purchase("P1", "PAK", "2026-03-30T10:00:00+05:30", "7.00", currency="PKR"),
+                                 purchase("P2", "NEG", "2026-03-30T10:00:00+05:30", "-7.00", currency="PKR")],
+          [customer("PAK"), customer("NEG")])
+    segments.recompute(engine, cfg, AS_OF)
+    got = stored_scores(engine)
+    assert got.loc["PAK", "monetary"] == Decimal("2.3335")
+    assert got.loc["NEG", "monetary"] == Decimal("-2.3335")
+
+
+def test_two_recomputes_at_once_are_serialised(engine, seg_cfg, landing, db_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _load(engine, seg_cfg, landing, [purchase("A1", "AMY", "2026-03-30T10:00:00+05:30")], [customer("AMY")])
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: segments.recompute(engine, seg_cfg, AS_OF), range(2)))
+    assert [r.customers for r in results] == [1, 1]
+    with engine.connect() as conn:
+        assert conn.execute(select(SegmentRun.as_of)).scalars().all() == [AS_OF]
+    assert_sizes_are_counts(engine, results[-1])
