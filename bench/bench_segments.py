@@ -26,10 +26,8 @@ Figures go to stdout (and --json FILE); bench/README.md records them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -39,19 +37,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from bench_ingest import peak_rss_mib
+
 INITIAL, NIGHT = date(2026, 1, 1), date(2026, 1, 2)  # bench_ingest's landing partitions
 FIRST, NEXT, LOOK_BACK = date(2026, 1, 3), date(2026, 1, 4), date(2025, 12, 1)
 PG_URL = os.environ.get("CRM_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SCHEMA = "crm_bench_segments"
-
-
-def _rss() -> int:
-    """This process's peak resident memory in MiB. (ru_maxrss would carry over the peak of
-    the parent that generated the data: Linux keeps it across fork and exec.)"""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def database(dialect: str, root: Path, landing: Path, tag: str) -> str:
@@ -106,14 +97,9 @@ def child(args: list[str]) -> dict:
 
 
 def step_ingest(url: str, landing: str, day: str, source: str) -> dict:
-    from crm_tasks.config import load_settings
-    from crm_tasks.db import make_engine
-    from crm_tasks.ingest import ingest_dates
+    from bench_ingest import phase
 
-    cfg = load_settings(env={"CRM_LANDING_DIR": landing})
-    t = time.perf_counter()
-    report = ingest_dates(make_engine(url), cfg, [date.fromisoformat(day)], [source])
-    return {"seconds": round(time.perf_counter() - t, 2), "rows": report.totals["rows_read"]}
+    return phase(url, Path(landing), date.fromisoformat(day), source)
 
 
 def step_recompute(url: str, day: str, dry_run: str) -> dict:
@@ -127,7 +113,7 @@ def step_recompute(url: str, day: str, dry_run: str) -> dict:
     return {"seconds": round(time.perf_counter() - t, 2), "phases": r.phases, "source": r.source,
             "customers": r.customers,
             "scored": r.scored, "memberships": r.memberships, "entered": r.entered, "exited": r.exited,
-            "problems": len(r.problems), "peak_rss_mib": _rss(),
+            "problems": len(r.problems), "peak_rss_mib": peak_rss_mib(),
             "sizes": {s.name: s.size for s in r.segments}}
 
 
@@ -184,7 +170,7 @@ def step_pandas(url: str, day: str, source: str) -> dict:
         bulk_insert(conn, "bench_pandas_scores", ["customer_id", "r_score", "f_score", "m_score", "rfm_segment"],
                     rows)
     sizes = c["rfm_segment"].value_counts().to_dict()
-    return {"seconds": round(time.perf_counter() - t, 2), "scored": n, "peak_rss_mib": _rss(),
+    return {"seconds": round(time.perf_counter() - t, 2), "scored": n, "peak_rss_mib": peak_rss_mib(),
             "sizes": {f"rfm:{k}": int(v) for k, v in sizes.items()}}
 
 
@@ -195,17 +181,9 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         print(json.dumps(STEPS[sys.argv[2]](*sys.argv[3:])))
         return
-    from bench_ingest import ensure_data
+    from bench_ingest import ensure_data, parse_args
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--customers", type=int, default=1_000_000)
-    ap.add_argument("--purchases", type=int, default=10_000_000)
-    ap.add_argument("--night", type=int, default=30_000)
-    ap.add_argument("--dialects", default="sqlite,postgresql")
-    ap.add_argument("--data", type=Path, default=HERE / "data")
-    ap.add_argument("--json", type=Path, help="also write the results to this file")
-    args = ap.parse_args()
-    args.data.mkdir(parents=True, exist_ok=True)
+    args = parse_args(__doc__)
     landing = ensure_data(args.data, args.customers, args.purchases, args.night)
     tag = f"{args.customers}-{args.purchases}"
     results = {"customers": args.customers, "purchases": args.purchases, "cpus": os.cpu_count(), "runs": {}}
