@@ -305,5 +305,162 @@ def segments_transitions(since, until, from_segment, to_segment, limit, as_json)
     _emit(as_json, result.to_dict(), "\n".join(lines))
 
 
+@main.group("campaign")
+def campaign_group() -> None:
+    """Campaigns from campaigns/*.yaml: list them, and plan one for any date."""
+
+
+@campaign_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def campaign_list(as_json) -> None:
+    """Every campaign file: kind, schedule, template, and the problem if it is broken.
+
+    Example: crm campaign list
+    """
+    from crm_tasks.campaigns import load_campaigns
+
+    campaigns, problems = load_campaigns(load_default_settings())
+    payload = {"campaigns": [{"name": c.name, "kind": c.kind, "enabled": c.enabled, "cron": c.schedule.cron,
+                              "template": c.template, "description": c.description} for c in campaigns],
+               "problems": [str(p) for p in problems]}
+    lines = [f"  {c['name']:<24} {c['kind']:<20} {c['cron']:<14} {c['template']:<18}"
+             f"{'' if c['enabled'] else ' [disabled]'}" for c in payload["campaigns"]]
+    lines += [f"  broken: {p}" for p in payload["problems"]]
+    _emit(as_json, payload, "\n".join(lines) or "no campaign files")
+    if problems:
+        sys.exit(1)
+
+
+def _plan_lines(r: dict) -> list[str]:
+    lines = [f"{r['campaign']} for {r['as_of']} (run at {r['run_at']}): audience {r['audience']}, "
+             f"recipients {r['recipients']}, holdout {r['holdout']}, excluded {r['excluded']}"]
+    lines += [f"  excluded, {reason}: {n}" for reason, n in r["reasons"].items()]
+    if r.get("diff"):
+        d = r["diff"]
+        lines.append(f"  against the run for {d['previous_as_of']} ({d['previous_recipients']} recipients): "
+                     f"{d['added']} added, {d['removed']} removed, {d['kept']} kept")
+    if r.get("error"):
+        lines.append(f"  BLOCKED: {r['error']}")
+    return lines
+
+
+@campaign_group.command("plan")
+@click.argument("name")
+@click.option("--as-of", "as_of", required=True, callback=_parse_date, help="The day the messages are for.")
+@click.option("--at", "at", help="Plan as if run at this local time (HH:MM, campaign time zone); "
+                                 "default: the schedule's time that day.")
+@click.option("--limit", "audience_limit", type=click.IntRange(1), help="At most this many recipients.")
+@click.option("--show", default=20, show_default=True, type=click.IntRange(0), help="Recipients to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def campaign_plan(name, as_of, at, audience_limit, show, as_json) -> None:
+    """Who would receive what, and who not and why, on any date. Stores and sends nothing.
+
+    Example: crm campaign plan birthday --as-of 2028-02-29
+    """
+    from datetime import UTC, datetime, time
+    from zoneinfo import ZoneInfo
+
+    from crm_tasks.campaigns import get_campaign
+    from crm_tasks.db import check_schema
+    from crm_tasks.planning import CampaignBlocked, plan_campaign
+
+    cfg = load_default_settings()
+    engine = _engine()
+    try:
+        check_schema(engine)
+        campaign = get_campaign(cfg, name)
+        run_at = None
+        if at:
+            try:
+                local = datetime.combine(as_of, time.fromisoformat(at),
+                                         tzinfo=ZoneInfo(campaign.schedule.timezone or cfg.timezone))
+            except ValueError:
+                raise click.BadParameter(f"{at!r} is not a time such as 07:30", param_hint="--at") from None
+            run_at = local.astimezone(UTC)
+        try:
+            result = plan_campaign(engine, cfg, campaign, as_of, run_at, record=False,
+                                   audience_limit=audience_limit, sample=show)
+        except CampaignBlocked as exc:
+            result = exc.result
+    except CrmError as exc:
+        _fail(exc, as_json)
+    payload = result.to_dict()
+    lines = _plan_lines(payload)
+    for m in result.sample:
+        lines.append(f"  {m.customer_id:<16} {m.locale:<3} {m.local_send_at:<22} {m.idempotency_key}"
+                     + (f"  coupon {m.coupon_code}" if m.coupon_code else ""))
+    if result.recipients > len(result.sample) and result.sample:
+        lines.append(f"  ... and {result.recipients - len(result.sample)} more")
+    lines.append("  (a preview: nothing was stored or sent)")
+    _emit(as_json, payload, "\n".join(lines))
+
+
+@main.group("templates")
+def templates_group() -> None:
+    """The e-mail templates in templates/email/."""
+
+
+@templates_group.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def templates_check(as_json) -> None:
+    """Render every template in every language against sample customers; fail on any error.
+
+    Example: crm templates check
+    """
+    from crm_tasks.preview import check_templates
+
+    cfg = load_default_settings()
+    try:
+        result = check_templates(cfg)
+    except CrmError as exc:
+        _fail(exc, as_json)
+    lines = [f"{result['rendered']} messages rendered from {len(result['templates'])} templates in "
+             f"{len(result['languages'])} languages"]
+    lines += [f"  missing translations, {lang}: {', '.join(keys)}" for lang, keys in result["missing"].items()]
+    lines += [f"  error: {e}" for e in result["errors"]]
+    _emit(as_json, result, "\n".join(lines))
+    if result["errors"]:
+        sys.exit(1)
+
+
+@main.command("preview")
+@click.argument("campaign")
+@click.option("--customer", "customer_id", required=True, help="Customer id to render the message for.")
+@click.option("--locale", help="Render in this language instead of the customer's (en, hi, te, fa, ur).")
+@click.option("--as-of", "as_of", callback=_parse_date, help="Occasion date (default: today in crm.yaml's zone).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("var/preview"),
+              show_default=True, help="Folder for the .eml and .html files.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def preview(campaign, customer_id, locale, as_of, out, as_json) -> None:
+    """Write one customer's message of a campaign as .eml and .html files, to look at.
+
+    Example: crm preview birthday --customer C000042 --locale fa
+    """
+    from crm_tasks.preview import preview_message
+
+    cfg = load_default_settings()
+    try:
+        result = preview_message(_engine(), cfg, campaign, customer_id, out, locale=locale, as_of=as_of)
+    except CrmError as exc:
+        _fail(exc, as_json)
+    _emit(as_json, result, f"wrote {result['eml']} and {result['html']} (subject: {result['subject']})")
+
+
+@main.command("coupons")
+@click.option("--campaign", help="Only this campaign.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def coupons_report(campaign, as_json) -> None:
+    """Coupons issued and redeemed per campaign, matched from purchases' coupon_code.
+
+    Example: crm coupons --campaign at_risk_offer
+    """
+    from crm_tasks.coupons import redemptions
+
+    rows = [r.to_dict() for r in redemptions(_engine(), campaign)]
+    lines = [f"  {r['campaign']:<24} issued {r['issued']:>7}  redeemed {r['redeemed']:>6} "
+             f"({r['redemption_rate']:.1%})  revenue {r['revenue'] or '-'}" for r in rows]
+    _emit(as_json, {"campaigns": rows}, "\n".join(lines) or "no coupons issued yet")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

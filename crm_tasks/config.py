@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from crm_tasks.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 
 AttributeType = Literal["date", "number", "text", "boolean"]
 
@@ -101,6 +102,47 @@ class SegmentSettings(BaseModel):
         return self
 
 
+class Sender(BaseModel):
+    name: str = "Rewards Club"
+    email: str = "rewards@example.com"
+    # Marketing mail must carry the sender's postal address (CAN-SPAM, and good manners elsewhere).
+    postal_address: str = "Rewards Club, 1 Market Street, Bengaluru 560001, India"
+
+
+class FrequencyCap(BaseModel):
+    """At most ``messages`` marketing e-mails to one customer in any ``days`` consecutive days."""
+
+    messages: int = Field(3, ge=1)
+    days: int = Field(7, ge=1)
+
+
+class CampaignSettings(BaseModel):
+    folder: Path = REPO_ROOT / "campaigns"  # campaign definitions, one YAML file each
+    templates: Path = REPO_ROOT / "templates" / "email"
+    sender: Sender = Sender()
+    # The one-click unsubscribe endpoint; a signed token per customer is appended.
+    unsubscribe_url: str = "https://crm.example.com/unsubscribe"
+    brand_color: str = Field("#0b6e4f", pattern=r"^#[0-9a-fA-F]{6}$")
+    # The template languages; every other customer locale falls back to the first.
+    locales: list[str] = ["en", "hi", "te", "fa", "ur"]
+    frequency_cap: FrequencyCap = FrequencyCap()  # a campaign may set its own
+    recommendations: int = Field(3, ge=0, le=10)  # best sellers of the customer's favourite category
+    recommendation_days: int = Field(90, ge=1)  # ...over this many days before the run
+
+    @field_validator("folder", "templates")
+    @classmethod
+    def _relative(cls, v: Path) -> Path:
+        return v if v.is_absolute() else REPO_ROOT / v
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s?#]+", v):
+            raise ValueError("must be an http(s) URL without query or fragment, for example "
+                             "https://crm.example.com/unsubscribe")
+        return v.rstrip("/")
+
+
 class Settings(BaseModel):
     database_url: str | None = None
     landing_dir: Path = REPO_ROOT / "var" / "landing"
@@ -114,6 +156,19 @@ class Settings(BaseModel):
     chunk_rows: int = Field(100_000, ge=1_000)
     custom_attributes: list[CustomAttribute] = []
     segments: SegmentSettings = SegmentSettings()
+    campaigns: CampaignSettings = CampaignSettings()
+    # Signs unsubscribe links and keys suppression hashes. Only from the environment
+    # (CRM_SECRET_KEY), never from crm.yaml; the development default is refused when
+    # CRM_ENV=production.
+    secret_key: str = DEV_SECRET_KEY
+    environment: Literal["development", "production"] = "development"
+
+    @model_validator(mode="after")
+    def _real_secret(self) -> Settings:
+        if self.environment == "production" and (self.secret_key == DEV_SECRET_KEY or len(self.secret_key) < 32):
+            raise ValueError("CRM_SECRET_KEY must be set to a random value of at least 32 characters when "
+                             "CRM_ENV=production (for example: python -c 'import secrets; print(secrets.token_hex(32))')")
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -161,8 +216,12 @@ _ENV = {
     "CRM_REJECT_MIN_ROWS": "reject_min_rows",
     "CRM_DEFAULT_LOCALE": "default_locale",
     "CRM_CHUNK_ROWS": "chunk_rows",
+    "CRM_SECRET_KEY": "secret_key",
+    "CRM_ENV": "environment",
 }
 _SEGMENT_ENV = {"CRM_SEGMENTS_DIR": "folder"}
+_CAMPAIGN_ENV = {"CRM_CAMPAIGNS_DIR": "folder", "CRM_TEMPLATES_DIR": "templates",
+                 "CRM_UNSUBSCRIBE_URL": "unsubscribe_url"}
 
 
 def normalise_url(url: str) -> str:
@@ -192,6 +251,11 @@ def load_settings(config_path: str | os.PathLike | None = None, env: dict[str, s
     for var, field in _SEGMENT_ENV.items():
         if env.get(var):
             data["segments"] = {**(data.get("segments") or {}), field: env[var]}
+    for var, field in _CAMPAIGN_ENV.items():
+        if env.get(var):
+            data["campaigns"] = {**(data.get("campaigns") or {}), field: env[var]}
+    if "secret_key" in data and not env.get("CRM_SECRET_KEY"):
+        raise ConfigError(f"{path}: secret_key must not be written in the settings file; set CRM_SECRET_KEY")
     try:
         return Settings(**data)
     except ValidationError as exc:

@@ -6,7 +6,19 @@ import enum
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Index, Integer, SmallInteger, String, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -278,21 +290,142 @@ class SegmentStage(Base):
     customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
+
+class CampaignRun(Base):
+    """One planning run of a campaign for a date: its counts, exclusions by reason and guardrail verdict."""
+
+    __tablename__ = "campaign_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    as_of: Mapped[date] = mapped_column(Date)  # the occurrence day the messages are for
+    run_at: Mapped[datetime] = mapped_column(UtcDateTime)  # when the run was scheduled: sets the send times
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    test_run: Mapped[bool] = mapped_column(Boolean)  # rendered messages go to a test recipient
+    status: Mapped[str] = mapped_column(String(16))  # RunStatus
+    audience: Mapped[int] = mapped_column(BigInteger)  # customers the trigger selected
+    recipients: Mapped[int] = mapped_column(BigInteger)
+    holdout: Mapped[int] = mapped_column(BigInteger)
+    excluded: Mapped[int] = mapped_column(BigInteger)
+    reasons: Mapped[dict] = mapped_column(Json)  # exclusion reason -> customers
+    diff: Mapped[dict] = mapped_column(Json)  # recipients against the previous planned run
+    parameters: Mapped[dict] = mapped_column(Json)  # the definition and run options it planned with
+    error: Mapped[str | None] = mapped_column(Text)  # why a guardrail blocked it
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    # Ids are never reused (AUTOINCREMENT on SQLite): sent messages keep naming a replaced run.
+    __table_args__ = (Index("ix_campaign_runs_campaign", "campaign", "as_of"), {"sqlite_autoincrement": True})
+
+
+class RunStatus(enum.StrEnum):
+    PLANNED = "planned"
+    BLOCKED = "blocked"  # a guardrail stopped it: nothing was planned for sending
+
+
+class CampaignPlanRow(Base):
+    """The plan of one run, one row per customer the trigger selected: sent to, held out, or why not."""
+
+    __tablename__ = "campaign_plan"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("campaign_runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # send | holdout | excluded
+    reason: Mapped[str | None] = mapped_column(String(32))  # Exclusion, for outcome excluded
+    occurrence: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    locale: Mapped[str] = mapped_column(String(8))
+    template: Mapped[str] = mapped_column(String(64))
+    coupon_code: Mapped[str | None] = mapped_column(String(32))
+    send_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    local_send_at: Mapped[str | None] = mapped_column(String(40))  # ISO 8601 with the customer's offset
+
+
+class MessageState(enum.StrEnum):
+    PLANNED = "planned"  # delivery (crm_tasks/delivery.py) moves it on from here
+
+
+class Message(Base):
+    """The send ledger: one row per message occurrence, keyed by its idempotency key.
+
+    A key present here is planned or sent: no other run plans it again.
+    """
+
+    __tablename__ = "messages"
+
+    idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)  # 'birthday:C1:2027'
+    campaign: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int] = mapped_column(BigInteger)
+    occurrence: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    test: Mapped[bool] = mapped_column(Boolean)  # to a test recipient: not a customer's occurrence
+    recipient: Mapped[str] = mapped_column(String(254))
+    locale: Mapped[str] = mapped_column(String(8))
+    template: Mapped[str] = mapped_column(String(64))
+    coupon_code: Mapped[str | None] = mapped_column(String(32))
+    send_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    context: Mapped[dict] = mapped_column(Json)  # the allow-listed render context: delivery renders exactly this
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        # The frequency cap counts a customer's messages over the last days.
+        Index("ix_messages_customer", "customer_id", "send_at"),
+        Index("ix_messages_run", "run_id"),
+    )
+
+
+class Coupon(Base):
+    """A unique coupon code issued to one customer for one message occurrence."""
+
+    __tablename__ = "coupons"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[Decimal] = mapped_column(Money)
+    value_type: Mapped[str] = mapped_column(String(8))  # percent | amount
+    currency: Mapped[str | None] = mapped_column(String(3))  # for amount coupons
+    issued_on: Mapped[date] = mapped_column(Date)
+    expires_on: Mapped[date] = mapped_column(Date)  # last day it can be redeemed
+    run_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class Suppression(Base):
+    """An address that must never get marketing mail, kept as a keyed hash so it outlives the profile."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)  # HMAC-SHA256 of the normalised address
+    customer_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(32))  # unsubscribed | hard_bounce | complaint | manual
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
 __all__ = [
     "Base",
     "BatchStatus",
+    "CampaignPlanRow",
+    "CampaignRun",
+    "Coupon",
     "Customer",
     "CustomerCategoryMetrics",
     "CustomerMetrics",
     "CustomerScore",
     "IngestBatch",
+    "Message",
+    "MessageState",
     "MetricsDirty",
     "Purchase",
     "QuarantinedRow",
+    "RunStatus",
     "Segment",
     "SegmentMembership",
     "SegmentRun",
     "SegmentSize",
     "SegmentStage",
     "SegmentStatus",
+    "Suppression",
 ]

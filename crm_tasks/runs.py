@@ -159,3 +159,44 @@ def segments_for_task(as_of: str | None, through: str | None, loaded_dates: list
     out = results[-1].summary()
     out["dates"] = [d.isoformat() for d in dates]
     return out
+
+
+def campaign_dates(as_of: str | None, tz: str, logical_date: datetime | None, run_after: datetime) -> date:
+    """The occurrence day a campaign run plans: the trigger form's date, else the run's local date.
+
+    A scheduled run's date is that of its logical date (the cron firing) in the schedule's
+    time zone; a manual run without a date plans the day it was triggered.
+    """
+    if as_of:
+        return date_range(as_of, as_of, "as_of", "as_of")[0]
+    return (logical_date or run_after).astimezone(ZoneInfo(tz)).date()
+
+
+def campaign_for_task(name: str, params: dict, manual: bool, logical_date: datetime | None,
+                      run_after: datetime) -> dict:
+    """Plan one campaign for a DAG run; returns counts only (no customer data).
+
+    Scheduled runs always plan for real; a manual run is a dry run unless its form says otherwise.
+    """
+    from crm_tasks.campaigns import get_campaign
+    from crm_tasks.db import check_schema
+    from crm_tasks.planning import default_run_at, plan_campaign
+
+    cfg = settings()
+    campaign = get_campaign(cfg, name)
+    engine = task_engine(cfg)
+    check_schema(engine)
+    tz = campaign.schedule.timezone or cfg.timezone
+    as_of = campaign_dates(params.get("as_of"), tz, logical_date, run_after)
+    when = logical_date or run_after
+    if when.astimezone(ZoneInfo(tz)).date() != as_of:
+        when = default_run_at(campaign, as_of, cfg.timezone)  # a date other than the run's: its usual time
+    limit = params.get("audience_limit")
+    result = plan_campaign(
+        engine, cfg, campaign, as_of, when,
+        dry_run=bool(params.get("dry_run", True)) if manual else False,
+        audience_limit=int(limit) if limit not in (None, "") else None,
+        test_recipient=params.get("test_recipient") or None,
+        sample=0,
+    )
+    return result.summary()

@@ -1,0 +1,200 @@
+"""Rendering campaign e-mails from the Jinja templates in ``templates/email/``.
+
+Rendering is pure: a template id, a language and an allow-listed context in,
+subject, HTML and text out; no I/O after the templates are loaded. The
+environment is sandboxed (no attribute tricks such as ``''.__class__``), a
+missing variable is an error rather than an empty string, and HTML output is
+autoescaped. The wording lives in ``locales/<lang>.yaml`` catalogs, so that a
+marketer edits text, not templates; a key missing in a language falls back to
+English. Compiled templates are cached by the environment and reused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date
+from babel.numbers import format_currency, format_percent
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, pass_context, select_autoescape
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from crm_tasks.config import Settings
+from crm_tasks.errors import CrmError
+
+RTL_LANGUAGES = frozenset({"fa", "ur", "ar", "he"})
+PARTS = ("subject.txt", "body.html", "body.txt")
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+class RenderError(CrmError):
+    """A template or catalog problem; the message names template, language and, if any, the customer id."""
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str
+    html: str
+    text: str
+
+
+def language_of(locale: str | None, languages: list[str]) -> str:
+    """The template language for a customer locale ('hi-IN' -> 'hi'); the first language if unsupported."""
+    lang = (locale or "").replace("_", "-").split("-")[0].lower()
+    return lang if lang in languages else languages[0]
+
+
+@lru_cache(maxsize=64)
+def babel_locale(locale: str | None, lang: str) -> Locale:
+    """The customer's own locale for formatting (en-IN groups lakhs), else the template language's."""
+    for candidate in (locale, lang):
+        if candidate:
+            try:
+                return Locale.parse(candidate.replace("-", "_"))
+            except (ValueError, UnknownLocaleError):
+                continue
+    return Locale.parse("en")
+
+
+class Renderer:
+    """Loads the templates and catalogs of one folder once; renders any number of messages."""
+
+    def __init__(self, folder: Path, languages: list[str]) -> None:
+        self.folder = Path(folder)
+        self.languages = list(languages)
+        self.catalogs = {lang: self._catalog(lang) for lang in self.languages}
+        if "en" not in self.catalogs and self.languages:
+            raise RenderError(f"{self.folder}: the fallback language 'en' must be among the languages")
+        self.env = ImmutableSandboxedEnvironment(
+            loader=FileSystemLoader(str(self.folder)),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=False,
+            cache_size=-1,
+        )
+        self.env.globals["t"] = self._t
+
+    def _catalog(self, lang: str) -> dict[str, str]:
+        path = self.folder / "locales" / f"{lang}.yaml"
+        if not path.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise RenderError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise RenderError(f"{path}: expected a flat mapping of keys to text, e.g. birthday.subject: \"...\"")
+        return {str(k): v for k, v in data.items()}
+
+    @pass_context
+    def _t(self, ctx, key: str, **values) -> str:
+        """The text of ``key`` in the message's language (English if missing), placeholders filled."""
+        lang = ctx.get("lang", "en")
+        template = self.catalogs.get(lang, {}).get(key)
+        if template is None:
+            template = self.catalogs.get("en", {}).get(key)
+        if template is None:
+            raise RenderError(f"no text for '{key}' in locales/en.yaml (nor in {lang}.yaml); add it")
+
+        def fill(m: re.Match) -> str:
+            name = m.group(1)
+            if name not in values:
+                raise RenderError(f"'{key}' in {lang} uses {{{name}}}, which the template does not pass")
+            return str(values[name])
+
+        return _PLACEHOLDER.sub(fill, template)
+
+    def labels(self, lang: str, prefix: str) -> dict[str, str]:
+        """Texts of every key under ``prefix`` in ``lang``, English where missing; keyed without the prefix."""
+        out = {k.removeprefix(prefix): v for k, v in self.catalogs.get("en", {}).items() if k.startswith(prefix)}
+        out.update({k.removeprefix(prefix): v for k, v in self.catalogs.get(lang, {}).items() if k.startswith(prefix)})
+        return out
+
+    def render(self, template: str, context: dict) -> RenderedMessage:
+        """Subject, HTML and text of one message. The subject is one line, or an error."""
+        try:
+            subject = " ".join(self.env.get_template(f"{template}/subject.txt").render(context).split())
+            body = {**context, "subject": subject}
+            html = self.env.get_template(f"{template}/body.html").render(body)
+            text = self.env.get_template(f"{template}/body.txt").render(body)
+        except RenderError:
+            raise
+        except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError) as exc:
+            raise RenderError(f"template {template} ({context.get('lang')}): {exc.__class__.__name__}: {exc}") from None
+        return RenderedMessage(subject, html, text)
+
+    def check(self, template: str) -> None:
+        """Compile a template's three parts (syntax errors surface here, before any customer is rendered)."""
+        for part in PARTS:
+            try:
+                self.env.get_template(f"{template}/{part}")
+            except TemplateError as exc:
+                raise RenderError(f"template {template}/{part}: {exc.__class__.__name__}: {exc}") from None
+
+    def templates(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir() if p.is_dir() and all((p / f).is_file() for f in PARTS))
+
+
+def renderer_for(cfg: Settings) -> Renderer:
+    return Renderer(cfg.campaigns.templates, cfg.campaigns.locales)
+
+
+def format_coupon(value: Decimal, kind: str, currency: str | None, loc: Locale) -> str:
+    if kind == "percent":
+        return format_percent(value / 100, locale=loc)
+    return format_currency(value, currency, locale=loc)
+
+
+def message_context(
+    cfg: Settings,
+    *,
+    campaign: str,
+    lang: str,
+    locale: str | None,
+    first_name: str | None,
+    occasion_date: date,
+    years: int | None,
+    years_as_customer: int,
+    favourite_category: str | None,
+    recommendations: list[str],
+    coupon: dict | None,
+    unsubscribe_url: str,
+    labels: dict[str, str],
+) -> dict:
+    """The whole render context of one message: only these allow-listed, JSON-safe values.
+
+    ``labels`` are the category names in the message's language. ``coupon`` holds
+    code, value (Decimal), type, currency and expires_on (date).
+    """
+    loc = babel_locale(locale, lang)
+    coupon_ctx = None
+    if coupon is not None:
+        coupon_ctx = {
+            "code": coupon["code"],
+            "value": format_coupon(Decimal(coupon["value"]), coupon["type"], coupon.get("currency"), loc),
+            "expires": format_date(coupon["expires_on"], format="long", locale=loc),
+        }
+    return {
+        "lang": lang,
+        "dir": "rtl" if lang in RTL_LANGUAGES else "ltr",
+        "customer": {
+            "first_name": first_name or "",
+            "years_as_customer": years_as_customer,
+            "favourite_category": labels.get(favourite_category) if favourite_category else None,
+            "recommendations": [{"sku": sku, "category": labels.get(cat, cat)} for sku, cat in recommendations],
+        },
+        "occasion": {"date": format_date(occasion_date, format="long", locale=loc), "years": years},
+        "coupon": coupon_ctx,
+        "campaign": {"name": campaign},
+        "sender": {"name": cfg.campaigns.sender.name, "postal_address": cfg.campaigns.sender.postal_address},
+        "unsubscribe_url": unsubscribe_url,
+        "brand_color": cfg.campaigns.brand_color,
+    }

@@ -1,0 +1,109 @@
+"""
+### Campaigns: one DAG per file in `campaigns/`
+
+Each enabled campaign definition (`campaigns/<name>.yaml`) becomes the DAG
+`crm_campaign_<name>`, scheduled by its own cron expression and time zone. A run
+plans the campaign for its date: who receives which message when, who is left
+out and why (no consent, suppressed, no valid address, frequency cap, holdout,
+outside the send window, already sent), issues coupons and renders every
+message. Delivery takes the plan from there.
+
+**Trigger by hand** with the form: *Dry run* (on by default: records the plan,
+hands nothing to delivery), *As of* (any past or future date), *Audience limit*,
+and *Test recipient* (every rendered message goes to that address instead).
+Scheduled runs are never dry runs.
+
+A guardrail fails the run, with nothing planned for sending, when the audience
+exceeds the campaign's `max_audience` or jumps far above the previous run.
+
+A broken campaign file does not stop the others: it shows as an import error of
+this file that names the campaign file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, dag, get_current_context, task
+from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from crm_tasks.campaigns import Campaign, load_campaigns
+from crm_tasks.config import settings
+from crm_tasks.runs import RETRY_DEFAULTS
+
+# Guardrails, bad templates and bad settings do not fix themselves on a retry.
+PERMANENT = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception=["crm_tasks.errors.ConfigError", "crm_tasks.errors.SchemaNotReady",
+                       "crm_tasks.planning.CampaignBlocked", "crm_tasks.render.RenderError"],
+            action=RetryAction.FAIL,
+            reason="a guardrail, a template or the configuration must be looked at first",
+        )
+    ]
+)
+
+
+def campaign_dag(campaign: Campaign) -> DAG:
+    tz = campaign.schedule.timezone or settings().timezone
+
+    @dag(
+        dag_id=f"crm_campaign_{campaign.name}",
+        schedule=CronTriggerTimetable(campaign.schedule.cron, timezone=tz),
+        start_date=pendulum.datetime(2025, 1, 1, tz=tz),
+        catchup=False,
+        max_active_runs=1,
+        description=campaign.description or None,
+        doc_md=f"#### {campaign.name} ({campaign.kind})\n\n{campaign.description}\n\n"
+               f"Defined in `campaigns/{campaign.name}.yaml`, template `{campaign.template}`.\n" + __doc__,
+        tags=["crm", "campaign", campaign.kind, *campaign.tags],
+        default_args={**RETRY_DEFAULTS, "retry_policy": PERMANENT},
+        params={
+            "dry_run": Param(True, type="boolean", title="Dry run",
+                             description="Manual runs only: record the plan without handing anything to delivery. "
+                                         "Scheduled runs always plan for real."),
+            "as_of": Param(None, type=["null", "string"], format="date", title="As of",
+                           description="The day the messages are for. Empty: the day of the run."),
+            "audience_limit": Param(None, type=["null", "integer"], minimum=1, title="Audience limit",
+                                    description="At most this many recipients (a stable slice); the rest are "
+                                                "excluded with the reason audience_limit."),
+            "test_recipient": Param(None, type=["null", "string"], format="email", title="Test recipient",
+                                    description="Send the rendered messages to this address instead of the "
+                                                "customers (5 messages unless an audience limit is given)."),
+        },
+    )
+    def build():
+        @task
+        def plan() -> dict:
+            """Plan the campaign for the run's date; returns counts by outcome and exclusion reason."""
+            from crm_tasks.runs import campaign_for_task
+
+            ctx = get_current_context()
+            run = ctx["dag_run"]
+            return campaign_for_task(campaign.name, dict(ctx["params"]), run.run_type == "manual",
+                                     ctx.get("logical_date"), run.run_after)
+
+        plan()
+
+    return build()
+
+
+class BrokenCampaigns(DAG):
+    """Stands for the campaign files that failed validation: Airflow validates every DAG it
+    finds, so this one's failure becomes an import error of this file that names them,
+    while every valid campaign's DAG loads."""
+
+    def validate(self):
+        raise ValueError(self.description)
+
+
+_campaigns, _problems = load_campaigns(settings())
+for _c in _campaigns:
+    if _c.enabled:
+        globals()[f"crm_campaign_{_c.name}"] = campaign_dag(_c)
+if _problems:
+    crm_campaign_errors = BrokenCampaigns(
+        dag_id="crm_campaign_errors", schedule=None,
+        description="broken campaign definitions, fix them in campaigns/: "
+                    + " | ".join(str(p) for p in _problems),
+    )

@@ -1,0 +1,116 @@
+"""Template safety and the shipped templates: sandbox, strict variables, escaping, languages."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from crm_tasks.config import load_settings
+from crm_tasks.preview import check_templates
+from crm_tasks.render import Renderer, RenderError, language_of, message_context, renderer_for
+
+REPO_CFG = load_settings()
+
+
+def context(lang: str = "en", first_name: str = "Asha", coupon: bool = True) -> dict:
+    renderer = renderer_for(REPO_CFG)
+    return message_context(
+        REPO_CFG, campaign="birthday", lang=lang, locale=None, first_name=first_name, occasion_date=date(2027, 2, 28),
+        years=3, years_as_customer=3, favourite_category="grocery", recommendations=[("GROCERY-1001", "grocery")],
+        coupon={"code": "K7PX2M9QRT", "value": Decimal(500), "type": "amount", "currency": "INR",
+                "expires_on": date(2027, 3, 14)} if coupon else None,
+        unsubscribe_url="https://crm.example.com/unsubscribe/tok", labels=renderer.labels(lang, "category."))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A template folder of one's own, with an English catalog."""
+    (tmp_path / "locales").mkdir()
+    (tmp_path / "locales" / "en.yaml").write_text('hello: "Hello {name}"\n', encoding="utf-8")
+    return tmp_path
+
+
+def write_template(folder, subject="{{ t('hello', name=customer.first_name) }}",
+                   html="<p>{{ customer.first_name }}</p>", text="{{ customer.first_name }}"):
+    (folder / "x").mkdir(exist_ok=True)
+    (folder / "x" / "subject.txt").write_text(subject, encoding="utf-8")
+    (folder / "x" / "body.html").write_text(html, encoding="utf-8")
+    (folder / "x" / "body.txt").write_text(text, encoding="utf-8")
+    return Renderer(folder, ["en"])
+
+
+@pytest.mark.parametrize("expression", [
+    "''.__class__.__mro__",
+    "''.__class__.__mro__[1].__subclasses__()",
+    "customer.__class__.__init__.__globals__",
+    "t.__globals__",
+    "().__class__.__base__.__subclasses__()",
+])
+def test_sandbox_refuses_attribute_escapes(folder, expression):
+    renderer = write_template(folder, html="{{ " + expression + " }}")
+    with pytest.raises(RenderError, match="SecurityError|UndefinedError"):
+        renderer.render("x", {"lang": "en", "customer": {"first_name": "A"}})
+
+
+def test_a_missing_variable_is_an_error_not_an_empty_string(folder):
+    renderer = write_template(folder, html="<p>{{ customer.last_name }}</p>")
+    with pytest.raises(RenderError, match="last_name"):
+        renderer.render("x", {"lang": "en", "customer": {"first_name": "A"}})
+    renderer = write_template(folder, subject="{{ t('hello') }}")
+    with pytest.raises(RenderError, match=r"uses \{name\}"):
+        renderer.render("x", {"lang": "en", "customer": {"first_name": "A"}})
+    renderer = write_template(folder, subject="{{ t('nope') }}")
+    with pytest.raises(RenderError, match="no text for 'nope'"):
+        renderer.render("x", {"lang": "en", "customer": {"first_name": "A"}})
+
+
+def test_html_is_escaped_and_the_text_part_is_not(folder):
+    renderer = write_template(folder)
+    msg = renderer.render("x", {"lang": "en", "customer": {"first_name": "<script>alert(1)</script>"}})
+    assert "<script>" not in msg.html and "&lt;script&gt;alert(1)&lt;/script&gt;" in msg.html
+    assert msg.text == "<script>alert(1)</script>"
+
+
+def test_subject_is_one_line_even_if_a_name_holds_a_newline(folder):
+    renderer = write_template(folder)
+    msg = renderer.render("x", {"lang": "en", "customer": {"first_name": "A\r\nBcc: evil@example.com"}})
+    assert "\n" not in msg.subject and "\r" not in msg.subject
+
+
+def test_missing_translation_falls_back_to_english(folder):
+    (folder / "locales" / "hi.yaml").write_text("{}\n", encoding="utf-8")
+    renderer = Renderer(folder, ["en", "hi"])
+    write_template(folder)
+    assert renderer.render("x", {"lang": "hi", "customer": {"first_name": "A"}}).subject == "Hello A"
+
+
+def test_language_of_customer_locales():
+    langs = ["en", "hi", "te", "fa", "ur"]
+    assert [language_of(x, langs) for x in ("hi-IN", "te_IN", "fa-IR", "ur-PK", "de-DE", None, "EN-gb")] == \
+        ["hi", "te", "fa", "ur", "en", "en", "en"]
+
+
+@pytest.mark.parametrize("lang", ["en", "hi", "te", "fa", "ur"])
+def test_shipped_templates_render_in_every_language(lang):
+    renderer = renderer_for(REPO_CFG)
+    ctx = context(lang, first_name="<b>Ravi</b>")
+    for template in renderer.templates():
+        msg = renderer.render(template, ctx)
+        assert f'lang="{lang}"' in msg.html
+        assert ('dir="rtl"' in msg.html) == (lang in ("fa", "ur"))
+        assert "<b>Ravi" not in msg.html and "&lt;b&gt;Ravi" in msg.html
+        assert ctx["unsubscribe_url"] in msg.html and ctx["unsubscribe_url"] in msg.text
+        assert REPO_CFG.campaigns.sender.postal_address in msg.html
+        assert "K7PX2M9QRT" in msg.html and "K7PX2M9QRT" in msg.text or template in ("birthday", "anniversary",
+                                                                                       "thank_you")
+        assert "style=" in msg.html  # styles are inlined on the elements
+        assert "<" not in msg.text.replace("<b>Ravi</b>", "")  # the text part is plain text
+
+
+def test_templates_check_passes_on_the_shipped_templates():
+    result = check_templates(REPO_CFG)
+    assert result["errors"] == []
+    assert result["rendered"] == len(result["templates"]) * len(result["languages"]) * 4
+    assert result["missing"] == {}
