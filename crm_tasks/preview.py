@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr
 from pathlib import Path
@@ -89,7 +90,9 @@ def preview_message(engine: Engine, cfg: Settings, campaign_name: str, customer_
     msg = renderer.render(campaign.template, context)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{campaign.name}-{customer_id}-{context['lang']}"
-    mail = EmailMessage()
+    # UTF-8 headers (RFC 6532): the standard library's encoded-word folding can drop the space
+    # between two Persian words. Delivery builds its own MIME; this file is only to look at.
+    mail = EmailMessage(policy=policy.SMTPUTF8)
     mail["Subject"] = msg.subject
     mail["From"] = formataddr((cfg.campaigns.sender.name, cfg.campaigns.sender.email))
     mail["To"] = f"customer-{customer_id}@preview.invalid"  # never the real address: previews get shared

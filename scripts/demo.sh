@@ -71,6 +71,39 @@ echo
 echo "Moves between segments since $SINCE (the most frequent first):"
 "$BIN/crm" segments transitions --since "$SINCE" | sed -n '2,11p'
 echo
+echo "==> Campaigns: each shipped campaign planned for the first day from $END on which it has recipients"
+echo "    (a preview: nothing is stored or sent; days after $END are time travel)"
+"$BIN/python" - "$END" <<'PY'
+import sys
+from datetime import date, timedelta
+from crm_tasks.campaigns import load_campaigns
+from crm_tasks.config import settings
+from crm_tasks.db import make_engine
+from crm_tasks.planning import CampaignBlocked, plan_campaign
+from crm_tasks.render import renderer_for
+
+cfg = settings()
+engine = make_engine(cfg.resolved_database_url())
+renderer = renderer_for(cfg)
+end = date.fromisoformat(sys.argv[1])
+campaigns, problems = load_campaigns(cfg)
+for p in problems:
+    print(f"    broken: {p}")
+for c in campaigns:
+    for k in range(90):
+        try:
+            r = plan_campaign(engine, cfg, c, end + timedelta(days=k), record=False, sample=1, renderer=renderer)
+        except CampaignBlocked as exc:
+            r = exc.result
+        if r.recipients:
+            break
+    reasons = ", ".join(f"{why} {n}" for why, n in r.reasons.items()) or "none"
+    print(f"    {c.name:<18} {r.as_of}  audience {r.audience:>4}  recipients {r.recipients:>4}  "
+          f"holdout {r.holdout:>3}  excluded {r.excluded:>3} ({reasons})")
+PY
+echo
 echo "Done. The CRM database is var/crm.db; \`make airflow\` opens the Airflow UI."
 echo "Try: .venv/bin/crm segments show lapsed_high_spenders --limit 5"
 echo "     .venv/bin/crm segments transitions --since $SINCE --from-segment lifecycle:active --to-segment lifecycle:at_risk"
+echo "     .venv/bin/crm campaign plan birthday --as-of 2028-02-29"
+echo "     .venv/bin/crm preview at_risk_offer --customer C0000007 --locale fa   (then open var/preview/*.html)"
