@@ -18,6 +18,7 @@ from sqlalchemy import Connection, String, and_, cast, func, or_, select
 from crm_tasks.campaigns import TIMESTAMP_FIELDS, Campaign, DateTrigger
 from crm_tasks.errors import ConfigError
 from crm_tasks.models import Customer, CustomerMetrics, Segment, SegmentMembership, SegmentStatus
+from crm_tasks.rules import recurring_month_days
 
 # Profile columns every plan needs (consent, address, language, time zone) and the render context uses.
 PROFILE = (Customer.customer_id, Customer.email, Customer.email_consent, Customer.locale, Customer.timezone,
@@ -25,24 +26,9 @@ PROFILE = (Customer.customer_id, Customer.email, Customer.email_consent, Custome
 COLUMNS = ["customer_id", "email", "email_consent", "locale", "timezone", "first_name"]
 
 
-def is_leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-
-
 def event_date(as_of: date, trigger: DateTrigger) -> date:
     """The date the profile field must hold (or recur on) for a message on ``as_of``."""
     return as_of - timedelta(days=trigger.offset_days)
-
-
-def yearly_month_days(event: date, feb29: str) -> set[str]:
-    """'MM-DD' of dates that recur on ``event``: the day itself, and 29 February where it is moved here."""
-    days = {event.strftime("%m-%d")}
-    if not is_leap(event.year) and (
-        (feb29 == "feb28" and (event.month, event.day) == (2, 28))
-        or (feb29 == "mar1" and (event.month, event.day) == (3, 1))
-    ):
-        days.add("02-29")
-    return days
 
 
 def match_dates(dates: pd.Series, event: date, trigger: DateTrigger) -> tuple[pd.Series, pd.Series]:
@@ -52,7 +38,7 @@ def match_dates(dates: pd.Series, event: date, trigger: DateTrigger) -> tuple[pd
     if trigger.recurrence == "once":
         return valid & (dates == pd.Timestamp(event)), years
     md = dates.dt.strftime("%m-%d")
-    mask = valid & md.isin(yearly_month_days(event, trigger.feb29)) & (years >= trigger.min_years)
+    mask = valid & md.isin(recurring_month_days(event, trigger.feb29)) & (years >= trigger.min_years)
     return mask, years
 
 
@@ -101,8 +87,8 @@ def _date_trigger(conn: Connection, campaign: Campaign, as_of: date) -> pd.DataF
             start = datetime.combine(event - timedelta(days=1), datetime.min.time(), tzinfo=UTC)
             query = base.where(instant >= start, instant < start + timedelta(days=3))
         else:
-            near = set().union(*(yearly_month_days(event + timedelta(days=k), trigger.feb29) for k in (-1, 0, 1)))
-            near |= {(event + timedelta(days=k)).strftime("%m-%d") for k in (-1, 0, 1)}
+            # A day either side: the local date may be the UTC date's neighbour.
+            near = set().union(*(recurring_month_days(event + timedelta(days=k), trigger.feb29) for k in (-1, 0, 1)))
             md = (func.substr(instant, 6, 5) if dialect == "sqlite"
                   else func.to_char(func.timezone("UTC", instant), "MM-DD"))
             query = base.where(md.in_(sorted(near)))
@@ -121,7 +107,7 @@ def _date_trigger(conn: Connection, campaign: Campaign, as_of: date) -> pd.DataF
         if trigger.recurrence == "once":
             condition = value == event.isoformat()
         else:
-            condition = func.substr(value, 6, 5).in_(sorted(yearly_month_days(event, trigger.feb29)))
+            condition = func.substr(value, 6, 5).in_(sorted(recurring_month_days(event, trigger.feb29)))
         frame = pd.DataFrame(conn.execute(select(*PROFILE, value.label("value")).where(condition)).all(),
                              columns=[*COLUMNS, "value"])
         if frame.empty:
@@ -145,7 +131,11 @@ def _segment(conn: Connection, campaign: Campaign, as_of: date) -> pd.DataFrame:
     m = SegmentMembership
     query = (select(*PROFILE, m.valid_from).join(m, m.customer_id == Customer.customer_id)
              .where(_member_on(ids[campaign.audience.segment], as_of)))
-    frame = pd.DataFrame(conn.execute(query).all(), columns=[*COLUMNS, "valid_from"])
+    return _by_entry(pd.DataFrame(conn.execute(query).all(), columns=[*COLUMNS, "valid_from"]))
+
+
+def _by_entry(frame: pd.DataFrame) -> pd.DataFrame:
+    """Occurrences named by the day the customer entered the segment."""
     frame["occurrence"] = pd.to_datetime(frame["valid_from"]).dt.strftime("%Y-%m-%d")
     frame["years"] = pd.array([pd.NA] * len(frame), dtype="Int64")
     return frame.drop(columns=["valid_from"])
@@ -166,10 +156,7 @@ def _transition(conn: Connection, campaign: Campaign, as_of: date) -> pd.DataFra
     )
     frame = pd.DataFrame(conn.execute(query).all(), columns=[*COLUMNS, "valid_from"])
     # One entry per customer: the latest, if they bounced in and out within the days.
-    frame = frame.sort_values("valid_from").drop_duplicates("customer_id", keep="last")
-    frame["occurrence"] = pd.to_datetime(frame["valid_from"]).dt.strftime("%Y-%m-%d")
-    frame["years"] = pd.array([pd.NA] * len(frame), dtype="Int64")
-    return frame.drop(columns=["valid_from"])
+    return _by_entry(frame.sort_values("valid_from").drop_duplicates("customer_id", keep="last"))
 
 
 def _empty() -> pd.DataFrame:

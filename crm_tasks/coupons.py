@@ -6,8 +6,9 @@ import secrets
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sqlalchemy import Connection, Engine, bindparam, case, func, select
+from sqlalchemy import Connection, Engine, case, func, select
 
+from crm_tasks.db import rows_in
 from crm_tasks.models import Coupon, Purchase
 
 # No 0/O, 1/I/L: nothing a cashier or a customer can misread.
@@ -39,11 +40,7 @@ def unique_codes(conn: Connection, n: int) -> list[str]:
     seen: set[str] = set()
     while len(codes) < n:
         fresh = [c for c in dict.fromkeys(random_codes(n - len(codes))) if c not in seen]
-        taken = set()
-        for i in range(0, len(fresh), 900):
-            chunk = fresh[i:i + 900]
-            taken |= set(conn.execute(select(Coupon.code).where(Coupon.code.in_(bindparam("c", expanding=True))),
-                                      {"c": chunk}).scalars())
+        taken = {code for (code,) in rows_in(conn, select(Coupon.code), Coupon.code, fresh)}
         fresh = [c for c in fresh if c not in taken]
         codes += fresh
         seen |= set(fresh)

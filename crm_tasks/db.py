@@ -8,7 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event
 
 from crm_tasks.errors import SchemaNotReady
 
@@ -107,6 +107,20 @@ def bulk_insert(conn: Connection, table: str, columns: list[str], rows: list[tup
         # The stage has no conflict target; order keeps "first line wins" for DO NOTHING.
         cur.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} {on_conflict}")
         return cur.rowcount
+
+
+# Bound values per statement: SQLite builds before 3.32 allow at most 999.
+IN_CHUNK = 900
+
+
+def rows_in(conn: Connection, stmt, column, values) -> list:
+    """The rows of ``stmt`` with ``column`` among ``values``, however many: one statement per chunk."""
+    values = list(values)
+    stmt = stmt.where(column.in_(bindparam("in_values", expanding=True)))
+    rows: list = []
+    for i in range(0, len(values), IN_CHUNK):
+        rows += conn.execute(stmt, {"in_values": values[i:i + IN_CHUNK]}).all()
+    return rows
 
 
 def explain_url(url: str) -> str:

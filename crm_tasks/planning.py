@@ -33,12 +33,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from croniter import croniter
-from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text
 
 from crm_tasks.audience import select_audience
 from crm_tasks.campaigns import Campaign
 from crm_tasks.config import Settings
 from crm_tasks.coupons import unique_codes
+from crm_tasks.db import rows_in
 from crm_tasks.errors import CrmError
 from crm_tasks.models import (
     CampaignPlanRow,
@@ -52,6 +53,7 @@ from crm_tasks.models import (
     Suppression,
 )
 from crm_tasks.render import Renderer, RenderError, language_of, message_context, renderer_for
+from crm_tasks.segments import cutoff_for
 from crm_tasks.suppression import email_hash, unsubscribe_token
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,6 @@ NOT_DELIVERED = ("failed", "suppressed")
 # A plausible address; ingest validated it already, this guards hand-edited rows.
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 TEST_AUDIENCE_LIMIT = 5
-CHUNK = 900  # bound parameters per IN list (SQLite's limit is 999 on old builds)
 
 
 class CampaignBlocked(CrmError):
@@ -172,7 +173,7 @@ def send_times(frame: pd.DataFrame, as_of: date, campaign: Campaign, run_at: dat
     return send, local
 
 
-def _chunks(values: list, size: int = CHUNK):
+def _chunks(values: list, size: int):
     for i in range(0, len(values), size):
         yield values[i:i + size]
 
@@ -190,39 +191,25 @@ def _replaced_runs(conn: Connection, campaign: str, as_of: date, dry_run: bool) 
 def _already(conn: Connection, keys: list[str], replaced: list[int]) -> set[str]:
     """Keys already in the ledger, except unsent messages of the runs being replaced."""
     m = Message
-    found: set[str] = set()
-    for chunk in _chunks(keys):
-        rows = conn.execute(select(m.idempotency_key, m.run_id, m.state)
-                            .where(m.idempotency_key.in_(bindparam("k", expanding=True))), {"k": chunk})
-        found |= {k for k, run, state in rows if not (run in replaced and state == MessageState.PLANNED)}
-    return found
+    rows = rows_in(conn, select(m.idempotency_key, m.run_id, m.state), m.idempotency_key, keys)
+    return {k for k, run, state in rows if not (run in replaced and state == MessageState.PLANNED)}
 
 
 def _recent_counts(conn: Connection, customers: list[str], start: datetime, end: datetime,
                    replaced: list[int]) -> dict[str, int]:
     """Messages per customer with a send time in [start, end), from every campaign; ids via the customer index."""
     m = Message
-    counts: dict[str, int] = {}
     cond = [m.send_at >= start, m.send_at < end, m.test.is_(False), m.state.not_in(NOT_DELIVERED)]
     if replaced:
         cond.append(~((m.run_id.in_(replaced)) & (m.state == MessageState.PLANNED)))
-    for chunk in _chunks(customers):
-        rows = conn.execute(select(m.customer_id, func.count()).where(
-            m.customer_id.in_(bindparam("c", expanding=True)), *cond).group_by(m.customer_id), {"c": chunk})
-        counts.update(dict(rows.all()))
-    return counts
+    return dict(rows_in(conn, select(m.customer_id, func.count()).where(*cond).group_by(m.customer_id),
+                        m.customer_id, customers))
 
 
 def _suppressed(conn: Connection, customers: list[str], hashes: list[str]) -> tuple[set[str], set[str]]:
     s = Suppression
-    by_customer: set[str] = set()
-    by_hash: set[str] = set()
-    for chunk in _chunks(customers):
-        by_customer |= set(conn.execute(select(s.customer_id).where(
-            s.customer_id.in_(bindparam("c", expanding=True))), {"c": chunk}).scalars())
-    for chunk in _chunks(hashes):
-        by_hash |= set(conn.execute(select(s.email_hash).where(
-            s.email_hash.in_(bindparam("h", expanding=True))), {"h": chunk}).scalars())
+    by_customer = {c for (c,) in rows_in(conn, select(s.customer_id), s.customer_id, customers)}
+    by_hash = {h for (h,) in rows_in(conn, select(s.email_hash), s.email_hash, hashes)}
     return by_customer, by_hash
 
 
@@ -245,17 +232,15 @@ def _personalisation(conn: Connection, customers: list[str], as_of: date, cutoff
     are the SKUs sold most (by quantity) over the configured days before the cutoff.
     """
     cm = CustomerMetrics
-    favourite: dict[str, str] = {}
-    first: dict[str, datetime] = {}
-    for chunk in _chunks(customers):
-        rows = conn.execute(select(cm.customer_id, cm.favourite_category, cm.orders, cm.first_purchase_at)
-                            .where(cm.customer_id.in_(bindparam("c", expanding=True))), {"c": chunk}).all()
-        best: dict[str, int] = {}
-        for cid, cat, orders, fp in rows:
-            if cat and orders > best.get(cid, -1):
-                best[cid], favourite[cid] = orders, cat
-            if fp is not None and (cid not in first or fp < first[cid]):
-                first[cid] = fp
+    totals = pd.DataFrame(rows_in(conn, select(cm.customer_id, cm.favourite_category, cm.orders,
+                                               cm.first_purchase_at), cm.customer_id, customers),
+                          columns=["customer_id", "category", "orders", "first"])
+    # Ties on orders go to the currency row read first, as a stable sort keeps it first.
+    main = (totals[totals["category"].notna()].sort_values("orders", ascending=False, kind="stable")
+            .drop_duplicates("customer_id"))
+    favourite = dict(zip(main["customer_id"], main["category"], strict=True))
+    earliest = totals[totals["first"].notna()].groupby("customer_id")["first"].min()
+    first = {cid: ts.to_pydatetime() for cid, ts in earliest.items()}
     top: dict[str, list[str]] = {}
     if cfg.campaigns.recommendations and customers:
         p = Purchase
@@ -347,8 +332,6 @@ def plan_campaign(
 def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_at: datetime, result: PlanResult,
           renderer: Renderer, phase, *, dry_run: bool, record: bool, audience_limit: int | None,
           test_recipient: str | None, sample: int) -> str | None:
-    from crm_tasks.segments import cutoff_for
-
     test = test_recipient is not None
     replaced = [] if test else _replaced_runs(conn, campaign.name, as_of, dry_run)
     real_replaced = replaced if not dry_run else _replaced_runs(conn, campaign.name, as_of, False)
@@ -432,10 +415,8 @@ def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_
     # Coupons: the code of an occurrence planned before (and replaced now) is kept.
     codes = pd.Series(None, index=frame.index, dtype=object)
     if campaign.coupon is not None and len(sending):
-        existing = {}
-        for chunk in _chunks(sending["key"].tolist()):
-            existing.update(dict(conn.execute(select(Coupon.idempotency_key, Coupon.code).where(
-                Coupon.idempotency_key.in_(bindparam("k", expanding=True))), {"k": chunk}).all()))
+        existing = dict(rows_in(conn, select(Coupon.idempotency_key, Coupon.code), Coupon.idempotency_key,
+                                sending["key"].tolist()))
         codes[sending.index] = sending["key"].map(existing)
         missing = codes[sending.index].isna()
         fresh = unique_codes(conn, int(missing.sum()))

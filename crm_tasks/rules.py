@@ -960,14 +960,22 @@ class _Compiler:
 def _anniversary_month_days(as_of: date, low: int, high: int) -> set[str]:
     """'MM-DD' of every day from as_of + low to as_of + high, with '02-29' where a 28 February of a
     year without a 29th is among them: that is when those born on 29 February celebrate."""
-    days = {as_of + k * _DAY for k in range(low, high + 1)}
-    month_days = {d.strftime("%m-%d") for d in days}
-    if any(d.month == 2 and d.day == 28 and not _is_leap(d.year) for d in days):
-        month_days.add("02-29")
-    return month_days
+    return set().union(*(recurring_month_days(as_of + k * _DAY, "feb28") for k in range(low, high + 1)))
 
 
-def _is_leap(year: int) -> bool:
+def recurring_month_days(day: date, feb29: str = "feb28") -> set[str]:
+    """'MM-DD' of the yearly dates that recur on ``day``: its own, and '02-29' where a year without a
+    29 February moves it here (to 28 February with ``feb28``, to 1 March with ``mar1``)."""
+    days = {day.strftime("%m-%d")}
+    if not is_leap(day.year) and (
+        (feb29 == "feb28" and (day.month, day.day) == (2, 28))
+        or (feb29 == "mar1" and (day.month, day.day) == (3, 1))
+    ):
+        days.add("02-29")
+    return days
+
+
+def is_leap(year: int) -> bool:
     return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
 
 
