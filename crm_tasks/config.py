@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pycountry
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crm_tasks.errors import ConfigError
 
@@ -111,6 +111,8 @@ class Sender(BaseModel):
 
 class FrequencyCap(BaseModel):
     """At most ``messages`` marketing e-mails to one customer in any ``days`` consecutive days."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt limit must not silently become the default
 
     messages: int = Field(3, ge=1)
     days: int = Field(7, ge=1)

@@ -77,3 +77,14 @@ def test_a_manual_run_is_a_dry_run_that_records_the_plan(airflow_db, use_setting
     assert run.state == "success"
     with engine.connect() as conn:
         assert conn.execute(select(Message.recipient)).scalars().all() == ["qa@example.org"]
+
+
+def test_a_misspelt_frequency_cap_is_an_error_not_the_default(tmp_path):
+    from crm_tasks.campaigns import parse_campaign
+    from crm_tasks.errors import ConfigError
+
+    path = tmp_path / "capped.yaml"
+    path.write_text("name: capped\nkind: segment\ntemplate: offer\nschedule: {cron: '0 6 * * *'}\n"
+                    "audience: {segment: lifecycle:at_risk}\nfrequency_cap: {messages: 2, dayz: 7}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="frequency_cap.dayz: unknown field; did you mean 'days'"):
+        parse_campaign(path, load_settings())
