@@ -169,7 +169,8 @@ class Settings(BaseModel):
     def _real_secret(self) -> Settings:
         if self.environment == "production" and (self.secret_key == DEV_SECRET_KEY or len(self.secret_key) < 32):
             raise ValueError("CRM_SECRET_KEY must be set to a random value of at least 32 characters when "
-                             "CRM_ENV=production (for example: python -c 'import secrets; print(secrets.token_hex(32))')")
+                             "CRM_ENV=production (for example: "
+                             "python -c 'import secrets; print(secrets.token_hex(32))')")
         return self
 
     @field_validator("timezone")
