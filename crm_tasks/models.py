@@ -342,7 +342,16 @@ class CampaignPlanRow(Base):
 
 
 class MessageState(enum.StrEnum):
-    PLANNED = "planned"  # delivery (crm_tasks/delivery.py) moves it on from here
+    """The ledger's states; ``crm_tasks.ledger`` holds the only legal transitions."""
+
+    PLANNED = "planned"  # written by planning, waiting to be sent
+    CLAIMED = "claimed"  # a sender holds it; never handed to the SMTP server yet
+    SENDING = "sending"  # committed just before its SMTP transaction: the one gate to the server
+    SENT = "sent"  # the server accepted it (250 after DATA)
+    DEFERRED = "deferred"  # a temporary failure (4xx, or a connection lost before DATA): retried later
+    FAILED = "failed"  # permanent (5xx, or too many temporary failures): never retried
+    UNKNOWN = "unknown"  # the connection broke after DATA, or its sender died: maybe delivered, never retried
+    SUPPRESSED = "suppressed"  # opted out, suppressed or lost consent between planning and sending
 
 
 class Message(Base):
@@ -368,11 +377,24 @@ class Message(Base):
     context: Mapped[dict] = mapped_column(Json)  # the allow-listed render context: delivery renders exactly this
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Delivery (crm_tasks/ledger.py, crm_tasks/delivery.py).
+    batch_no: Mapped[int | None] = mapped_column(Integer)  # the send batch, assigned once per run
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # SMTP transactions started
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a deferred message's retry time
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # host:pid:nonce of the sender holding it
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    message_id: Mapped[str | None] = mapped_column(String(128))  # derived from the idempotency key
+    smtp_code: Mapped[int | None] = mapped_column(SmallInteger)  # the server's last reply code
+    last_error: Mapped[str | None] = mapped_column(Text)  # the last failure, addresses removed
 
     __table_args__ = (
         # The frequency cap counts a customer's messages over the last days.
         Index("ix_messages_customer", "customer_id", "send_at"),
         Index("ix_messages_run", "run_id"),
+        # A send batch claims its rows; the sweep finds a campaign's deferred messages.
+        Index("ix_messages_batch", "run_id", "batch_no", "state"),
+        Index("ix_messages_state", "campaign", "state"),
     )
 
 
@@ -404,7 +426,19 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(String(32))  # unsubscribed | hard_bounce | complaint | manual
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
+class AddressBounce(Base):
+    """Soft bounces per address (keyed hash) since its last accepted message; enough of them suppress it."""
+
+    __tablename__ = "address_bounces"
+
+    email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    soft_bounces: Mapped[int] = mapped_column(Integer)
+    last_code: Mapped[int | None] = mapped_column(SmallInteger)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 __all__ = [
+    "AddressBounce",
     "Base",
     "BatchStatus",
     "CampaignPlanRow",
