@@ -145,6 +145,68 @@ class CampaignSettings(BaseModel):
         return v.rstrip("/")
 
 
+class DeliverySettings(BaseModel):
+    """How planned messages are sent (crm_tasks/delivery.py); the SMTP server itself is CRM_SMTP_URL or
+    the Airflow connection smtp_default, never this file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(1000, ge=1, le=100_000)  # messages per mapped send task
+    connections: int = Field(4, ge=1, le=64)  # reused SMTP connections per send task
+    checkpoint: int = Field(50, ge=1, le=10_000)  # messages gated as 'sending' per ledger commit
+    rate_per_second: float | None = Field(None, gt=0)  # provider quotas, per send task
+    rate_per_hour: int | None = Field(None, ge=1)
+    timeout_seconds: float = Field(30, gt=0)  # per SMTP command
+    max_attempts: int = Field(5, ge=1)  # temporary failures before a message fails for good
+    retry_seconds: float = Field(300, ge=0)  # wait after the first temporary failure...
+    retry_factor: float = Field(4.0, ge=1)  # ...multiplied by this after each further one
+    max_retry_seconds: float = Field(6 * 3600, ge=0)
+    # A deferred message due again within this many seconds is retried by the same task.
+    inline_retry_seconds: float = Field(60, ge=0)
+    soft_bounce_limit: int = Field(3, ge=1)  # temporary recipient failures in a row that suppress an address
+    # A claim older than this, by a sender that cannot be seen to be alive, is taken over.
+    claim_timeout_seconds: float = Field(900, ge=1)
+    pool: str = "smtp"  # the Airflow pool the send tasks share
+    unsubscribe_mailto: str | None = "unsubscribe@example.com"  # List-Unsubscribe's mailto address
+
+
+# --- cleanup (crm_tasks/cleanup.py) -------------------------------------------------------
+
+
+class CleanupRules(BaseModel):
+    """Which rules a cleanup run applies; each archived or merged profile gets one named reason."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt rule must not silently stay on
+
+    inactive: bool = True  # no purchase and no profile update for inactive_months
+    hard_bounce: bool = True  # the address hard-bounced and there is no phone
+    no_contact: bool = True  # neither an e-mail address nor a phone
+    duplicates: bool = True  # same e-mail address or phone: merged into one surviving profile
+
+
+class CleanupSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: CleanupRules = CleanupRules()
+    inactive_months: int = Field(24, ge=1)
+    # Freshness figure: a kept profile silent for this many months is "at risk" of going stale.
+    at_risk_months: int = Field(18, ge=1)
+    # Archived profiles are restorable for this many days, then their personal data is purged.
+    grace_days: int = Field(30, ge=1)
+    # A run that would archive (or merge away) more than this share of all profiles fails, changing nothing.
+    max_archive_share: float = Field(0.10, gt=0, le=1)
+    # More profiles than this sharing one address or phone is a placeholder, not a person: not merged.
+    max_duplicate_group: int = Field(10, ge=2)
+    examples: int = Field(5, ge=0, le=100)  # customer ids listed per reason in the report
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CleanupSettings:
+        if self.at_risk_months >= self.inactive_months:
+            raise ValueError(f"at_risk_months ({self.at_risk_months}) must be less than inactive_months "
+                             f"({self.inactive_months})")
+        return self
+
+
 class Settings(BaseModel):
     database_url: str | None = None
     landing_dir: Path = REPO_ROOT / "var" / "landing"
@@ -159,6 +221,11 @@ class Settings(BaseModel):
     custom_attributes: list[CustomAttribute] = []
     segments: SegmentSettings = SegmentSettings()
     campaigns: CampaignSettings = CampaignSettings()
+    cleanup: CleanupSettings = CleanupSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    # The SMTP server: smtp[s]://user:password@host:port (see crm_tasks/smtp.py). Environment only
+    # (CRM_SMTP_URL), since it holds a password; inside Airflow the connection smtp_default also works.
+    smtp_url: str | None = None
     # Signs unsubscribe links and keys suppression hashes. Only from the environment
     # (CRM_SECRET_KEY), never from crm.yaml; the development default is refused when
     # CRM_ENV=production.
@@ -220,6 +287,7 @@ _ENV = {
     "CRM_DEFAULT_LOCALE": "default_locale",
     "CRM_CHUNK_ROWS": "chunk_rows",
     "CRM_SECRET_KEY": "secret_key",
+    "CRM_SMTP_URL": "smtp_url",
     "CRM_ENV": "environment",
 }
 _SEGMENT_ENV = {"CRM_SEGMENTS_DIR": "folder"}
@@ -259,6 +327,9 @@ def load_settings(config_path: str | os.PathLike | None = None, env: dict[str, s
             data["campaigns"] = {**(data.get("campaigns") or {}), field: env[var]}
     if "secret_key" in data and not env.get("CRM_SECRET_KEY"):
         raise ConfigError(f"{path}: secret_key must not be written in the settings file; set CRM_SECRET_KEY")
+    if "smtp_url" in data and not env.get("CRM_SMTP_URL"):
+        raise ConfigError(f"{path}: smtp_url must not be written in the settings file (it holds a password); "
+                          "set CRM_SMTP_URL or the Airflow connection smtp_default")
     try:
         return Settings(**data)
     except ValidationError as exc:
