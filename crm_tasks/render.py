@@ -6,7 +6,8 @@ environment is sandboxed (no attribute tricks such as ``''.__class__``), a
 missing variable is an error rather than an empty string, and HTML output is
 autoescaped. The wording lives in ``locales/<lang>.yaml`` catalogs, so that a
 marketer edits text, not templates; a key missing in a language falls back to
-English. Compiled templates are cached by the environment and reused.
+English. Compiled templates are cached by the environment and reused, and so are
+the style macros of ``_ui.html``, once per language, direction and brand colour.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import yaml
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.numbers import format_currency, format_percent
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, pass_context, select_autoescape
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, pass_context, select_autoescape
+from jinja2.environment import TemplateModule
+from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
 from crm_tasks.config import Settings
 from crm_tasks.errors import CrmError
@@ -31,6 +35,8 @@ from crm_tasks.errors import CrmError
 RTL_LANGUAGES = frozenset({"fa", "ur", "ar", "he"})
 PARTS = ("subject.txt", "body.html", "body.txt")
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+# What a macro library imported without context (_ui.html, _ui.txt) sees of the message.
+LAYOUT_KEYS = ("lang", "dir", "brand_color")
 
 
 class RenderError(CrmError):
@@ -62,6 +68,60 @@ def babel_locale(locale: str | None, lang: str) -> Locale:
     return Locale.parse("en")
 
 
+_MISSING = object()
+
+
+def _frozen(value) -> bool:
+    """Whether a value of a macro module can never change: text, numbers, macros, and
+    lists or dicts of them (the immutable sandbox refuses to modify those)."""
+    if type(value) in (list, tuple):
+        return all(_frozen(v) for v in value)
+    if type(value) is dict:
+        return all(_frozen(k) and _frozen(v) for k, v in value.items())
+    return type(value) in (str, Markup, int, float, bool, type(None), Macro)
+
+
+class _EmailTemplate(Template):
+    """A template whose context-free imports are built once per language, direction and brand colour.
+
+    ``{% import "_ui.html" as ui %}`` (no ``with context``) gives the importing template
+    this template's module. Jinja builds such a module once, from the globals alone,
+    which would hide ``lang``, ``dir`` and ``brand_color`` from the styles; ``with
+    context`` shows them, but rebuilds the module for every message (a quarter of a
+    render). Here the module sees those three values and ``t()``, nothing else, so it
+    is the same for every message that shares them. It is kept for those messages only
+    if all its top-level values are frozen (text, numbers, macros): a macro can then
+    neither read anything else about a customer (``customer`` is an undefined variable
+    there) nor remember anything from one message to the next (no ``namespace()`` or
+    ``cycler()``), so reusing the module changes no output.
+    """
+
+    def _get_default_module(self, ctx: Context | None = None) -> TemplateModule:
+        # Jinja calls this for {% import %} and {% from ... import %} without context.
+        if ctx is None:
+            return super()._get_default_module()
+        key = tuple(ctx.get(k, _MISSING) for k in LAYOUT_KEYS)
+        keep = all(type(v) is str for v in key)  # a missing or odd value: a module for this message only
+        modules = self.__dict__.setdefault("_layout_modules", {})
+        if keep and key in modules:
+            return modules[key]
+        names = {"t": self.environment.t_function} | {k: v for k, v in zip(LAYOUT_KEYS, key) if v is not _MISSING}
+        module_ctx = self.new_context(names, shared=True)  # shared: no other globals (range, namespace, ...)
+        module = TemplateModule(self, module_ctx)
+        if keep and all(_frozen(v) for v in module_ctx.vars.values()):
+            if len(modules) >= 256:  # bounded: a stored context may carry any brand colour
+                modules.clear()
+            modules[key] = module
+        return module
+
+
+class _EmailEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, with templates whose macro modules are kept (see _EmailTemplate)."""
+
+    template_class = _EmailTemplate
+    t_function: object = _MISSING  # the renderer's t(), set by Renderer
+
+
 class Renderer:
     """Loads the templates and catalogs of one folder once; renders any number of messages."""
 
@@ -71,7 +131,7 @@ class Renderer:
         self.catalogs = {lang: self._catalog(lang) for lang in self.languages}
         if "en" not in self.catalogs and self.languages:
             raise RenderError(f"{self.folder}: the fallback language 'en' must be among the languages")
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = _EmailEnvironment(
             loader=FileSystemLoader(str(self.folder)),
             undefined=StrictUndefined,
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
@@ -80,7 +140,7 @@ class Renderer:
             auto_reload=False,
             cache_size=-1,
         )
-        self.env.globals["t"] = self._t
+        self.env.globals["t"] = self.env.t_function = self._t
 
     def _catalog(self, lang: str) -> dict[str, str]:
         path = self.folder / "locales" / f"{lang}.yaml"

@@ -114,3 +114,58 @@ def test_templates_check_passes_on_the_shipped_templates():
     assert result["errors"] == []
     assert result["rendered"] == len(result["templates"]) * len(result["languages"]) * 4
     assert result["missing"] == {}
+
+
+def ui_folder(folder, macros: str, body: str):
+    """A template folder whose x/body.html imports an _ui.html of its own."""
+    (folder / "_ui.html").write_text(macros, encoding="utf-8")
+    return write_template(folder, html='{% import "_ui.html" as ui %}' + body)
+
+
+@pytest.mark.parametrize("lang, direction, align", [("en", "ltr", "left"), ("hi", "ltr", "left"),
+                                                    ("fa", "rtl", "right"), ("ur", "rtl", "right")])
+def test_macros_follow_the_language_direction_and_the_brand_colour(lang, direction, align):
+    renderer = renderer_for(REPO_CFG)
+    # Alternate languages and colours on one renderer: the macro modules it keeps must not mix them up.
+    for brand in ("#123abc", "#0b6e4f", "#123abc"):
+        for template in ("offer", "birthday"):
+            msg = renderer.render(template, {**context(lang), "brand_color": brand})
+            other = renderer.render(template, {**context("ur" if direction == "ltr" else "en"), "brand_color": "#fff"})
+            assert f'<div role="article" aria-roledescription="email" aria-label="{msg.subject}" lang="{lang}" ' \
+                f'dir="{direction}">' in msg.html
+            assert '<h1 class="h1" style="margin:0 0 20px; font-family:' in msg.html
+            heading = msg.html.split('<h1 class="h1" style="', 1)[1].split('"', 1)[0]
+            assert heading.endswith(f"text-align:{align};")
+            assert f'<td align="{align}" style="padding:12px 0;' in msg.html  # product list rows
+            assert f'bgcolor="{brand}" style="padding:20px 32px; background-color:{brand};' in msg.html  # header
+            assert f"border:2px dashed {brand};" in msg.html and f"letter-spacing:2px; color:{brand};" in msg.html
+            assert "#fff;" not in msg.html.replace("#ffffff", "") and f"color:{brand}" not in other.html
+
+
+def test_a_brand_colour_that_is_not_a_colour_is_not_used():
+    renderer = renderer_for(REPO_CFG)
+    for brand in ("red;}</style><script>x</script>", "#12345g", "#1234567", "", None, ["#123abc"]):
+        html = renderer.render("offer", {**context("fa"), "brand_color": brand}).html
+        assert "<script>" not in html and "red;" not in html and "#12345" not in html
+        assert 'bgcolor="#0b6e4f" style="padding:20px 32px; background-color:#0b6e4f;' in html
+
+
+def test_macro_modules_are_built_once_per_language_direction_and_colour():
+    renderer = renderer_for(REPO_CFG)
+    for lang in ("en", "fa", "en", "fa", "en"):
+        renderer.render("offer", context(lang, first_name=lang))
+    assert len(renderer.env.get_template("_ui.html")._layout_modules) == 2
+    assert len(renderer.env.get_template("_ui.txt")._layout_modules) == 2
+
+
+def test_a_macro_sees_no_customer_data_and_keeps_nothing_between_messages(folder):
+    ctx = {"lang": "en", "dir": "ltr", "brand_color": "#000000", "customer": {"first_name": "Asha"}}
+    for name in ("customer", "namespace", "cycler"):  # a module sees lang, dir, brand_color and t() only
+        renderer = ui_folder(folder, "{% macro hi() %}{{ " + name + " }}{% endmacro %}", "{{ ui.hi() }}")
+        with pytest.raises(RenderError, match=f"'{name}' is undefined"):
+            renderer.render("x", ctx)
+    # A module holding something that changes when used (an iterator) is built anew for every message.
+    renderer = ui_folder(folder, '{% set numbers = [1, 2, 3]|map("string") %}'
+                                 "{% macro first() %}{{ numbers|first }}{% endmacro %}", "{{ ui.first() }}")
+    assert [renderer.render("x", ctx).html for _ in range(3)] == ["1", "1", "1"]
+    assert not renderer.env.get_template("_ui.html").__dict__.get("_layout_modules")
