@@ -115,11 +115,48 @@ class _EmailTemplate(Template):
         return module
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+_MODULE_EXPORTS = (str, Markup, Macro)  # what _ui.html exports: style strings and macros
+
+
 class _EmailEnvironment(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with templates whose macro modules are kept (see _EmailTemplate)."""
+    """The immutable sandbox, minus checks that cannot fail, on the paths every message takes.
+
+    - Calling the renderer's own ``t()`` or a template macro skips the "was this
+      callable marked unsafe" look-up (neither ever is); ``t()`` gets the context directly.
+    - ``customer.first_name`` on a plain dict returns the item: the parent class first
+      tries a Python attribute of that name, which a dict has only for the names of
+      its methods (those still go the parent's way), and returns items unchecked.
+    - ``ui.s_p`` or ``ui.paragraph`` on an imported macro module returns the exported
+      string or macro: the parent's checks refuse only names starting with "_" (still
+      refused here, by the parent) and attributes of functions, types, frames and
+      mutable containers, which a module is not.
+    Everything else (other objects, calls, items, operators) is checked by the parent class.
+    """
 
     template_class = _EmailTemplate
     t_function: object = _MISSING  # the renderer's t(), set by Renderer
+
+    def call(self, context: Context, obj, /, *args, **kwargs):
+        if obj is self.t_function and not kwargs.get("_loop_vars") and not kwargs.get("_block_vars"):
+            # What Context.call does for a pass_context function outside a loop or a {% set %} block.
+            kwargs.pop("_loop_vars", None)
+            kwargs.pop("_block_vars", None)
+            return obj(context, *args, **kwargs)
+        if type(obj) is Macro:
+            return context.call(obj, *args, **kwargs)
+        return super().call(context, obj, *args, **kwargs)
+
+    def getattr(self, obj, attribute: str):
+        kind = type(obj)
+        if kind is dict:
+            if attribute not in _DICT_ATTRIBUTES and attribute in obj:
+                return obj[attribute]
+        elif kind is TemplateModule and not attribute.startswith("_"):
+            value = obj.__dict__.get(attribute)
+            if type(value) in _MODULE_EXPORTS:
+                return value
+        return super().getattr(obj, attribute)
 
 
 class Renderer:
@@ -131,6 +168,10 @@ class Renderer:
         self.catalogs = {lang: self._catalog(lang) for lang in self.languages}
         if "en" not in self.catalogs and self.languages:
             raise RenderError(f"{self.folder}: the fallback language 'en' must be among the languages")
+        # Each language's texts with the English ones beneath: t() looks a key up once.
+        english = self.catalogs.get("en", {})
+        self._texts = {lang: {**english, **catalog} for lang, catalog in self.catalogs.items()}
+        self._english = english
         self.env = _EmailEnvironment(
             loader=FileSystemLoader(str(self.folder)),
             undefined=StrictUndefined,
@@ -158,11 +199,11 @@ class Renderer:
     def _t(self, ctx, key: str, **values) -> str:
         """The text of ``key`` in the message's language (English if missing), placeholders filled."""
         lang = ctx.get("lang", "en")
-        template = self.catalogs.get(lang, {}).get(key)
-        if template is None:
-            template = self.catalogs.get("en", {}).get(key)
+        template = self._texts.get(lang, self._english).get(key)
         if template is None:
             raise RenderError(f"no text for '{key}' in locales/en.yaml (nor in {lang}.yaml); add it")
+        if "{" not in template:  # no placeholder to fill
+            return template
 
         def fill(m: re.Match) -> str:
             name = m.group(1)

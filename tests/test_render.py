@@ -122,6 +122,19 @@ def ui_folder(folder, macros: str, body: str):
     return write_template(folder, html='{% import "_ui.html" as ui %}' + body)
 
 
+@pytest.mark.parametrize("expression", [
+    "customer.update({'first_name': 'B'})",
+    "customer.__class__",
+    "ui.__dict__",
+    "ui._body_stream",
+    "ui.p.__call__.__globals__",
+])
+def test_sandbox_refuses_escapes_through_dicts_and_macro_modules(folder, expression):
+    renderer = ui_folder(folder, "{% macro p(x) %}<p>{{ x }}</p>{% endmacro %}", "{{ " + expression + " }}")
+    with pytest.raises(RenderError, match="SecurityError|UndefinedError|unsafe"):
+        renderer.render("x", {"lang": "en", "dir": "ltr", "brand_color": "#000000", "customer": {"first_name": "A"}})
+
+
 @pytest.mark.parametrize("lang, direction, align", [("en", "ltr", "left"), ("hi", "ltr", "left"),
                                                     ("fa", "rtl", "right"), ("ur", "rtl", "right")])
 def test_macros_follow_the_language_direction_and_the_brand_colour(lang, direction, align):
@@ -169,3 +182,15 @@ def test_a_macro_sees_no_customer_data_and_keeps_nothing_between_messages(folder
                                  "{% macro first() %}{{ numbers|first }}{% endmacro %}", "{{ ui.first() }}")
     assert [renderer.render("x", ctx).html for _ in range(3)] == ["1", "1", "1"]
     assert not renderer.env.get_template("_ui.html").__dict__.get("_layout_modules")
+
+
+def test_t_errors_inside_macros_and_loops(folder):
+    (folder / "locales" / "en.yaml").write_text('hello: "Hello {name}"\nitem: "Item {sku}"\n', encoding="utf-8")
+    renderer = ui_folder(folder, "{% macro items(xs) %}{% for x in xs %}{{ t('item', sku=x) }};{% endfor %}"
+                                 "{{ t('hello') }}{% endmacro %}", "{{ ui.items(['a', 'b']) }}")
+    with pytest.raises(RenderError, match=r"'hello' in en uses \{name\}"):
+        renderer.render("x", {"lang": "en", "dir": "ltr", "brand_color": "#000000", "customer": {"first_name": "A"}})
+    renderer = ui_folder(folder, "{% macro items(xs) %}{% for x in xs %}{{ t('item', sku=x) }};{% endfor %}"
+                                 "{{ t('nope') }}{% endmacro %}", "{{ ui.items(['a', 'b']) }}")
+    with pytest.raises(RenderError, match="no text for 'nope'"):
+        renderer.render("x", {"lang": "hi", "dir": "ltr", "brand_color": "#000000", "customer": {"first_name": "A"}})
