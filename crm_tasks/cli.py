@@ -462,5 +462,85 @@ def coupons_report(campaign, as_json) -> None:
     _emit(as_json, {"campaigns": rows}, "\n".join(lines) or "no coupons issued yet")
 
 
+# --- cleanup and erasure (crm_tasks/cleanup.py, crm_tasks/erasure.py) ---------------------------
+
+
+@main.group("cleanup", invoke_without_command=True)
+@click.option("--as-of", "as_of", callback=_parse_date, help="Business date to clean as of (YYYY-MM-DD).")
+@click.option("--dry-run", is_flag=True, help="Report what a real run would archive, merge and purge; store nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def cleanup_group(ctx, as_of, dry_run, as_json) -> None:
+    """Archive stale profiles, merge duplicates, purge archived ones after the grace period.
+
+    Examples: crm cleanup --as-of 2026-03-29 --dry-run    crm cleanup restore C0000042
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if as_of is None:
+        raise click.UsageError("give --as-of DATE (or a subcommand such as `restore ID`)")
+    from crm_tasks.cleanup import format_report, run_cleanup
+    from crm_tasks.db import check_schema
+    from crm_tasks.errors import CleanupBlocked
+
+    engine = _engine()
+    try:
+        check_schema(engine)
+        result = run_cleanup(engine, load_default_settings(), as_of, dry_run=dry_run)
+    except CleanupBlocked as exc:
+        if not as_json:
+            click.echo(format_report(exc.result.to_dict()))
+        _fail(exc, as_json, exc.result.to_dict())
+    except CrmError as exc:
+        _fail(exc, as_json)
+    payload = result.to_dict()
+    _emit(as_json, payload, format_report(payload))
+
+
+@cleanup_group.command("restore")
+@click.argument("customer_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def cleanup_restore(customer_id, as_json) -> None:
+    """Put an archived profile back, as it was, until it is purged after its grace period.
+
+    Example: crm cleanup restore C0000042
+    """
+    from crm_tasks.cleanup import restore
+
+    try:
+        result = restore(_engine(), load_default_settings(), customer_id)
+    except CrmError as exc:
+        _fail(exc, as_json)
+    _emit(as_json, result.to_dict(), f"restored {result.customer_id} (archived on {result.archived_on}, "
+                                     f"{result.reason}); it takes part in segments from the next recompute")
+
+
+@main.command("erase")
+@click.option("--email", help="The person's e-mail address.")
+@click.option("--customer", "customer_id", help="The person's customer id.")
+@click.option("--preview-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of rendered previews (default: var/preview).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def erase_command(email, customer_id, preview_dir, as_json) -> None:
+    """Erase a person's personal data everywhere the CRM keeps it; keep the suppression hash and aggregates.
+
+    Examples: crm erase --email asha@example.com    crm erase --customer C0000042
+    """
+    from crm_tasks.erasure import erase
+
+    if not email and not customer_id:
+        raise click.UsageError("give --email ADDRESS and/or --customer ID")
+    try:
+        result = erase(_engine(), load_default_settings(), email=email, customer_id=customer_id,
+                       preview_dir=preview_dir)
+    except CrmError as exc:
+        _fail(exc, as_json)
+    lines = [f"erased {', '.join(result.customer_ids) or 'no profile found'}:"]
+    lines += [f"  {table:<20} {n:>6} removed" for table, n in result.removed.items()]
+    lines += [f"  {table:<20} {n:>6} kept under the pseudonymous customer id" for table, n in result.kept.items()]
+    lines.append(f"  {'suppressions':<20} {result.suppressed:>6} address hashes added (reason erased)")
+    _emit(as_json, result.to_dict(), "\n".join(lines))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -64,3 +64,11 @@ class IngestFailed(CrmError):
         self.failures = failures
         lines = "\n".join(f"- {f}" for f in failures)
         super().__init__(f"{len(failures)} file(s) failed:\n{lines}")
+
+
+class CleanupBlocked(CrmError):
+    """The cleanup guardrail stopped a run: it would have archived too many profiles. Nothing changed."""
+
+    def __init__(self, message: str, result) -> None:
+        super().__init__(message)
+        self.result = result  # the CleanupResult a real run would have recorded

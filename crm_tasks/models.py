@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -437,16 +438,109 @@ class AddressBounce(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+# --- cleanup and erasure (crm_tasks/cleanup.py, crm_tasks/erasure.py) ---------------------------
+
+
+class ArchiveStatus(enum.StrEnum):
+    ARCHIVED = "archived"  # out of customers, restorable until purged
+    RESTORED = "restored"  # back in customers (by hand, or because the profile came back)
+    PURGED = "purged"  # personal data gone (grace period over, or erased on request)
+
+
+class ArchivedCustomer(Base):
+    """A profile taken out of ``customers`` by a cleanup run, with the reason.
+
+    While ``archived`` it holds the whole profile, so that it can be restored; once
+    restored or purged only the ids, reason and dates remain.
+    """
+
+    __tablename__ = "archived_customers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))  # inactive | hard_bounce | no_contact
+    status: Mapped[str] = mapped_column(String(16))  # ArchiveStatus
+    archived_on: Mapped[date] = mapped_column(Date)  # the as-of date of the run
+    purge_after: Mapped[date] = mapped_column(Date)  # the first run on or after this date purges it
+    restored_on: Mapped[date | None] = mapped_column(Date)
+    purged_on: Mapped[date | None] = mapped_column(Date)
+    # The profile as it was (the columns of customers); all None once restored or purged.
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    last_name: Mapped[str | None] = mapped_column(String(100))
+    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(String(16))
+    birthday: Mapped[date | None] = mapped_column(Date)
+    locale: Mapped[str | None] = mapped_column(String(35))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    country: Mapped[str | None] = mapped_column(String(2))
+    email_consent: Mapped[bool | None] = mapped_column(Boolean)
+    attributes: Mapped[dict | None] = mapped_column(Json)
+    created_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # Restore and erasure look a customer up; a run finds the profiles that came back.
+        Index("ix_archived_customers_customer", "customer_id", "status"),
+        # The purge takes the archived rows whose grace period is over; reports count by day.
+        Index("ix_archived_customers_purge", "status", "purge_after"),
+        Index("ix_archived_customers_archived_on", "archived_on", "reason"),
+    )
+
+
+class CustomerMerge(Base):
+    """A duplicate profile merged into its survivor: its purchases, metrics, coupons and ledger moved there."""
+
+    __tablename__ = "customer_merges"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    merged_id: Mapped[str] = mapped_column(String(64), index=True)  # the profile that is gone
+    survivor_id: Mapped[str] = mapped_column(String(64), index=True)
+    rule: Mapped[str] = mapped_column(String(32))  # duplicate_email | duplicate_phone
+    merged_on: Mapped[date] = mapped_column(Date, index=True)  # the as-of date of the run
+
+
+class CleanupRun(Base):
+    """One cleanup per as-of date: how the profiles reconciled, the archive's totals, and freshness."""
+
+    __tablename__ = "cleanup_runs"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    ran_at: Mapped[datetime] = mapped_column(UtcDateTime)  # the latest run of this date
+    # profiles_before = kept + archived + merged (runs of this date together)
+    profiles_before: Mapped[int] = mapped_column(BigInteger)
+    kept: Mapped[int] = mapped_column(BigInteger)
+    archived: Mapped[int] = mapped_column(BigInteger)
+    merged: Mapped[int] = mapped_column(BigInteger)
+    restored: Mapped[int] = mapped_column(BigInteger)  # profiles that came back while archived
+    purged: Mapped[int] = mapped_column(BigInteger)
+    reasons: Mapped[dict] = mapped_column(Json)  # reason -> profiles, archived and merged
+    # The whole archive after the run: archived_total = restored_total + purged_total + in_grace.
+    archived_total: Mapped[int] = mapped_column(BigInteger)
+    restored_total: Mapped[int] = mapped_column(BigInteger)
+    purged_total: Mapped[int] = mapped_column(BigInteger)
+    in_grace: Mapped[int] = mapped_column(BigInteger)
+    # Data freshness, shares of profiles_before: active, at risk of going stale, archived by this date.
+    active_share: Mapped[float] = mapped_column(Float)
+    at_risk_share: Mapped[float] = mapped_column(Float)
+    archived_share: Mapped[float] = mapped_column(Float)
+    parameters: Mapped[dict] = mapped_column(Json)  # the settings it ran with
+
+
 __all__ = [
     "AddressBounce",
+    "ArchiveStatus",
+    "ArchivedCustomer",
     "Base",
     "BatchStatus",
     "CampaignPlanRow",
     "CampaignRun",
+    "CleanupRun",
     "Coupon",
     "Customer",
     "CustomerCategoryMetrics",
     "CustomerMetrics",
+    "CustomerMerge",
     "CustomerScore",
     "IngestBatch",
     "Message",
