@@ -339,8 +339,14 @@ def run_cleanup(engine: Engine, cfg: Settings, as_of: date, *, dry_run: bool = F
     """
     started = time.perf_counter()
     with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # Removed and emptied rows are overwritten in the file, not just unlinked: the personal data
+            # of a purged (or merged-away) profile must not linger in free space.
+            conn.exec_driver_sql("PRAGMA secure_delete = ON")
+            conn.commit()
         trans = conn.begin()
-        if conn.dialect.name == "sqlite":
+        if sqlite:
             conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first: two runs must not interleave
         else:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('crm_cleanup'))"))
@@ -354,9 +360,19 @@ def run_cleanup(engine: Engine, cfg: Settings, as_of: date, *, dry_run: bool = F
             else:
                 trans.commit()
                 result.recorded = True
+                if sqlite and result.purged:
+                    # Purged rows leave the write-ahead log too.
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                    conn.commit()
         except BaseException:
-            trans.rollback()
+            if trans.is_active:
+                trans.rollback()
             raise
+        finally:
+            if sqlite:
+                conn.rollback()
+                conn.exec_driver_sql("PRAGMA secure_delete = OFF")
+                conn.commit()
     result.seconds = round(time.perf_counter() - started, 3)
     log.info("cleanup as of %s%s: %d profiles, %d kept, %d archived, %d merged, %d restored, %d purged (%.1f s)",
              as_of, " [dry run]" if dry_run else "", result.profiles_before, result.kept, result.archived,

@@ -118,6 +118,7 @@ def erase(engine: Engine, cfg: Settings, *, email: str | None = None, customer_i
         if sqlite:
             # Deleted content is overwritten in the file, not just unlinked from the B-tree.
             conn.exec_driver_sql("PRAGMA secure_delete = ON")
+            conn.commit()
         try:
             with conn.begin():
                 if sqlite:
@@ -125,9 +126,11 @@ def erase(engine: Engine, cfg: Settings, *, email: str | None = None, customer_i
                 result = _erase(conn, cfg, email, customer_id, today)
         finally:
             if sqlite:
+                conn.rollback()  # nothing is open after the commit; ends any failed transaction
                 conn.exec_driver_sql("PRAGMA secure_delete = OFF")
         if sqlite:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.commit()
     result.removed["previews"] = _delete_previews(preview_dir or PREVIEW_DIR, result.customer_ids)
     log.info("erasure: %d profiles (%s): %s", len(result.customer_ids), ", ".join(result.customer_ids),
              ", ".join(f"{k} {v}" for k, v in result.removed.items()))
