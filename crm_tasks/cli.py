@@ -395,6 +395,100 @@ def campaign_plan(name, as_of, at, audience_limit, show, as_json) -> None:
     _emit(as_json, payload, "\n".join(lines))
 
 
+def _state_line(states: dict) -> str:
+    return ", ".join(f"{state} {n}" for state, n in states.items()) or "no messages"
+
+
+@campaign_group.command("run")
+@click.argument("name")
+@click.option("--as-of", "as_of", required=True, callback=_parse_date, help="The day the messages are for.")
+@click.option("--limit", "audience_limit", type=click.IntRange(1), help="At most this many recipients.")
+@click.option("--test-recipient", help="Send every message to this address instead (test keys only).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
+    """Plan a campaign for a date and deliver it now, with the same code the DAG runs; prints the
+    ledger's final states. The SMTP server is CRM_SMTP_URL. Messages not yet due (send window,
+    retry backoff) stay in the ledger; run it again later, or let the DAG do it.
+
+    Example: CRM_SMTP_URL=smtp+insecure://127.0.0.1:8025 crm campaign run birthday --as-of 2026-10-30
+    """
+    from crm_tasks.campaigns import get_campaign
+    from crm_tasks.db import check_schema
+    from crm_tasks.delivery import deliver, smtp_target
+    from crm_tasks.planning import CampaignBlocked, plan_campaign
+
+    cfg = load_default_settings()
+    engine = _engine()
+    payload: dict = {}
+    try:
+        check_schema(engine)
+        campaign = get_campaign(cfg, name)
+        target = smtp_target(cfg)  # before planning: a run that cannot send should not plan
+        try:
+            plan = plan_campaign(engine, cfg, campaign, as_of, audience_limit=audience_limit,
+                                 test_recipient=test_recipient, sample=0)
+        except CampaignBlocked as exc:
+            payload = {"plan": exc.result.summary()}
+            raise
+        payload = {"plan": plan.summary()}
+        result = deliver(engine, cfg, campaign.name, plan.run_id, target=target)
+    except CrmError as exc:
+        _fail(exc, as_json, payload)
+    payload["delivery"] = result.summary()
+    lines = _plan_lines(payload["plan"])
+    lines.append(f"delivered over {target.describe()} in {result.batches} batch(es), {result.seconds:.1f} s: "
+                 f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, "
+                 f"unknown {result.unknown}, suppressed {result.suppressed}")
+    lines.append(f"  ledger of run {plan.run_id}: {_state_line(result.states)}")
+    if result.retry_at:
+        lines.append(f"  some messages are due later (from {result.retry_at}); run again then")
+    _emit(as_json, payload, "\n".join(lines))
+
+
+@campaign_group.command("status")
+@click.argument("name")
+@click.option("--as-of", "as_of", required=True, callback=_parse_date, help="The day the messages were for.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def campaign_status_command(name, as_of, as_json) -> None:
+    """The ledger of a campaign's runs for a date: messages by state and the most common problems.
+
+    Example: crm campaign status birthday --as-of 2026-10-30
+    """
+    from crm_tasks.delivery import campaign_status
+
+    try:
+        status = campaign_status(_engine(), name, as_of)
+    except CrmError as exc:
+        _fail(exc, as_json)
+    lines = [f"{name} for {as_of}:"]
+    for run in status["runs"]:
+        kind = " [dry run]" if run["dry_run"] else " [test]" if run["test_run"] else ""
+        lines.append(f"  run {run['run_id']}{kind} ({run['status']}, {run['recipients']} recipients): "
+                     f"{_state_line(run['states'])}")
+        lines += [f"    {p['state']} x{p['messages']}: {p['error']}" for p in run["problems"]]
+    _emit(as_json, status, "\n".join(lines))
+
+
+@main.command("smtp-sink")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8025, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Store each message here as an .eml file (default: only count them).")
+def smtp_sink(host, port, folder) -> None:
+    """A local SMTP server (aiosmtpd) that accepts everything and keeps it, for development and the demo.
+
+    Example: crm smtp-sink --port 8025 --dir var/mail   (then CRM_SMTP_URL=smtp+insecure://127.0.0.1:8025)
+    """
+    from crm_tasks.smtp import run_sink
+
+    click.echo(f"SMTP sink on {host}:{port}, storing messages in {folder or '(nowhere: counting only)'}; "
+               "Ctrl-C stops it", err=True)
+    try:
+        run_sink(host, port, folder)
+    except KeyboardInterrupt:
+        pass
+
+
 @main.group("templates")
 def templates_group() -> None:
     """The e-mail templates in templates/email/."""

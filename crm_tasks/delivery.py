@@ -47,8 +47,18 @@ from crm_tasks.mime import Envelope, HeaderInjection, build_message, message_id_
 from crm_tasks.models import AddressBounce, CampaignRun, Customer, Message, Suppression
 from crm_tasks.models import MessageState as S
 from crm_tasks.render import Renderer, RenderError, renderer_for
-from crm_tasks.smtp import DEFERRED, FAILED, SENT, UNKNOWN, Outcome, RateLimit, Sender, SmtpPool, SmtpTarget
-from crm_tasks.smtp import parse_smtp_url, prepare_payload
+from crm_tasks.smtp import (
+    DEFERRED,
+    FAILED,
+    SENT,
+    Outcome,
+    RateLimit,
+    Sender,
+    SmtpPool,
+    SmtpTarget,
+    parse_smtp_url,
+    prepare_payload,
+)
 from crm_tasks.suppression import email_hash
 
 log = logging.getLogger(__name__)
@@ -444,7 +454,3 @@ def campaign_status(engine: Engine, campaign: str, as_of: date) -> dict:
         raise CrmError(f"campaign {campaign} has no recorded run for {as_of}; plan or run it first "
                        f"(crm campaign run {campaign} --as-of {as_of})")
     return {"campaign": campaign, "as_of": as_of.isoformat(), "runs": out}
-
-
-__all__ = ["BatchResult", "DeliveryResult", "UNKNOWN", "campaign_status", "deliver", "prepare_delivery",
-           "send_batch", "smtp_target"]

@@ -192,11 +192,75 @@ def campaign_for_task(name: str, params: dict, manual: bool, logical_date: datet
     if when.astimezone(ZoneInfo(tz)).date() != as_of:
         when = default_run_at(campaign, as_of, cfg.timezone)  # a date other than the run's: its usual time
     limit = params.get("audience_limit")
+    test_recipient = params.get("test_recipient") or None
     result = plan_campaign(
         engine, cfg, campaign, as_of, when,
-        dry_run=bool(params.get("dry_run", True)) if manual else False,
+        # Messages to a test recipient never consume a customer's occurrence: they are always sent.
+        dry_run=bool(params.get("dry_run", True)) if manual and not test_recipient else False,
         audience_limit=int(limit) if limit not in (None, "") else None,
-        test_recipient=params.get("test_recipient") or None,
+        test_recipient=test_recipient,
         sample=0,
     )
     return result.summary()
+
+
+class NotYetDue(Exception):
+    """A batch's remaining messages are due later (send window, retry backoff): come back at ``when``."""
+
+    def __init__(self, when: datetime, result: dict) -> None:
+        super().__init__(f"the batch's remaining messages are due at {when.isoformat()}")
+        self.when = when
+        self.result = result
+
+
+def airflow_smtp_target():
+    """The Airflow connection ``smtp_default`` as an SmtpTarget, or None where it is not defined."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from crm_tasks.smtp import target_from_connection
+
+    try:
+        conn = Connection.get("smtp_default")
+    except AirflowNotFoundException:
+        return None
+    return target_from_connection(conn.host, conn.port, conn.login, conn.password, conn.extra_dejson)
+
+
+def delivery_batches_for_task(name: str, plan: dict) -> list[dict]:
+    """The send batches after a plan: none for a dry or blocked run; else this run's and any earlier
+    run's messages still waiting (deferred, interrupted). Ids and counts only."""
+    from crm_tasks.delivery import prepare_delivery
+
+    if plan.get("dry_run") or plan.get("run_id") is None:
+        return []
+    return prepare_delivery(task_engine(), settings(), name)
+
+
+def send_batch_for_task(batch: dict) -> dict:
+    """Send one batch; raises NotYetDue when some of its messages are due later than the task can wait."""
+    from crm_tasks.delivery import send_batch, smtp_target
+
+    cfg = settings()
+    result = send_batch(task_engine(cfg), cfg, batch["run_id"], batch["batch_no"],
+                        target=smtp_target(cfg, None if cfg.smtp_url else airflow_smtp_target()))
+    if result.retry_at:
+        raise NotYetDue(datetime.fromisoformat(result.retry_at), result.summary())
+    return result.summary()
+
+
+def delivery_report_for_task(name: str, plan: dict) -> dict:
+    """The run's ledger by final state; fails when a message is left neither sent nor accounted for."""
+    from crm_tasks import ledger
+    from crm_tasks.errors import CrmError
+    from crm_tasks.models import Message
+
+    if plan.get("run_id") is None:
+        return {"campaign": name, "states": {}}
+    with task_engine().connect() as conn:
+        states = ledger.state_counts(conn, [Message.run_id == plan["run_id"]])
+    left = {s: n for s, n in states.items() if s not in ledger.FINAL}
+    if left and not plan.get("dry_run"):
+        raise CrmError(f"campaign {name}, run {plan['run_id']}: messages not in a final state after every batch: "
+                       f"{left}; another sender may hold them (see crm campaign status)")
+    return {"campaign": name, "run_id": plan["run_id"], "states": states}

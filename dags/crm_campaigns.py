@@ -6,11 +6,18 @@ Each enabled campaign definition (`campaigns/<name>.yaml`) becomes the DAG
 plans the campaign for its date: who receives which message when, who is left
 out and why (no consent, suppressed, no valid address, frequency cap, holdout,
 outside the send window, already sent), issues coupons and renders every
-message. Delivery takes the plan from there.
+message. Then `send` delivers the plan over SMTP in batches (one mapped task per
+batch, sharing the `smtp` pool with every other campaign), each message at most
+once; a batch whose messages are due later (send window, retry backoff) is
+rescheduled, not held. `report` checks every message ended in a final state:
+sent, failed, suppressed or unknown (see `crm campaign status`).
+
+The SMTP server is the Airflow connection `smtp_default` (or `CRM_SMTP_URL`).
 
 **Trigger by hand** with the form: *Dry run* (on by default: records the plan,
-hands nothing to delivery), *As of* (any past or future date), *Audience limit*,
-and *Test recipient* (every rendered message goes to that address instead).
+sends nothing), *As of* (any past or future date), *Audience limit*,
+and *Test recipient* (every rendered message goes to that address instead, and is sent even with
+*Dry run* on).
 Scheduled runs are never dry runs.
 
 A guardrail fails the run, with nothing planned for sending, when the audience
@@ -29,14 +36,15 @@ from airflow.timetables.trigger import CronTriggerTimetable
 
 from crm_tasks.campaigns import Campaign, load_campaigns
 from crm_tasks.config import settings
-from crm_tasks.runs import RETRY_DEFAULTS
+from crm_tasks.runs import RETRY_DEFAULTS, NotYetDue
 
 # Guardrails, bad templates and bad settings do not fix themselves on a retry.
 PERMANENT = ExceptionRetryPolicy(
     rules=[
         RetryRule(
             exception=["crm_tasks.errors.ConfigError", "crm_tasks.errors.SchemaNotReady",
-                       "crm_tasks.planning.CampaignBlocked", "crm_tasks.render.RenderError"],
+                       "crm_tasks.planning.CampaignBlocked", "crm_tasks.render.RenderError",
+                       "crm_tasks.ledger.IllegalTransition"],
             action=RetryAction.FAIL,
             reason="a guardrail, a template or the configuration must be looked at first",
         )
@@ -83,7 +91,35 @@ def campaign_dag(campaign: Campaign) -> DAG:
             return campaign_for_task(campaign.name, dict(ctx["params"]), run.run_type == "manual",
                                      ctx.get("logical_date"), run.run_after)
 
-        plan()
+        @task
+        def batches(planned: dict) -> list[dict]:
+            """The send batches: ids and counts only (Airflow maps at most 1024; batches grow instead)."""
+            from crm_tasks.runs import delivery_batches_for_task
+
+            return delivery_batches_for_task(campaign.name, planned)
+
+        @task(pool=settings().delivery.pool, max_active_tis_per_dagrun=4)
+        def send(batch: dict) -> dict:
+            """Deliver one batch; rescheduled (no worker held) until its remaining messages are due."""
+            from airflow.sdk.exceptions import AirflowRescheduleException
+
+            from crm_tasks.runs import send_batch_for_task
+
+            try:
+                return send_batch_for_task(batch)
+            except NotYetDue as due:
+                raise AirflowRescheduleException(due.when) from None
+
+        @task(trigger_rule="none_failed")
+        def report(planned: dict) -> dict:
+            """The run's ledger by state; fails if a message is left in flight."""
+            from crm_tasks.runs import delivery_report_for_task
+
+            return delivery_report_for_task(campaign.name, planned)
+
+        planned = plan()
+        sent = send.expand(batch=batches(planned))
+        sent >> report(planned)
 
     return build()
 

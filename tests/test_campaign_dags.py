@@ -71,12 +71,20 @@ def test_a_manual_run_is_a_dry_run_that_records_the_plan(airflow_db, use_setting
         runs = conn.execute(select(CampaignRun.as_of, CampaignRun.dry_run, CampaignRun.audience)).all()
         assert runs == [(date(2027, 4, 2), True, 2)]
         assert conn.execute(select(Message.idempotency_key)).all() == []
-    # Not a dry run, to a test recipient: the rendered messages are planned for that address only.
-    run = dag.test(run_conf={"as_of": "2027-04-02", "dry_run": False, "audience_limit": 1,
-                             "test_recipient": "qa@example.org"})
+    # To a test recipient: sent to that address only, even with the form's dry run left on.
+    from tests.smtp_servers import SmtpServer
+
+    with SmtpServer() as srv:
+        monkeypatch.setenv("CRM_SMTP_URL", srv.url)
+        settings.cache_clear()
+        run = dag.test(run_conf={"as_of": "2027-04-02", "dry_run": True, "audience_limit": 1,
+                                 "test_recipient": "qa@example.org"})
+        received = srv.handler.parsed()
     assert run.state == "success"
+    assert [m["to"].addresses[0].addr_spec for m in received] == ["qa@example.org"]
     with engine.connect() as conn:
-        assert conn.execute(select(Message.recipient)).scalars().all() == ["qa@example.org"]
+        assert conn.execute(select(Message.recipient, Message.state, Message.test)).all() == \
+            [("qa@example.org", "sent", True)]
 
 
 def test_a_misspelt_frequency_cap_is_an_error_not_the_default(tmp_path):
@@ -88,3 +96,33 @@ def test_a_misspelt_frequency_cap_is_an_error_not_the_default(tmp_path):
                     "audience: {segment: lifecycle:at_risk}\nfrequency_cap: {messages: 2, dayz: 7}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="frequency_cap.dayz: unknown field; did you mean 'days'"):
         parse_campaign(path, load_settings())
+
+
+@pytest.mark.airflow
+def test_a_run_plans_and_delivers_every_batch_through_airflow(airflow_db, use_settings, engine, monkeypatch,
+                                                             tmp_path):
+    import yaml
+
+    from tests.smtp_servers import SmtpServer
+
+    config = yaml.safe_load((REPO / "crm.yaml").read_text(encoding="utf-8"))
+    config.setdefault("delivery", {})["batch_size"] = 2
+    (tmp_path / "crm.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    monkeypatch.setenv("CRM_CONFIG", str(tmp_path / "crm.yaml"))
+    add_customers(engine, *[{"customer_id": f"C{i}", "birthday": date(1990, 4, 2)} for i in range(5)])
+    with SmtpServer() as srv:
+        monkeypatch.setenv("CRM_SMTP_URL", srv.url)
+        dag = _bag(monkeypatch).dags["crm_campaign_birthday"]
+        for t in dag.tasks:
+            monkeypatch.setattr(t, "retries", 0)
+        run = dag.test(run_conf={"as_of": "2026-04-02", "dry_run": False, "audience_limit": None,
+                                 "test_recipient": None})
+        assert run.state == "success"
+        received = srv.handler.parsed()
+    assert sorted(m["to"].addresses[0].addr_spec for m in received) == [f"c{i}@example.com" for i in range(5)]
+    with engine.connect() as conn:
+        assert conn.execute(select(Message.state, Message.batch_no)).all() and \
+            set(conn.execute(select(Message.state)).scalars()) == {"sent"}
+        assert sorted(set(conn.execute(select(Message.batch_no)).scalars())) == [0, 1, 2]
+    sends = [ti for ti in run.get_task_instances() if ti.task_id == "send"]
+    assert len(sends) == 3 and {ti.state for ti in sends} == {"success"}

@@ -1,0 +1,17 @@
+"""The CRM engine's Airflow plugin: it only registers.
+
+``/crm/unsubscribe/<token>`` is the one-click unsubscribe endpoint of the campaign e-mails
+(``crm_tasks.unsubscribe``). It is deliberately outside Airflow's login: mail clients post to
+it without credentials, and the signed token is the proof. It shows no customer data.
+"""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from crm_tasks.unsubscribe import create_app
+
+
+class CrmPlugin(AirflowPlugin):
+    name = "crm"
+    fastapi_apps = [{"app": create_app(), "url_prefix": "/crm", "name": "CRM one-click unsubscribe"}]
