@@ -108,6 +108,11 @@ class Sender(BaseModel):
     # Marketing mail must carry the sender's postal address (CAN-SPAM, and good manners elsewhere).
     postal_address: str = "Rewards Club, 1 Market Street, Bengaluru 560001, India"
 
+    @property
+    def domain(self) -> str:
+        """The sender address's domain: Message-IDs and List-Ids are under it."""
+        return self.email.rsplit("@", 1)[-1]
+
 
 class FrequencyCap(BaseModel):
     """At most ``messages`` marketing e-mails to one customer in any ``days`` consecutive days."""

@@ -203,8 +203,7 @@ class _Batch:
         self.renderer, self.clock, self.result = renderer, clock, result
         self.token = ledger.new_token()
         self.where = [Message.run_id == run_id, Message.batch_no == batch_no]
-        sender = cfg.campaigns.sender
-        self.domain = sender.email.rsplit("@", 1)[1]
+        self.domain = cfg.campaigns.sender.domain
 
     async def run_with(self, pool: SmtpPool) -> None:
         async with pool:
@@ -281,7 +280,8 @@ class _Batch:
         """The claimed rows with their profile's consent and address now, and the suppressions among them."""
         m, c, s = Message, Customer, Suppression
         rows = rows_in(self.conn, select(m.idempotency_key, m.customer_id, m.recipient, m.context, m.template,
-                                         m.campaign, m.test, m.attempts, c.customer_id.label("profile"),
+                                         m.campaign, m.test, m.attempts, m.message_id,
+                                         c.customer_id.label("profile"),
                                          c.email_consent, c.email)
                        .outerjoin(c, c.customer_id == m.customer_id)
                        .where(m.state == S.CLAIMED, m.claimed_by == self.token), m.idempotency_key, keys)
@@ -302,7 +302,7 @@ class _Batch:
             links.append(f"mailto:{self.cfg.delivery.unsubscribe_mailto}?subject=unsubscribe%20"
                          f"{url.rsplit('/', 1)[-1]}")
         sender = self.cfg.campaigns.sender
-        mid = message_id_for(row.idempotency_key, self.domain)
+        mid = row.message_id or message_id_for(row.idempotency_key, self.domain)
         env = Envelope(sender.name, sender.email, row.recipient, ctx["customer"]["first_name"], rendered.subject,
                        mid, tuple(links), f"{row.campaign}.{self.domain}")
         return _Built(row.idempotency_key, row.customer_id, row.recipient, row.test, row.attempts,

@@ -40,6 +40,7 @@ from crm_tasks.campaigns import Campaign
 from crm_tasks.config import Settings
 from crm_tasks.coupons import unique_codes
 from crm_tasks.db import rows_in
+from crm_tasks.mime import message_id_for
 from crm_tasks.errors import CrmError
 from crm_tasks.models import (
     CampaignPlanRow,
@@ -437,6 +438,7 @@ def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_
     ]
     if record:
         _record(conn, campaign, as_of, run_at, result, frame, sending.index, contexts, replaced,
+                domain=cfg.campaigns.sender.domain,
                 dry_run=dry_run, test_recipient=test_recipient, audience_limit=audience_limit)
     phase("record")
     return blocked
@@ -478,8 +480,9 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
 
 def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime, result: PlanResult,
             frame: pd.DataFrame, sending: pd.Index, contexts: list[dict], replaced: list[int],
-            *, dry_run: bool, test_recipient: str | None, audience_limit: int | None) -> None:
-    """Replace the earlier runs of this date, then store the run, its plan and its ledger rows."""
+            *, domain: str, dry_run: bool, test_recipient: str | None, audience_limit: int | None) -> None:
+    """Replace the earlier runs of this date, then store the run, its plan and its ledger rows.
+    ``domain`` is the sender's: the Message-ID of each ledger row is fixed here, before any attempt."""
     now = datetime.now(UTC)
     if replaced:
         old = select(Message.idempotency_key).where(Message.run_id.in_(replaced),
@@ -516,7 +519,7 @@ def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime,
          "run_id": run_id, "occurrence": r.occurrence, "state": MessageState.PLANNED,
          "test": test_recipient is not None, "recipient": test_recipient or r.email, "locale": r.lang,
          "template": campaign.template, "coupon_code": r.coupon_code, "send_at": r.send_at.to_pydatetime(),
-         "context": ctx, "created_at": now, "updated_at": now}
+         "context": ctx, "created_at": now, "updated_at": now, "message_id": message_id_for(prefix + r.key, domain)}
         for r, ctx in zip(rows.itertuples(), contexts, strict=True)
     ]
     for chunk in _chunks(messages, 2000):
