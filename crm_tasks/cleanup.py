@@ -184,7 +184,10 @@ _SCRATCH = {
     "cleanup_merge": "merged_id VARCHAR(64) PRIMARY KEY, survivor_id VARCHAR(64) NOT NULL",
     "cleanup_stale": "customer_id VARCHAR(64) PRIMARY KEY, reason VARCHAR(32) NOT NULL",
     "cleanup_bounced": "customer_id VARCHAR(64) PRIMARY KEY",
+    "cleanup_groups": "key_value VARCHAR(254) PRIMARY KEY, n BIGINT NOT NULL",
 }
+# The survivor's field fill and the plan's re-pointing look merges up by survivor.
+_SCRATCH_INDEXES = {"cleanup_merge": "CREATE INDEX IF NOT EXISTS ix_cleanup_merge_survivor ON cleanup_merge (survivor_id)"}
 
 # A customer's last order, from the per-currency totals ingest keeps (one primary-key seek).
 _LAST_ORDER = "(SELECT MAX(m.last_purchase_at) FROM customer_metrics m WHERE m.customer_id = c.customer_id)"
@@ -205,6 +208,10 @@ WHERE a.status = 'archived' AND a.reason = 'inactive'
 # ix_customers_phone), so the groups with more than one profile are found on the index;
 # only their members are ranked. Survivor: the most recently updated, then the lowest id
 # (by code point on both dialects).
+_GROUPS = """
+INSERT INTO cleanup_groups (key_value, n)
+SELECT {key}, COUNT(*) FROM customers WHERE {key} IS NOT NULL AND {key} <> '' GROUP BY {key} HAVING COUNT(*) > 1
+"""
 _DUPLICATES = """
 INSERT INTO cleanup_merge (merged_id, survivor_id)
 SELECT customer_id, survivor_id FROM (
@@ -212,14 +219,9 @@ SELECT customer_id, survivor_id FROM (
            FIRST_VALUE(c.customer_id) OVER (PARTITION BY c.{key} ORDER BY c.updated_at DESC, c.customer_id{collate})
                AS survivor_id
     FROM customers c
-    WHERE c.{key} IN (SELECT {key} FROM customers WHERE {key} IS NOT NULL AND {key} <> ''
-                      GROUP BY {key} HAVING COUNT(*) BETWEEN 2 AND :max_group)
+    WHERE c.{key} IN (SELECT key_value FROM cleanup_groups WHERE n <= :max_group)
 ) ranked
 WHERE customer_id <> survivor_id
-"""
-_SKIPPED_GROUPS = """
-SELECT COUNT(*) FROM (SELECT {key} FROM customers WHERE {key} IS NOT NULL AND {key} <> ''
-                      GROUP BY {key} HAVING COUNT(*) > :max_group) big
 """
 # The survivor takes the fields it lacks from the most recently updated merged profile that has them.
 _FILL = """(SELECT d.{col} FROM cleanup_merge x JOIN customers d ON d.customer_id = x.merged_id
@@ -313,6 +315,8 @@ def _scratch(conn: Connection, *names: str) -> None:
     on_commit = " ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
     for name in names:
         conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({_SCRATCH[name]}){on_commit}")
+        if name in _SCRATCH_INDEXES:
+            conn.exec_driver_sql(_SCRATCH_INDEXES[name])
         conn.exec_driver_sql(f"DELETE FROM {name}")
 
 
@@ -471,10 +475,14 @@ def _merge(conn: Connection, key: str, rule: str, as_of: date, max_group: int) -
     """Merge the duplicates by one key column; returns (profiles merged away, groups skipped as too large)."""
     collate = _collate(conn)
     conn.exec_driver_sql("DELETE FROM cleanup_merge")
-    skipped = _count(conn, _SKIPPED_GROUPS.format(key=key), {"max_group": max_group})
+    conn.exec_driver_sql("DELETE FROM cleanup_groups")
+    conn.exec_driver_sql(_GROUPS.format(key=key))
+    skipped = _count(conn, "SELECT COUNT(*) FROM cleanup_groups WHERE n > :max_group", {"max_group": max_group})
     n = _sql(conn, _DUPLICATES.format(key=key, collate=collate), {"max_group": max_group}).rowcount
     if not n:
         return 0, skipped
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE cleanup_merge")  # temporary tables are never auto-analyzed
     fills = ", ".join(f"{col} = COALESCE({col}, {_FILL.format(col=col, collate=collate)})" for col in _FILLED)
     conn.exec_driver_sql(f"UPDATE customers SET {fills} "
                          "WHERE customer_id IN (SELECT survivor_id FROM cleanup_merge)")

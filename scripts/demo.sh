@@ -102,6 +102,9 @@ for c in campaigns:
           f"holdout {r.holdout:>3}  excluded {r.excluded:>3} ({reasons})")
 PY
 echo
+echo "==> Cleanup: a dry run as of $END (stale profiles archived, duplicates merged; nothing is changed)"
+"$BIN/crm" cleanup --as-of "$END" --dry-run
+echo
 echo "Done. The CRM database is var/crm.db; \`make airflow\` opens the Airflow UI."
 echo "Try: .venv/bin/crm segments show lapsed_high_spenders --limit 5"
 echo "     .venv/bin/crm segments transitions --since $SINCE --from-segment lifecycle:active --to-segment lifecycle:at_risk"
