@@ -29,8 +29,9 @@ _FORBIDDEN = re.compile(r"[\r\n\x00]")
 # Printable ASCII without the characters that would need quoting in a display name.
 _PLAIN_PHRASE = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ .]*$")
 _PLAIN_TEXT = re.compile(r"^[\x20-\x7e]*$")
-# An encoded-word is at most 75 characters: '=?utf-8?b?' and '?=' leave 63 for base64, 45 bytes.
-_WORD_BYTES = 45
+# An encoded-word is at most 75 characters; 42 bytes make 68 ('=?utf-8?b?' + 56 + '?='), so that even
+# the first one, after 'Subject: ', keeps its line within 78 characters.
+_WORD_BYTES = 42
 _FOLD = "\r\n "
 
 
@@ -72,7 +73,7 @@ def message_id_for(idempotency_key: str, domain: str) -> str:
 
 
 def _encoded_words(text: str) -> list[str]:
-    """RFC 2047 'B' encoded-words of UTF-8, split between characters, each at most 75 characters."""
+    """RFC 2047 'B' encoded-words of UTF-8, split between characters (each decodes on its own)."""
     words, chunk, size = [], [], 0
     for ch in text:
         n = len(ch.encode())
@@ -101,7 +102,7 @@ def _fold_plain(name: str, text: str) -> str:
 def unstructured(name: str, text: str) -> str:
     """A header line for free text (the subject): plain if ASCII, else encoded-words."""
     check_header(name.lower(), text)
-    if _PLAIN_TEXT.match(text):
+    if _PLAIN_TEXT.match(text) and "=?" not in text:  # text that looks encoded is encoded
         return _fold_plain(name, text)
     return f"{name}: " + _FOLD.join(_encoded_words(text))
 
@@ -112,11 +113,15 @@ def mailbox(field: str, display: str, address: str) -> str:
     check_address(field, address)
     if not display:
         return address
-    if _PLAIN_PHRASE.match(display):
+    if _PLAIN_PHRASE.match(display) and "=?" not in display:
         phrase = display if "." not in display else '"' + display + '"'
+    elif _PLAIN_TEXT.match(display) and "=?" not in display:  # ASCII with specials: a quoted-string
+        phrase = '"' + display.replace("\\", "\\\\").replace('"', '\\"') + '"'
     else:
         phrase = _FOLD.join(_encoded_words(display))
-    return f"{phrase} <{address}>"
+    last = phrase.rsplit("\n", 1)[-1]
+    # 'From: ' is the longest field name this is written after.
+    return f"{phrase}{_FOLD if len(last) + len(address) + 9 > 78 else ' '}<{address}>"
 
 
 def _b64_body(text: str) -> bytes:
@@ -142,7 +147,7 @@ def build_message(env: Envelope, text: str, html: str, date: float | None = None
         headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
     if env.list_id:
         headers.append("List-Id: <" + check_header("list id", env.list_id) + ">")
-    headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    headers.append(f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"')
     head = "\r\n".join(headers).encode()
     sep = f"--{boundary}\r\n".encode()
     return b"".join((
