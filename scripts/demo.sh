@@ -73,6 +73,7 @@ echo "Moves between segments since $SINCE (the most frequent first):"
 echo
 echo "==> Campaigns: each shipped campaign planned for the first day from $END on which it has recipients"
 echo "    (a preview: nothing is stored or sent; days after $END are time travel)"
+rm -f var/log/demo-campaign-days.txt
 "$BIN/python" - "$END" <<'PY'
 import sys
 from datetime import date, timedelta
@@ -100,7 +101,26 @@ for c in campaigns:
     reasons = ", ".join(f"{why} {n}" for why, n in r.reasons.items()) or "none"
     print(f"    {c.name:<18} {r.as_of}  audience {r.audience:>4}  recipients {r.recipients:>4}  "
           f"holdout {r.holdout:>3}  excluded {r.excluded:>3} ({reasons})")
+    with open("var/log/demo-campaign-days.txt", "a", encoding="utf-8") as days:
+        days.write(f"{c.name} {r.as_of}\n")
 PY
+echo
+SMTP_PORT=${DEMO_SMTP_PORT:-8025}
+echo "==> Delivery: each campaign run for that day and sent to a local SMTP sink on port $SMTP_PORT (var/mail/*.eml)"
+rm -rf var/mail
+"$BIN/crm" smtp-sink --port "$SMTP_PORT" --dir var/mail 2> var/log/demo-smtp-sink.log &
+SINK=$!
+trap 'kill $SINK 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do
+  (echo > "/dev/tcp/127.0.0.1/$SMTP_PORT") 2>/dev/null && break
+  sleep 0.2
+done
+export CRM_SMTP_URL="smtp+insecure://127.0.0.1:$SMTP_PORT"
+while read -r name day; do
+  "$BIN/crm" campaign run "$name" --as-of "$day" | grep -E "^(delivered|  ledger|  some)" | sed "s/^/    $name: /"
+done < var/log/demo-campaign-days.txt
+kill $SINK 2>/dev/null || true
+echo "    $(find var/mail -name '*.eml' | wc -l) e-mails in var/mail/ (open one in a mail client, or read it as text)"
 echo
 echo "==> Cleanup: a dry run as of $END (stale profiles archived, duplicates merged; nothing is changed)"
 "$BIN/crm" cleanup --as-of "$END" --dry-run
@@ -109,4 +129,5 @@ echo "Done. The CRM database is var/crm.db; \`make airflow\` opens the Airflow U
 echo "Try: .venv/bin/crm segments show lapsed_high_spenders --limit 5"
 echo "     .venv/bin/crm segments transitions --since $SINCE --from-segment lifecycle:active --to-segment lifecycle:at_risk"
 echo "     .venv/bin/crm campaign plan birthday --as-of 2028-02-29"
+echo "     .venv/bin/crm campaign status birthday --as-of $(awk '$1 == "birthday" {print $2}' var/log/demo-campaign-days.txt)"
 echo "     .venv/bin/crm preview at_risk_offer --customer C0000007 --locale fa   (then open var/preview/*.html)"
