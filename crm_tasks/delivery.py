@@ -71,43 +71,48 @@ def utcnow() -> datetime:
 
 
 @dataclass
-class BatchResult:
-    """What one batch did; counts only (safe for XCom and logs)."""
+class Outcomes:
+    """How many messages ended each way (a message's final or deferred state)."""
 
-    run_id: int
-    batch_no: int
-    claimed: int = 0
     sent: int = 0
     deferred: int = 0
     failed: int = 0
     unknown: int = 0
     suppressed: int = 0
+
+    def add(self, other: Outcomes) -> None:
+        for name in ("sent", "deferred", "failed", "unknown", "suppressed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def summary(self) -> dict:
+        """Counts only: safe for XCom and logs."""
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class BatchResult(Outcomes):
+    """What one batch did."""
+
+    run_id: int
+    batch_no: int
+    claimed: int = 0
     recovered: dict[str, int] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)  # the batch's messages by state at the end
     retry_at: str | None = None  # when the earliest message left in the batch is due (ISO 8601, UTC)
     connections: int = 0
     seconds: float = 0.0
 
-    def summary(self) -> dict:
-        return asdict(self)
 
+@dataclass(kw_only=True)
+class DeliveryResult(Outcomes):
+    """What delivering a campaign's pending batches did."""
 
-@dataclass
-class DeliveryResult:
     campaign: str
     run_id: int | None
     batches: int
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    unknown: int = 0
-    suppressed: int = 0
     states: dict[str, int] = field(default_factory=dict)  # the run's ledger at the end
     retry_at: str | None = None
     seconds: float = 0.0
-
-    def summary(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -178,7 +183,7 @@ def send_batch(engine: Engine, cfg: Settings, run_id: int, batch_no: int, *, tar
                clock: Callable[[], datetime] = utcnow) -> BatchResult:
     """Send one batch (see the module docstring). ``sender`` replaces the SMTP pool (tests, benchmarks)."""
     started = time.perf_counter()
-    result = BatchResult(run_id, batch_no)
+    result = BatchResult(run_id=run_id, batch_no=batch_no)
     renderer = renderer or renderer_for(cfg)
     batch = _Batch(engine, cfg, run_id, batch_no, renderer, clock, result)
     if sender is None:
@@ -416,15 +421,14 @@ def deliver(engine: Engine, cfg: Settings, campaign: str, run_id: int | None, *,
     """Send every pending batch of ``campaign``, one after another (``crm campaign run``; the DAG maps them)."""
     started = time.perf_counter()
     batches = prepare_delivery(engine, cfg, campaign)
-    result = DeliveryResult(campaign, run_id, len(batches))
+    result = DeliveryResult(campaign=campaign, run_id=run_id, batches=len(batches))
     if batches and sender is None:
         target = target or smtp_target(cfg)
     renderer = renderer or renderer_for(cfg)
     retry = []
     for b in batches:
         r = send_batch(engine, cfg, b["run_id"], b["batch_no"], target=target, sender=sender, renderer=renderer)
-        for name in ("sent", "deferred", "failed", "unknown", "suppressed"):
-            setattr(result, name, getattr(result, name) + getattr(r, name))
+        result.add(r)
         if r.retry_at:
             retry.append(r.retry_at)
     result.retry_at = min(retry) if retry else None

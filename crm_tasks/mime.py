@@ -19,7 +19,8 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
-from email.utils import formatdate
+from datetime import UTC, datetime
+from email.utils import format_datetime
 
 from crm_tasks.errors import CrmError
 
@@ -136,7 +137,7 @@ def build_message(env: Envelope, text: str, html: str, date: float | None = None
         "From: " + mailbox("sender", env.sender_name, env.sender_email),
         "To: " + mailbox("recipient", env.recipient_name, env.recipient),
         unstructured("Subject", env.subject),
-        "Date: " + formatdate(date, localtime=False),
+        "Date: " + format_datetime(datetime.fromtimestamp(date, UTC) if date is not None else datetime.now(UTC)),
         "Message-ID: " + check_header("message id", env.message_id),
         "MIME-Version: 1.0",
     ]
