@@ -321,6 +321,7 @@ class CampaignRun(Base):
 class RunStatus(enum.StrEnum):
     PLANNED = "planned"
     BLOCKED = "blocked"  # a guardrail stopped it: nothing was planned for sending
+    REPLACED = "replaced"  # re-planned; kept because some of its messages had already left 'planned'
 
 
 class CampaignPlanRow(Base):

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from croniter import croniter
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
 
 from crm_tasks.audience import select_audience
 from crm_tasks.campaigns import Campaign
@@ -490,8 +490,16 @@ def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime,
         conn.execute(delete(Coupon).where(Coupon.idempotency_key.in_(old)))
         result.replaced = conn.execute(delete(Message).where(Message.run_id.in_(replaced),
                                                              Message.state == MessageState.PLANNED)).rowcount
-        conn.execute(delete(CampaignPlanRow).where(CampaignPlanRow.run_id.in_(replaced)))
-        conn.execute(delete(CampaignRun).where(CampaignRun.id.in_(replaced)))
+        # A run whose messages went out (or were tried) stays, marked replaced, so that its ledger
+        # rows keep naming a recorded run and `crm campaign status` shows them; the others go.
+        delivered = set(conn.execute(select(Message.run_id).where(Message.run_id.in_(replaced)).distinct())
+                        .scalars())
+        gone = [r for r in replaced if r not in delivered]
+        if gone:
+            conn.execute(delete(CampaignPlanRow).where(CampaignPlanRow.run_id.in_(gone)))
+            conn.execute(delete(CampaignRun).where(CampaignRun.id.in_(gone)))
+        if delivered:
+            conn.execute(update(CampaignRun).where(CampaignRun.id.in_(delivered)).values(status=RunStatus.REPLACED))
     run_id = conn.execute(insert(CampaignRun).values(
         campaign=campaign.name, as_of=as_of, run_at=run_at, dry_run=dry_run, test_run=test_recipient is not None,
         status=result.status, audience=result.audience, recipients=result.recipients, holdout=result.holdout,

@@ -119,3 +119,9 @@ def test_re_running_the_same_date_after_delivery_sends_nothing_again(engine, cfg
         assert again.recipients == 0 and again.reasons == {"already_sent": 6}
         assert deliver(engine, cfg, c.name, again.run_id).sent == 0
         assert len(srv.handler.messages) == 6
+    # The first run, whose messages went out, is kept (replaced) so that its ledger stays visible.
+    from crm_tasks.delivery import campaign_status
+
+    runs = campaign_status(engine, c.name, AS_OF)["runs"]
+    assert [(r["run_id"], r["status"], r["states"]) for r in runs] == [
+        (first.run_id, "replaced", {"sent": 6}), (again.run_id, "planned", {})]
