@@ -32,7 +32,7 @@ class FaultyHandler:
         self.rcpt_tries: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.slow_seconds = slow_seconds
-        self.connections = 0
+        self.connections = 0  # EHLOs seen: one per connection, two with STARTTLS
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         with self.lock:
@@ -95,3 +95,59 @@ class SmtpServer:
 
     def __exit__(self, *exc) -> None:
         self.controller.stop()
+
+
+def self_signed_context(folder) -> "ssl.SSLContext":
+    """A server TLS context with a throw-away certificate for 127.0.0.1."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+class SecureSmtpServer(SmtpServer):
+    """STARTTLS required and a login (user ``crm``, password ``s3cret``), or implicit TLS with ``implicit``."""
+
+    def __init__(self, folder, implicit: bool = False, **kw) -> None:
+        from aiosmtpd.smtp import AuthResult
+
+        self.handler = FaultyHandler(**kw)
+        self.port = free_port()
+        self.logins: list[str] = []
+        ctx = self_signed_context(folder)
+
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            ok = auth_data.login == b"crm" and auth_data.password == b"s3cret"
+            self.logins.append(auth_data.login.decode())
+            return AuthResult(success=ok, handled=False)
+
+        # With implicit TLS aiosmtpd cannot see the socket is encrypted: it is, so AUTH may be offered.
+        options = ({"ssl_context": ctx, "auth_require_tls": False} if implicit
+                   else {"tls_context": ctx, "require_starttls": True})
+        self.controller = Controller(self.handler, hostname="127.0.0.1", port=self.port, auth_required=True,
+                                     authenticator=authenticator, enable_SMTPUTF8=True, **options)
+        self.implicit = implicit
+
+    def url_with(self, password: str) -> str:
+        scheme = "smtps" if self.implicit else "smtp+starttls"
+        return f"{scheme}://crm:{password}@127.0.0.1:{self.port}?validate_certs=false"
