@@ -41,7 +41,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_ingest import peak_rss_mib  # noqa: E402
+from bench_ingest import peak_rss_mib
 
 AS_OF = date(2026, 1, 31)
 PURGE = AS_OF + timedelta(days=30)

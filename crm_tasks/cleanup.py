@@ -61,7 +61,7 @@ from crm_tasks.config import Settings
 from crm_tasks.db import bulk_insert
 from crm_tasks.errors import CleanupBlocked, CrmError
 from crm_tasks.models import ArchivedCustomer, ArchiveStatus, CleanupRun, CustomerMerge
-from crm_tasks.segments import cutoff_for
+from crm_tasks.segments import _Phases, cutoff_for  # seconds per step, as segments records them
 from crm_tasks.suppression import email_hash
 from crm_tasks.types import UtcDateTime
 
@@ -289,7 +289,7 @@ FROM cleanup_stale s JOIN customers c ON c.customer_id = s.customer_id
 """
 _RESTORE = f"""
 INSERT INTO customers (customer_id, {', '.join(PROFILE_COLUMNS)})
-SELECT customer_id, {', '.join(PROFILE_COLUMNS)} FROM archived_customers WHERE id IN ({{ids}})
+SELECT customer_id, {', '.join(PROFILE_COLUMNS)} FROM archived_customers WHERE {{where}}
 """
 _EMPTIED = ", ".join(f"{c} = NULL" for c in PROFILE_COLUMNS)
 
@@ -386,17 +386,6 @@ def run_cleanup(engine: Engine, cfg: Settings, as_of: date, *, dry_run: bool = F
     return result
 
 
-class _Phases(dict):
-    def __init__(self) -> None:
-        super().__init__()
-        self._last = time.perf_counter()
-
-    def done(self, name: str) -> None:
-        now = time.perf_counter()
-        self[name] = round(self.get(name, 0.0) + now - self._last, 3)
-        self._last = now
-
-
 def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
     c = cfg.cleanup
     tz = cfg.timezone
@@ -421,12 +410,12 @@ def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
     removed = sum(archived.values()) + sum(merged.values())
     if before and removed > c.max_archive_share * before:
         result.profiles_before = before
-        result.archived, result.merged, result.reasons = sum(archived.values()), sum(merged.values()), \
-            {**archived, **merged}
+        result.archived, result.merged = sum(archived.values()), sum(merged.values())
+        result.reasons = {k: v for k, v in {**archived, **merged}.items() if v}
         result.blocked = (
             f"cleanup as of {as_of} would archive {result.archived} and merge away {result.merged} of {before} "
             f"profiles ({removed / before:.1%}), above max_archive_share {c.max_archive_share:.0%}: nothing was "
-            f"changed ({', '.join(f'{k} {v}' for k, v in result.reasons.items() if v)}). Check the rules with "
+            f"changed ({', '.join(f'{k} {v}' for k, v in result.reasons.items())}). Check the rules with "
             f"`crm cleanup --as-of {as_of} --dry-run`; if this is expected, raise cleanup.max_archive_share in crm.yaml."
         )
         return result
@@ -456,19 +445,19 @@ def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
 def _returned(conn: Connection, as_of: date, threshold: datetime) -> int:
     """Restore the archived profiles that came back; returns how many."""
     n = _sql(conn, _RETURNED, {"as_of": as_of}, as_of=Date).rowcount
-    ids = _sql(conn, _BOUGHT_AGAIN, {"threshold": threshold}, threshold=UtcDateTime).scalars().all()
-    if ids:
-        _move_back(conn, list(ids), as_of)
-    return n + len(ids)
+    return n + _move_back(conn, f"id IN ({_BOUGHT_AGAIN})", {"threshold": threshold}, as_of,
+                          threshold=UtcDateTime)
 
 
-def _move_back(conn: Connection, archive_ids: list[int], day: date) -> None:
-    """Archive rows (by id) back into customers; the archive keeps the ids, reason and dates."""
-    for i in range(0, len(archive_ids), 900):
-        chunk = ", ".join(str(int(x)) for x in archive_ids[i:i + 900])  # integers from our own table
-        conn.exec_driver_sql(_RESTORE.format(ids=chunk))
+def _move_back(conn: Connection, where: str, params: dict, day: date, **types) -> int:
+    """The archived rows ``where`` selects back into customers (the archive keeps their ids, reason
+    and dates); returns how many."""
+    where = f"status = 'archived' AND {where}"
+    moved = _sql(conn, _RESTORE.format(where=where), params, **types).rowcount
+    if moved:
         _sql(conn, f"UPDATE archived_customers SET status = 'restored', restored_on = :day, {_EMPTIED} "
-                   f"WHERE id IN ({chunk})", {"day": day}, day=Date)
+                   f"WHERE {where}", params | {"day": day}, day=Date, **types)
+    return moved
 
 
 def _merge(conn: Connection, key: str, rule: str, as_of: date, max_group: int) -> tuple[int, int]:
@@ -634,7 +623,7 @@ def restore(engine: Engine, cfg: Settings, customer_id: str, on: date | None = N
         if current is not None:
             raise RestoreRefused(f"{customer_id} was loaded again since it was archived; the next cleanup run "
                                  "marks its archived copy restored")
-        _move_back(conn, [live.id], on)
+        _move_back(conn, "id = :id", {"id": live.id}, on)
     log.info("cleanup: restored %s (archived on %s, %s)", customer_id, live.archived_on, live.reason)
     return RestoreResult(customer_id, live.reason, live.archived_on, on)
 
@@ -644,13 +633,14 @@ def restore(engine: Engine, cfg: Settings, customer_id: str, on: date | None = N
 
 def format_report(r: dict) -> str:
     """The report of a cleanup result's ``to_dict()``, as the CLI and the demo print it."""
-    head = "cleanup as of {as_of}{dry}".format(
-        as_of=r["as_of"], dry=" (dry run: nothing stored)" if r["dry_run"] else "")
-    lines = [head,
-             f"  profiles before {r['profiles_before']} = kept {r['kept']} + archived {r['archived']} "
-             f"+ merged away {r['merged']}",
-             f"  archive: {r['archived_total']} = restored {r['restored_total']} + purged {r['purged_total']} "
-             f"+ in grace {r['in_grace']}   (this date: restored {r['restored']}, purged {r['purged']})"]
+    dry = " (dry run: nothing stored)" if r["dry_run"] else ""
+    lines = [
+        f"cleanup as of {r['as_of']}{dry}",
+        (f"  profiles before {r['profiles_before']} = kept {r['kept']} + archived {r['archived']} "
+         f"+ merged away {r['merged']}"),
+        (f"  archive: {r['archived_total']} = restored {r['restored_total']} + purged {r['purged_total']} "
+         f"+ in grace {r['in_grace']}   (this date: restored {r['restored']}, purged {r['purged']})"),
+    ]
     for reason, n in r["reasons"].items():
         shown = r.get("examples", {}).get(reason, [])
         lines.append(f"  {'merged' if reason in MERGE_RULES else 'archived'}, {reason}: {n}"

@@ -41,7 +41,6 @@ from crm_tasks.models import (
     Coupon,
     Customer,
     CustomerMerge,
-    Message,
     Purchase,
     QuarantinedRow,
     Suppression,
