@@ -75,6 +75,7 @@ ARCHIVE_REASONS = (INACTIVE, HARD_BOUNCE, NO_CONTACT)
 DUPLICATE_EMAIL = "duplicate_email"
 DUPLICATE_PHONE = "duplicate_phone"
 MERGE_RULES = {DUPLICATE_EMAIL: "email", DUPLICATE_PHONE: "phone"}
+PURGED = "purged:"  # purged profiles are counted by the reason they were archived for: purged:inactive
 # The personal columns of a profile: copied into the archive, emptied there on restore and purge.
 PROFILE_COLUMNS = ("first_name", "last_name", "email", "phone", "birthday", "locale", "timezone", "country",
                    "email_consent", "attributes", "created_at", "updated_at", "batch_id")
@@ -99,7 +100,8 @@ class CleanupResult:
     merged: int = 0
     restored: int = 0  # archived profiles that came back (loaded again, or bought again)
     purged: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)  # archived by reason, merged by rule
+    # Archived by reason, merged by rule, purged by the reason they were archived for (purged:inactive).
+    reasons: dict[str, int] = field(default_factory=dict)
     skipped_groups: int = 0  # duplicate groups too large to be one person: not merged
     # The whole archive after the run.
     archived_total: int = 0
@@ -509,32 +511,38 @@ def _find_stale(conn: Connection, cfg: Settings, as_of: date, threshold: datetim
     return {r: int(counts[r]) for r in enabled if counts.get(r)}
 
 
-def _purge(conn: Connection, cfg: Settings, as_of: date) -> int:
-    """Purge the archived profiles whose grace period is over; returns how many."""
+def _purge(conn: Connection, cfg: Settings, as_of: date) -> dict[str, int]:
+    """Purge the archived profiles whose grace period is over; returns how many, by their archive reason."""
     from crm_tasks.erasure import redact_messages
 
     params = {"as_of": as_of}
+    due = dict(_sql(conn, f"SELECT reason, COUNT(*) FROM archived_customers WHERE {_DUE} GROUP BY reason",
+                    params, as_of=Date).all())
+    if not due:
+        return {}
     rows = _sql(conn, f"SELECT customer_id, email, reason FROM archived_customers WHERE {_DUE} "
                       "AND COALESCE(email, '') <> ''", params, as_of=Date).all()
     if rows:
         # HMAC with the deployment's key, which the database never sees: computed here, inserted in bulk.
         now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f") if conn.dialect.name == "sqlite" else now
-        suppressions = [(email_hash(email, cfg.secret_key), cid, f"purged:{reason}", stamp)
+        suppressions = [(email_hash(email, cfg.secret_key), cid, PURGED + reason, stamp)
                         for cid, email, reason in rows]
         bulk_insert(conn, "suppressions", ["email_hash", "customer_id", "reason", "created_at"], suppressions,
                     "ON CONFLICT (email_hash) DO NOTHING")
     redact_messages(conn, f"SELECT customer_id FROM archived_customers WHERE {_DUE}", params)
-    return _sql(conn, f"UPDATE archived_customers SET status = 'purged', purged_on = :as_of, {_EMPTIED} "
-                      f"WHERE {_DUE}", params, as_of=Date).rowcount
+    _sql(conn, f"UPDATE archived_customers SET status = 'purged', purged_on = :as_of, {_EMPTIED} WHERE {_DUE}",
+         params, as_of=Date)
+    return {f"{PURGED}{reason}": int(n) for reason, n in due.items()}
 
 
 def _record(conn: Connection, cfg: Settings, result: CleanupResult, before: int, kept: int,
-            archived: dict[str, int], merged: dict[str, int], restored: int, purged: int) -> None:
+            archived: dict[str, int], merged: dict[str, int], restored: int, purged_by: dict[str, int]) -> None:
     """Add this run to its date's row (a re-run adds nothing), and fill the result from it."""
     as_of = result.as_of
     old = conn.execute(select(CleanupRun).where(CleanupRun.as_of == as_of)).first()
-    reasons = {k: v for k, v in {**archived, **merged}.items() if v}
+    reasons = {k: v for k, v in {**archived, **merged, **purged_by}.items() if v}
+    purged = sum(purged_by.values())
     if old is not None:
         # Profiles that arrived between two runs of the date count as there before this one.
         before = old.profiles_before + before - old.kept
@@ -555,7 +563,8 @@ def _record(conn: Connection, cfg: Settings, result: CleanupResult, before: int,
     result.at_risk = kept - result.active
     result.profiles_before, result.kept, result.archived, result.merged = before, kept, archived_n, merged_n
     result.restored, result.purged = restored, purged
-    result.reasons = {k: reasons[k] for k in (*ARCHIVE_REASONS, *MERGE_RULES) if reasons.get(k)}
+    order = (*ARCHIVE_REASONS, *MERGE_RULES, *(PURGED + r for r in ARCHIVE_REASONS))
+    result.reasons = {k: reasons[k] for k in order if reasons.get(k)}
     result.examples = _examples(conn, as_of, cfg.cleanup.examples)
     row = {
         "ran_at": datetime.now(UTC), "profiles_before": before, "kept": kept, "archived": archived_n,
@@ -587,10 +596,12 @@ def _examples(conn: Connection, as_of: date, limit: int) -> dict[str, list[str]]
                              .order_by(m.merged_id).limit(limit)).all()
         if pairs:
             out[rule] = [f"{merged} -> {survivor}" for merged, survivor in pairs]
-    ids = conn.execute(select(a.customer_id).where(a.purged_on == as_of, a.status == ArchiveStatus.PURGED)
-                       .order_by(a.customer_id).limit(limit)).scalars().all()
-    if ids:
-        out["purged"] = list(ids)
+    for reason in ARCHIVE_REASONS:
+        ids = conn.execute(select(a.customer_id).where(a.purged_on == as_of, a.status == ArchiveStatus.PURGED,
+                                                       a.reason == reason)
+                           .order_by(a.customer_id).limit(limit)).scalars().all()
+        if ids:
+            out[PURGED + reason] = list(ids)
     return out
 
 
@@ -643,10 +654,8 @@ def format_report(r: dict) -> str:
     ]
     for reason, n in r["reasons"].items():
         shown = r.get("examples", {}).get(reason, [])
-        lines.append(f"  {'merged' if reason in MERGE_RULES else 'archived'}, {reason}: {n}"
-                     + (f"  e.g. {', '.join(shown)}" if shown else ""))
-    if r.get("examples", {}).get("purged"):
-        lines.append(f"  purged e.g. {', '.join(r['examples']['purged'])}")
+        label = ("merged" if reason in MERGE_RULES else "purged" if reason.startswith(PURGED) else "archived")
+        lines.append(f"  {label}, {reason.removeprefix(PURGED)}: {n}" + (f"  e.g. {', '.join(shown)}" if shown else ""))
     if r["skipped_groups"]:
         lines.append(f"  not merged: {r['skipped_groups']} groups sharing one address or phone among more than "
                      "max_duplicate_group profiles (a placeholder, not a person)")

@@ -515,7 +515,7 @@ class CleanupRun(Base):
     merged: Mapped[int] = mapped_column(BigInteger)
     restored: Mapped[int] = mapped_column(BigInteger)  # profiles that came back while archived
     purged: Mapped[int] = mapped_column(BigInteger)
-    reasons: Mapped[dict] = mapped_column(Json)  # reason -> profiles, archived and merged
+    reasons: Mapped[dict] = mapped_column(Json)  # reason -> profiles: archived, merged (duplicate_*), purged (purged:*)
     # The whole archive after the run: archived_total = restored_total + purged_total + in_grace.
     archived_total: Mapped[int] = mapped_column(BigInteger)
     restored_total: Mapped[int] = mapped_column(BigInteger)

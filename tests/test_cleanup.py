@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, insert, select
 
 from crm_tasks import metrics
-from crm_tasks.cleanup import RestoreRefused, cleanup_as_of, months_before, restore, run_cleanup
+from crm_tasks.cleanup import RestoreRefused, cleanup_as_of, format_report, months_before, restore, run_cleanup
 from crm_tasks.errors import CleanupBlocked
 from crm_tasks.ingest import ingest_dates
 from crm_tasks.models import (
@@ -209,8 +209,15 @@ def test_after_the_grace_period_the_purge_keeps_only_pseudonymous_aggregates(bas
         before = sales(conn)
     run_cleanup(base, permissive(cfg), AS_OF)
     purge_day = AS_OF + timedelta(days=30)
+    dry = run_cleanup(base, permissive(cfg), purge_day, dry_run=True)  # what would be purged, by reason
+    assert "purged, inactive: 2  e.g. GONE, SILENT" in format_report(dry.to_dict())
+    assert archive_rows(base)["GONE"] == ("inactive", "archived")
     result = run_cleanup(base, permissive(cfg), purge_day)
-    assert result.purged == 4 and result.examples["purged"] == ["BOUNCED", "GONE", "NOBODY", "SILENT"]
+    assert result.to_dict() | {"dry_run": 1, "recorded": 1, "seconds": 0, "phases": {}} == \
+        dry.to_dict() | {"dry_run": 1, "recorded": 1, "seconds": 0, "phases": {}}
+    assert result.purged == 4
+    assert result.reasons == {"purged:inactive": 2, "purged:hard_bounce": 1, "purged:no_contact": 1}
+    assert result.examples["purged:inactive"] == ["GONE", "SILENT"]
     assert (result.archived_total, result.restored_total, result.purged_total, result.in_grace) == (4, 0, 4, 0)
     assert result.reconciles
     with base.connect() as conn:
