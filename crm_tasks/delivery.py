@@ -30,7 +30,7 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -328,24 +328,27 @@ class _Batch:
         return built, bad
 
     async def _send(self, sender: Sender, rows: list) -> None:
+        """Checkpoint by checkpoint: render, gate (commit 'sending'), send, record. The next checkpoint is
+        rendered and gated while the previous one is still sending, so that the connections never wait for
+        the database or the renderer: at most two checkpoints are 'sending' at any moment."""
         step = self.cfg.delivery.checkpoint
-        inflight = None
+        inflight: deque[asyncio.Future] = deque()
         for i in range(0, len(rows), step):
             built, bad = await self._render(rows[i:i + step])
             if bad:
                 with _write(self.conn):
                     ledger.move_each(self.conn, bad, S.CLAIMED, self.token)
                 self.result.failed += len(bad)
-            if inflight is not None:
-                self._record(*await inflight)
             now = self.clock()
             with _write(self.conn):
                 gated = set(ledger.move(self.conn, [b.key for b in built], {S.CLAIMED}, S.SENDING, self.token,
                                         attempts=Message.attempts + 1, updated_at=now))
             todo = [b for b in built if b.key in gated]
-            inflight = asyncio.ensure_future(self._transmit(sender, todo))
-        if inflight is not None:
-            self._record(*await inflight)
+            inflight.append(asyncio.ensure_future(self._transmit(sender, todo)))
+            if len(inflight) > 1:
+                self._record(*await inflight.popleft())
+        while inflight:
+            self._record(*await inflight.popleft())
 
     async def _transmit(self, sender: Sender, todo: list[_Built]) -> tuple[list[_Built], list[Outcome]]:
         mail_from = self.cfg.campaigns.sender.email

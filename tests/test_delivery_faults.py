@@ -76,7 +76,7 @@ def test_a_sender_killed_mid_batch_then_retried_delivers_each_message_at_most_on
     assert sent <= set(got)
     # What arrived but is not recorded as sent was in flight when the sender died: unknown, never resent.
     assert set(got) - sent <= {r.message_id for r in unknown} | {None}
-    assert len(unknown) == states["sending"] <= cfg.delivery.checkpoint
+    assert len(unknown) == states["sending"] <= 2 * cfg.delivery.checkpoint  # two checkpoints in flight at most
     assert all("sender stopped" in r.last_error for r in unknown)
     assert result.sent + len(unknown) == n - states["sent"]
 

@@ -25,6 +25,7 @@ def send_all(target: SmtpTarget, rcpts: list[str], size: int = 2, timeout: float
     return asyncio.run(main())
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # implicit TLS: it is encrypted
 @pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "implicit-tls"])
 def test_tls_and_login_then_connections_are_reused(tmp_path, implicit):
     with SecureSmtpServer(tmp_path, implicit=implicit) as srv:
