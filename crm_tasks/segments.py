@@ -581,9 +581,11 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
     chosen = source or _choose_source(conn, cfg, cutoff)
     phases.done("checks")
     customers, scored = _compute_scores(conn, cfg, as_of, cutoff, chosen, phases)
+    # Profiles archived by cleanup (crm_tasks/cleanup.py) are gone on purpose, not yet to arrive.
     buyers_without_profile = conn.execute(text(
         "SELECT COUNT(*) FROM customer_metrics m WHERE m.orders > 0 AND NOT EXISTS "
-        "(SELECT 1 FROM customers c WHERE c.customer_id = m.customer_id)"
+        "(SELECT 1 FROM customers c WHERE c.customer_id = m.customer_id) AND NOT EXISTS "
+        "(SELECT 1 FROM archived_customers a WHERE a.customer_id = m.customer_id)"
     )).scalar_one()
     phases.done("checks")
 
