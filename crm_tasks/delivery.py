@@ -242,14 +242,12 @@ class _Batch:
                 self.result.states = ledger.state_counts(conn, self.where)
 
     def _next_due(self) -> datetime | None:
+        """When the batch's next planned or deferred message is due (claimed ones belong to a sender)."""
         m = Message
         with self.conn.begin():
-            return self._earliest(m)
-
-    def _earliest(self, m) -> datetime | None:
-        planned = self.conn.execute(select(func.min(m.send_at)).where(*self.where, m.state == S.PLANNED)).scalar()
-        deferred = self.conn.execute(select(func.min(m.next_attempt_at))
-                                     .where(*self.where, m.state == S.DEFERRED)).scalar()
+            planned = self.conn.execute(select(func.min(m.send_at)).where(*self.where, m.state == S.PLANNED)).scalar()
+            deferred = self.conn.execute(select(func.min(m.next_attempt_at))
+                                         .where(*self.where, m.state == S.DEFERRED)).scalar()
         times = [t for t in (planned, deferred) if t is not None]
         return min(times) if times else None
 
