@@ -614,8 +614,10 @@ def cleanup_restore(customer_id, as_json) -> None:
 @click.option("--customer", "customer_id", help="The person's customer id.")
 @click.option("--preview-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of rendered previews (default: var/preview).")
+@click.option("--mail-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the local SMTP sink's .eml files (default: var/mail).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def erase_command(email, customer_id, preview_dir, as_json) -> None:
+def erase_command(email, customer_id, preview_dir, mail_dir, as_json) -> None:
     """Erase a person's personal data everywhere the CRM keeps it; keep the suppression hash and aggregates.
 
     Examples: crm erase --email asha@example.com    crm erase --customer C0000042
@@ -626,7 +628,7 @@ def erase_command(email, customer_id, preview_dir, as_json) -> None:
         raise click.UsageError("give --email ADDRESS and/or --customer ID")
     try:
         result = erase(_engine(), load_default_settings(), email=email, customer_id=customer_id,
-                       preview_dir=preview_dir)
+                       preview_dir=preview_dir, mail_dir=mail_dir)
     except CrmError as exc:
         _fail(exc, as_json)
     lines = [f"erased {', '.join(result.customer_ids) or 'no profile found'}:"]

@@ -12,6 +12,7 @@ and archived, and the duplicates merged into them), then, in one transaction:
 | ``campaign_plan``, ``coupons`` | no personal columns: kept under the customer id, which without the profile is a pseudonym (like the purchases it shares with) |
 | ``suppressions`` | a keyed hash of each address is added (reason ``erased``), so a later import cannot make the person mailable again |
 | rendered previews | ``var/preview/*-<customer id>-*`` files are deleted |
+| the local SMTP sink | ``var/mail/*.eml`` (``crm smtp-sink --dir``) files of the person's messages, found by Message-ID, are deleted |
 
 Purchases, metrics, scores and segment history keep the customer id as a pseudonymous
 id: sales figures do not change. Landing files are input, owned by the systems that
@@ -33,6 +34,7 @@ import phonenumbers
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select, text, update
 
 from crm_tasks.config import REPO_ROOT, Settings
+from crm_tasks.db import rows_in
 from crm_tasks.errors import ConfigError
 from crm_tasks.models import (
     ArchivedCustomer,
@@ -41,6 +43,7 @@ from crm_tasks.models import (
     Coupon,
     Customer,
     CustomerMerge,
+    Message,
     Purchase,
     QuarantinedRow,
     Suppression,
@@ -49,6 +52,7 @@ from crm_tasks.suppression import email_hash, normalise_email
 
 log = logging.getLogger(__name__)
 PREVIEW_DIR = REPO_ROOT / "var" / "preview"
+MAIL_DIR = REPO_ROOT / "var" / "mail"  # where the demo's `crm smtp-sink` keeps what it received
 ERASED_LINE = "[erased]"
 
 # The recipient and the first name of the render context go; the rest of the ledger row is pseudonymous.
@@ -106,7 +110,7 @@ def _line_matches(line: str, ids: set[str], emails: set[str], phones: set[str]) 
 
 
 def erase(engine: Engine, cfg: Settings, *, email: str | None = None, customer_id: str | None = None,
-          preview_dir: Path | None = None, today: date | None = None) -> ErasureResult:
+          preview_dir: Path | None = None, mail_dir: Path | None = None, today: date | None = None) -> ErasureResult:
     """Erase one person, found by address and/or customer id; returns what was removed, table by table."""
     if not email and not customer_id:
         raise ConfigError("give an e-mail address or a customer id to erase")
@@ -131,6 +135,9 @@ def erase(engine: Engine, cfg: Settings, *, email: str | None = None, customer_i
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.commit()
     result.removed["previews"] = _delete_previews(preview_dir or PREVIEW_DIR, result.customer_ids)
+    with engine.connect() as conn:
+        ids = {mid for (mid,) in rows_in(conn, select(Message.message_id), Message.customer_id, result.customer_ids)}
+    result.removed["sink mail"] = _delete_sink_mail(mail_dir or MAIL_DIR, ids - {None})
     log.info("erasure: %d profiles (%s): %s", len(result.customer_ids), ", ".join(result.customer_ids),
              ", ".join(f"{k} {v}" for k, v in result.removed.items()))
     return result
@@ -226,6 +233,22 @@ def _erase_quarantine(conn: Connection, ids: set[str], emails: set[str], phones:
     for i in range(0, len(hits), 900):
         conn.execute(update(q).where(q.id.in_(hits[i:i + 900])).values(raw_text=ERASED_LINE))
     return len(hits)
+
+
+def _delete_sink_mail(folder: Path, message_ids: set[str]) -> int:
+    """Delete the local sink's .eml files of these messages (the Message-ID header names them)."""
+    if not folder.is_dir() or not message_ids:
+        return 0
+    wanted = {m.encode() for m in message_ids}
+    gone = 0
+    for path in folder.glob("*.eml"):
+        with path.open("rb") as f:
+            head = f.read(8192).split(b"\r\n\r\n", 1)[0]
+        found = re.search(rb"(?im)^message-id:\s*(<[^>\r\n]+>)", head)
+        if found and found.group(1) in wanted:
+            path.unlink()
+            gone += 1
+    return gone
 
 
 def _delete_previews(folder: Path, ids: list[str]) -> int:

@@ -89,10 +89,28 @@ def _all_text(engine) -> dict[str, list[str]]:
 def test_a_person_is_erased_from_every_table_and_data_folder(person, engine, cfg, tmp_path, landing):
     values = _all_text(engine)
     assert any(EMAIL in v for v in values["messages"]) and any("Zarathustra" in v for v in values["quarantine"])
-    result = erase(engine, cfg, email="Zara.Quill@Example.org", preview_dir=person)
+    # Delivered to the local sink (crm smtp-sink), as the demo does: the person's .eml must go too.
+    from aiosmtpd.controller import Controller
+
+    from crm_tasks.delivery import deliver
+    from crm_tasks.smtp import SinkHandler
+    from tests.smtp_servers import free_port
+
+    mail = tmp_path / "var" / "mail"
+    port = free_port()
+    sink = Controller(SinkHandler(mail), hostname="127.0.0.1", port=port)
+    sink.start()
+    try:
+        sent = deliver(engine, cfg.model_copy(update={"smtp_url": f"smtp+insecure://127.0.0.1:{port}"}),
+                       "birthday", None)
+    finally:
+        sink.stop()
+    assert sent.sent == 2 and len(list(mail.glob("*.eml"))) == 2
+    result = erase(engine, cfg, email="Zara.Quill@Example.org", preview_dir=person, mail_dir=mail)
     assert result.customer_ids == ["ZQ0", "ZQ1"]
     assert result.removed == {"customers": 1, "archived_customers": 1, "quarantine": 3, "messages": 1,
-                              "previews": 2}
+                              "previews": 2, "sink mail": 1}
+    assert len(list(mail.glob("*.eml"))) == 1  # the other customer's message stays
     assert result.kept == {"campaign_plan": 1, "coupons": 1, "purchases": 1}
     assert result.suppressed == 1
 
@@ -132,7 +150,8 @@ def test_erasing_by_customer_id_and_the_command(person, engine, use_settings):
 
     from crm_tasks.cli import main
 
-    out = CliRunner().invoke(main, ["erase", "--customer", "ZQ1", "--preview-dir", str(person)])
+    out = CliRunner().invoke(main, ["erase", "--customer", "ZQ1", "--preview-dir", str(person),
+                                    "--mail-dir", str(person.parent / "mail")])
     assert out.exit_code == 0, out.output
     assert "erased ZQ1:" in out.output and "customers" in out.output and "quarantine" in out.output
     assert "suppressions" in out.output and EMAIL not in out.output
@@ -140,7 +159,8 @@ def test_erasing_by_customer_id_and_the_command(person, engine, use_settings):
         # By id alone: the profile's own address and phone are found and erased with it.
         assert conn.execute(select(func.count()).select_from(QuarantinedRow)
                             .where(QuarantinedRow.raw_text == "[erased]")).scalar_one() == 3
-    again = CliRunner().invoke(main, ["erase", "--email", EMAIL, "--json"])
+    again = CliRunner().invoke(main, ["erase", "--email", EMAIL, "--json", "--preview-dir", str(person),
+                                      "--mail-dir", str(person.parent / "mail")])
     payload = json.loads(again.output)
     assert payload["removed"]["customers"] == 0 and payload["removed"]["archived_customers"] == 1  # ZQ0
     assert CliRunner().invoke(main, ["erase"]).exit_code == 2
