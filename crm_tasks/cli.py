@@ -439,7 +439,9 @@ def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
     lines.append(f"delivered over {target.describe()} in {result.batches} batch(es), {result.seconds:.1f} s: "
                  f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, "
                  f"unknown {result.unknown}, suppressed {result.suppressed}")
-    lines.append(f"  ledger of run {plan.run_id}: {_state_line(result.states)}")
+    total = sum(result.states.values())
+    lines.append(f"  ledger of run {plan.run_id}: {_state_line(result.states)}; recipients {plan.recipients} "
+                 f"= {total} messages: {'reconciles' if total == plan.recipients else 'DOES NOT RECONCILE'}")
     if result.retry_at:
         lines.append(f"  some messages are due later (from {result.retry_at}); run again then")
     _emit(as_json, payload, "\n".join(lines))

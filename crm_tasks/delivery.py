@@ -123,7 +123,6 @@ class _Built:
     test: bool
     attempts: int
     payload: bytes
-    message_id: str
 
 
 def smtp_target(cfg: Settings, airflow_target: SmtpTarget | None = None) -> SmtpTarget:
@@ -207,6 +206,7 @@ class _Batch:
         self.engine, self.cfg, self.run_id, self.batch_no = engine, cfg, run_id, batch_no
         self.renderer, self.clock, self.result = renderer, clock, result
         self.token = ledger.new_token()
+        self.renewed = clock()  # when this sender last renewed its claims
         self.where = [Message.run_id == run_id, Message.batch_no == batch_no]
         self.domain = cfg.campaigns.sender.domain
 
@@ -309,20 +309,20 @@ class _Batch:
         env = Envelope(sender.name, sender.email, row.recipient, ctx["customer"]["first_name"], rendered.subject,
                        mid, tuple(links), f"{row.campaign}.{self.domain}")
         return _Built(row.idempotency_key, row.customer_id, row.recipient, row.test, row.attempts,
-                      prepare_payload(build_message(env, rendered.text, rendered.html)), mid)
+                      prepare_payload(build_message(env, rendered.text, rendered.html)))
 
     async def _render(self, rows: list) -> tuple[list[_Built], list[dict]]:
         built, bad = [], []
         now = self.clock()
-        for i, row in enumerate(rows):
+        for row in rows:
             try:
                 built.append(self._build(row))
             except (HeaderInjection, RenderError) as exc:
                 # Logged with the key, never the address; the message fails alone.
                 log.warning("message %s not built: %s", row.idempotency_key, exc)
                 bad.append(_row(row.idempotency_key, S.FAILED, None, f"not built: {exc}", now))
-            if i % 8 == 7:
-                await asyncio.sleep(0)  # let the connections of the previous checkpoint read their replies
+            # After every message: a reply waiting unread for a whole slice of renders is a server waiting too.
+            await asyncio.sleep(0)
         return built, bad
 
     async def _send(self, sender: Sender, rows: list) -> None:
@@ -340,7 +340,10 @@ class _Batch:
             now = self.clock()
             with _write(self.conn):
                 gated = set(ledger.move(self.conn, [b.key for b in built], {S.CLAIMED}, S.SENDING, self.token,
-                                        attempts=Message.attempts + 1, updated_at=now))
+                                        attempts=Message.attempts + 1, claimed_at=now, updated_at=now))
+                if now - self.renewed > timedelta(seconds=self.cfg.delivery.claim_timeout_seconds / 3):
+                    ledger.heartbeat(self.conn, self.where, self.token, now)
+                    self.renewed = now
             todo = [b for b in built if b.key in gated]
             inflight.append(asyncio.ensure_future(self._transmit(sender, todo)))
             if len(inflight) > 1:
@@ -382,8 +385,7 @@ class _Batch:
                 hard.append((b, "hard_bounce"))
             elif state == SENT and not b.test:
                 delivered.append(email_hash(b.recipient, secret))
-            rows.append(_row(b.key, state, o.code, error, now, retry=retry, message_id=b.message_id,
-                             sent_at=now if state == SENT else None))
+            rows.append(_row(b.key, state, o.code, error, now, retry=retry, sent_at=now if state == SENT else None))
             setattr(self.result, state, getattr(self.result, state) + 1)
         with _write(self.conn):
             ledger.move_each(self.conn, rows, S.SENDING, self.token)
@@ -409,9 +411,9 @@ class _Batch:
 
 
 def _row(key: str, state: str, code: int | None, error: str | None, now: datetime, *, retry=None,
-         message_id: str | None = None, sent_at=None) -> dict:
+         sent_at=None) -> dict:
     return {"key": key, "state": state, "smtp_code": code, "last_error": error, "sent_at": sent_at,
-            "next_attempt_at": retry, "message_id": message_id, "updated_at": now}
+            "next_attempt_at": retry, "updated_at": now}
 
 
 # --- a whole run, and its status -------------------------------------------------------------

@@ -96,7 +96,7 @@ def move(conn: Connection, keys: list[str], sources: set[str], target: str, toke
 
 def move_each(conn: Connection, rows: list[dict], source: str, token: str) -> None:
     """Per-message outcomes of ``source`` messages held by ``token``: each row has ``key``, ``state`` and
-    the columns ``smtp_code``, ``last_error``, ``sent_at``, ``next_attempt_at``, ``message_id``, ``updated_at``."""
+    the columns ``smtp_code``, ``last_error``, ``sent_at``, ``next_attempt_at`` and ``updated_at``."""
     if not rows:
         return
     for target in {r["state"] for r in rows}:
@@ -106,13 +106,14 @@ def move_each(conn: Connection, rows: list[dict], source: str, token: str) -> No
             .where(m.idempotency_key == bindparam("key"), m.state == source, m.claimed_by == token)
             .values(state=bindparam("state"), smtp_code=bindparam("smtp_code"), last_error=bindparam("last_error"),
                     sent_at=bindparam("sent_at"), next_attempt_at=bindparam("next_attempt_at"),
-                    message_id=bindparam("message_id"), updated_at=bindparam("updated_at")))
+                    updated_at=bindparam("updated_at")))
     conn.execute(stmt.execution_options(synchronize_session=False), rows)
 
 
 def claim(conn: Connection, run_id: int, batch_no: int, token: str, now: datetime) -> list[str]:
     """Claim the batch's messages that are due: planned with their send time reached (test messages at
-    once), or deferred with their retry time reached. Atomic per row on both dialects: a second sender gets none of them."""
+    once), or deferred with their retry time reached. Atomic per row on both dialects: a second sender
+    gets none of them."""
     m = Message
     check_transition([S.PLANNED, S.DEFERRED], S.CLAIMED)
     due = or_(m.state == S.PLANNED,
@@ -122,6 +123,13 @@ def claim(conn: Connection, run_id: int, batch_no: int, token: str, now: datetim
             .values(state=S.CLAIMED, claimed_by=token, claimed_at=now, updated_at=now)
             .returning(m.idempotency_key))
     return sorted(conn.execute(stmt).scalars().all())
+
+
+def heartbeat(conn: Connection, where: list, token: str, now: datetime) -> None:
+    """A live sender renews its claims, so that a slow batch (a tight rate limit) is not taken for dead."""
+    m = Message
+    conn.execute(update(m).where(*where, m.state.in_([S.CLAIMED, S.SENDING]), m.claimed_by == token)
+                 .values(claimed_at=now))
 
 
 def recover(conn: Connection, where: list, now: datetime, timeout: timedelta) -> dict[str, int]:

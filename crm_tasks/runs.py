@@ -263,4 +263,7 @@ def delivery_report_for_task(name: str, plan: dict) -> dict:
     if left and not plan.get("dry_run"):
         raise CrmError(f"campaign {name}, run {plan['run_id']}: messages not in a final state after every batch: "
                        f"{left}; another sender may hold them (see crm campaign status)")
-    return {"campaign": name, "run_id": plan["run_id"], "states": states}
+    if not plan.get("dry_run") and sum(states.values()) != plan["recipients"]:
+        raise CrmError(f"campaign {name}, run {plan['run_id']}: {plan['recipients']} recipients planned but the "
+                       f"ledger holds {sum(states.values())} messages ({states}); nothing may be lost")
+    return {"campaign": name, "run_id": plan["run_id"], "states": states, "reconciles": True}

@@ -97,7 +97,8 @@ class Sender(Protocol):
 
 def prepare_payload(message: bytes) -> bytes:
     """DATA content: dots at line starts doubled, the final ``.`` line added. Done once per message."""
-    body = _PERIOD.sub(b"..", message)
+    # Built messages never start a line with a dot (headers, base64); the scan is for any other input.
+    body = _PERIOD.sub(b"..", message) if message.startswith(b".") or b"\n." in message else message
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body + b".\r\n"
@@ -113,6 +114,8 @@ class RateLimit:
         self.hour: deque[float] = deque()
 
     async def wait(self) -> None:
+        if not (self.interval or self.per_hour):
+            return
         while True:
             now = time.monotonic()
             if self.per_hour:
@@ -189,14 +192,18 @@ class SmtpPool:
                     return Outcome(DEFERRED, getattr(exc, "code", None),
                                    f"cannot connect to {self.target.host}:{self.target.port}: "
                                    f"{exc.__class__.__name__}: {scrub(str(exc))}")
-            options = ["SMTPUTF8"] if not (rcpt.isascii() and mail_from.isascii()) else []
-            for command in (lambda: client.mail(mail_from, options=options, encoding="utf-8"),
-                            lambda: client.rcpt(rcpt, encoding="utf-8")):
-                try:
-                    await command()
-                except aiosmtplib.SMTPResponseException as exc:
+            if client.is_ehlo_or_helo_needed:
+                await client.ehlo()
+            # MAIL and RCPT are written directly: the addresses were checked when the message was built,
+            # and aiosmtplib's own address parsing would cost more than the rest of the command.
+            utf8 = not (rcpt.isascii() and mail_from.isascii())
+            commands = ((b"MAIL FROM:<" + mail_from.encode() + b">" + (b" SMTPUTF8" if utf8 else b""), False),
+                        (b"RCPT TO:<" + rcpt.encode() + b">", True))
+            for command, about_recipient in commands:
+                reply = await client.execute_command(command)
+                if reply.code not in (250, 251):
                     await self._reset(client)
-                    return _refused(exc.code, exc.message, bounce=isinstance(exc, aiosmtplib.SMTPRecipientRefused))
+                    return _refused(reply.code, reply.message, bounce=about_recipient)
             start = await client.execute_command(b"DATA")
             if start.code != 354:
                 await self._reset(client)

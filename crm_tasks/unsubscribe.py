@@ -69,8 +69,8 @@ def create_app(get_settings=settings, get_engine=None) -> FastAPI:
         except InvalidToken:
             return None
 
-    invalid = ("Link not valid", "<p>This unsubscribe link is not valid. Use the link from your e-mail, "
-                                 "or reply to it asking to be removed.</p>", 400)
+    invalid = ("Link not valid", ("<p>This unsubscribe link is not valid. Use the link from your e-mail, "
+                                  "or reply to it asking to be removed.</p>"), 400)
 
     @app.get("/unsubscribe/{token}")
     def confirm(token: str):

@@ -7,6 +7,8 @@ it without credentials, and the signed token is the proof. It shows no customer 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from airflow.plugins_manager import AirflowPlugin
 
 from crm_tasks.unsubscribe import create_app
@@ -14,4 +16,4 @@ from crm_tasks.unsubscribe import create_app
 
 class CrmPlugin(AirflowPlugin):
     name = "crm"
-    fastapi_apps = [{"app": create_app(), "url_prefix": "/crm", "name": "CRM one-click unsubscribe"}]
+    fastapi_apps: ClassVar[list[dict]] = [{"app": create_app(), "url_prefix": "/crm", "name": "CRM one-click unsubscribe"}]

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from collections import Counter
 from email import policy
 from email.parser import BytesParser
+from typing import Self
 
 from aiosmtpd.controller import Controller
 
@@ -89,7 +91,7 @@ class SmtpServer:
     def url(self) -> str:
         return f"smtp+insecure://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> SmtpServer:
+    def __enter__(self) -> Self:
         self.controller.start()
         return self
 
@@ -97,11 +99,10 @@ class SmtpServer:
         self.controller.stop()
 
 
-def self_signed_context(folder) -> "ssl.SSLContext":
+def self_signed_context(folder) -> ssl.SSLContext:
     """A server TLS context with a throw-away certificate for 127.0.0.1."""
     import datetime
     import ipaddress
-    import ssl
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

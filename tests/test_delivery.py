@@ -159,7 +159,7 @@ def test_consent_and_suppression_are_checked_again_at_send_time(engine, cfg):
 def test_a_refused_connection_defers_then_a_later_run_delivers_once(engine, cfg):
     birthday_people(engine, "a@example.com", "b@example.com")
     dead = f"smtp+insecure://127.0.0.1:{free_port()}"
-    plan, result = plan_and_deliver(engine, fast(cfg, dead, inline_retry_seconds=0, retry_seconds=600))
+    _plan, result = plan_and_deliver(engine, fast(cfg, dead, inline_retry_seconds=0, retry_seconds=600))
     assert result.states == {"deferred": 2} and result.sent == 0 and result.retry_at is not None
     assert all("cannot connect" in r.last_error for r in ledger(engine).values())
     with SmtpServer() as srv:

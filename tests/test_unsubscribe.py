@@ -68,11 +68,11 @@ def test_a_post_without_the_one_click_field_changes_nothing(engine, cfg, client)
 
 
 def test_the_airflow_plugin_mounts_the_app_under_crm():
+    import importlib.util
+
     from airflow.plugins_manager import AirflowPlugin
 
     from tests.conftest import REPO
-
-    import importlib.util
 
     spec = importlib.util.spec_from_file_location("crm_plugin", REPO / "plugins" / "crm_plugin.py")
     module = importlib.util.module_from_spec(spec)
