@@ -41,11 +41,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_ingest import peak_rss_mib
+from bench_ingest import fresh_database, peak_rss_mib
 
 AS_OF = date(2026, 1, 31)
 PURGE = AS_OF + timedelta(days=30)
-PG_URL = os.environ.get("CRM_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SCHEMA = "crm_bench_cleanup"
 
 
@@ -126,21 +125,6 @@ def build(url: str, n: int, seed: int = 11) -> dict:
     return planted
 
 
-def database(dialect: str, root: Path) -> str:
-    from sqlalchemy import create_engine, text
-
-    if dialect == "sqlite":
-        path = root / "cleanup.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        return f"sqlite:///{path}"
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-        conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
-    return f"{PG_URL}?options=-csearch_path%3D{SCHEMA}"
-
-
 def child(args: list[str]) -> dict:
     done = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -176,7 +160,7 @@ def main() -> None:
     results: dict = {"customers": args.customers, "cpus": os.cpu_count(), "runs": {}}
     for dialect in args.dialects.split(","):
         for rep in range(args.repeat):
-            url = database(dialect, args.data)
+            url = fresh_database(dialect, args.data, "cleanup.db", SCHEMA)
             planted = build(url, args.customers)
             load = os.getloadavg()[0]
             run = {"planted": planted, "load_before": round(load, 2)}

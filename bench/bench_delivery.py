@@ -36,36 +36,19 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
+from bench_ingest import fresh_database
+
 AS_OF = date(2026, 6, 15)
 RUN_AT = datetime(2026, 6, 15, 0, 0, tzinfo=UTC)
-PG_URL = os.environ.get("CRM_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 SCHEMA = "crm_bench_delivery"
 LOCALES = [("en-IN", "Asia/Kolkata", "Asha"), ("hi-IN", "Asia/Kolkata", "अनीता"), ("te-IN", "Asia/Kolkata", "సీత"),
            ("fa-IR", "Asia/Tehran", "مریم"), ("ur-PK", "Asia/Karachi", "عائشہ")]
 
 
-def database(dialect: str) -> str:
-    if dialect == "sqlite":
-        path = HERE / "data" / "delivery.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        return f"sqlite:///{path}"
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE"))
-        conn.execute(text(f"CREATE SCHEMA {SCHEMA}"))
-    admin.dispose()
-    return f"{PG_URL}?options=-csearch_path%3D{SCHEMA}"
-
-
 def build(url: str, n: int) -> None:
-    from crm_tasks.db import bulk_insert, make_engine, upgrade
+    from crm_tasks.db import bulk_insert, make_engine
 
     engine = make_engine(url)
-    upgrade(engine)
     with engine.begin() as conn:
         stamp = "2024-01-01T00:00:00.000000" if conn.dialect.name == "sqlite" else datetime(2024, 1, 1, tzinfo=UTC)
         rows = [(f"C{i:08d}", LOCALES[i % 5][2], "Rao", f"c{i:08d}@example.com", f"{1960 + i % 40}-06-15",
@@ -260,7 +243,8 @@ def main() -> None:
     proc = sink(port)
     try:
         for dialect in args.dialects:
-            url = database(dialect)
+            (HERE / "data").mkdir(parents=True, exist_ok=True)
+            url = fresh_database(dialect, HERE / "data", "delivery.db", SCHEMA)
             t = time.perf_counter()
             build(url, args.messages)
             built = round(time.perf_counter() - t, 1)

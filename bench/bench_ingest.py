@@ -91,23 +91,27 @@ def parse_args(doc: str) -> argparse.Namespace:
     return args
 
 
-def fresh_database(dialect: str, root: Path) -> str:
+def fresh_database(dialect: str, root: Path, file: str = "bench-crm.db", schema: str = "crm_bench") -> str:
+    """A new, migrated CRM database: the SQLite ``root/file``, or the PostgreSQL ``schema``, made anew."""
     from sqlalchemy import create_engine, text
 
     from crm_tasks.db import make_engine, upgrade
 
     if dialect == "sqlite":
-        db = root / "bench-crm.db"
+        db = root / file
         for suffix in ("", "-wal", "-shm"):
             Path(str(db) + suffix).unlink(missing_ok=True)
         url = f"sqlite:///{db}"
     else:
         admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
-            conn.execute(text("DROP SCHEMA IF EXISTS crm_bench CASCADE"))
-            conn.execute(text("CREATE SCHEMA crm_bench"))
-        url = f"{PG_URL}?options=-csearch_path%3Dcrm_bench"
-    upgrade(make_engine(url))
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
+        admin.dispose()
+        url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
     return url
 
 
