@@ -365,7 +365,7 @@ class _Batch:
         with self.conn.begin():
             counts = dict(rows_in(self.conn, select(AddressBounce.email_hash, AddressBounce.soft_bounces),
                                   AddressBounce.email_hash, set(soft.values())))
-        rows, hard, bounced, delivered = [], [], Counter(), []
+        rows, sent, hard, bounced, delivered = [], [], [], Counter(), []
         for b, o in zip(built, outcomes, strict=True):
             state, error, retry = o.state, o.error, None
             if state == DEFERRED:
@@ -385,9 +385,15 @@ class _Batch:
                 hard.append((b, "hard_bounce"))
             elif state == SENT and not b.test:
                 delivered.append(email_hash(b.recipient, secret))
-            rows.append(_row(b.key, state, o.code, error, now, retry=retry, sent_at=now if state == SENT else None))
+            if state == SENT:
+                sent.append(b.key)
+            else:
+                rows.append(_row(b.key, state, o.code, error, now, retry=retry))
             setattr(self.result, state, getattr(self.result, state) + 1)
         with _write(self.conn):
+            # The accepted ones in one statement (most of a checkpoint); the others each with their reply.
+            ledger.move(self.conn, sent, {S.SENDING}, S.SENT, self.token, smtp_code=250, last_error=None,
+                        sent_at=now, next_attempt_at=None, updated_at=now)
             ledger.move_each(self.conn, rows, S.SENDING, self.token)
             insert = _upsert(self.conn)
             if bounced:
@@ -410,9 +416,9 @@ class _Batch:
                 log.info("message %s: %s %s", b.key, o.state, o.error or "")
 
 
-def _row(key: str, state: str, code: int | None, error: str | None, now: datetime, *, retry=None,
-         sent_at=None) -> dict:
-    return {"key": key, "state": state, "smtp_code": code, "last_error": error, "sent_at": sent_at,
+def _row(key: str, state: str, code: int | None, error: str | None, now: datetime, *, retry=None) -> dict:
+    """An outcome other than sent, for ``ledger.move_each``."""
+    return {"key": key, "state": state, "smtp_code": code, "last_error": error, "sent_at": None,
             "next_attempt_at": retry, "updated_at": now}
 
 
