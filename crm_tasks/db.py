@@ -109,6 +109,13 @@ def bulk_insert(conn: Connection, table: str, columns: list[str], rows: list[tup
         return cur.rowcount
 
 
+def dialect_insert(conn: Connection):
+    """The dialect's ``insert`` construct, which has ``on_conflict_do_nothing``/``_update`` on both."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return (sqlite if conn.dialect.name == "sqlite" else postgresql).insert
+
+
 # Bound values per statement: SQLite builds before 3.32 allow at most 999.
 IN_CHUNK = 900
 

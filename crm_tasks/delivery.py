@@ -37,11 +37,10 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from crm_tasks import ledger
 from crm_tasks.config import Settings
-from crm_tasks.db import rows_in
+from crm_tasks.db import dialect_insert, rows_in
 from crm_tasks.errors import ConfigError, CrmError
 from crm_tasks.mime import Envelope, HeaderInjection, build_message, message_id_for
 from crm_tasks.models import AddressBounce, CampaignRun, Customer, Message, Suppression
@@ -59,7 +58,7 @@ from crm_tasks.smtp import (
     parse_smtp_url,
     prepare_payload,
 )
-from crm_tasks.suppression import email_hash
+from crm_tasks.suppression import add_suppressions, email_hash
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +122,7 @@ class _Built:
     test: bool
     attempts: int
     payload: bytes
+    address_hash: str | None  # the suppression key of the recipient; None for test messages
 
 
 def smtp_target(cfg: Settings, airflow_target: SmtpTarget | None = None) -> SmtpTarget:
@@ -145,10 +145,6 @@ def _write(conn: Connection):
         if conn.dialect.name == "sqlite":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         yield conn
-
-
-def _upsert(conn: Connection):
-    return (sqlite if conn.dialect.name == "sqlite" else postgresql).insert
 
 
 # --- preparing the batches -------------------------------------------------------------------
@@ -251,8 +247,9 @@ class _Batch:
         times = [t for t in (planned, deferred) if t is not None]
         return min(times) if times else None
 
-    def _still_allowed(self, keys: list[str]) -> list:
-        """The claimed rows still allowed to be mailed; the others are moved to suppressed, with why.
+    def _still_allowed(self, keys: list[str]) -> list[tuple]:
+        """The claimed rows still allowed to be mailed, each with its address's suppression hash (None for
+        a test message); the others are moved to suppressed, with why.
 
         Consent, suppression and the address are read again now: someone who opted out after
         planning is never mailed. Test messages go to the tester and skip these checks."""
@@ -277,7 +274,7 @@ class _Batch:
                                         last_error=reason, updated_at=now)
                     self.result.suppressed += len(moved)
         dropped = {k for ks in why.values() for k in ks}
-        return [r for r in rows if r.idempotency_key not in dropped]
+        return [(r, hashes.get(r.idempotency_key)) for r in rows if r.idempotency_key not in dropped]
 
     def _profiles(self, keys: list[str]):
         """The claimed rows with their profile's consent and address now, and the suppressions among them."""
@@ -296,7 +293,7 @@ class _Batch:
         by_hash = {x for (x,) in rows_in(self.conn, select(s.email_hash), s.email_hash, set(hashes.values()))}
         return rows, by_customer, by_hash, hashes
 
-    def _build(self, row) -> _Built:
+    def _build(self, row, address_hash: str | None) -> _Built:
         ctx = row.context
         rendered = self.renderer.render(row.template, ctx)
         url = ctx["unsubscribe_url"]
@@ -309,14 +306,14 @@ class _Batch:
         env = Envelope(sender.name, sender.email, row.recipient, ctx["customer"]["first_name"], rendered.subject,
                        mid, tuple(links), f"{row.campaign}.{self.domain}")
         return _Built(row.idempotency_key, row.customer_id, row.recipient, row.test, row.attempts,
-                      prepare_payload(build_message(env, rendered.text, rendered.html)))
+                      prepare_payload(build_message(env, rendered.text, rendered.html)), address_hash)
 
     async def _render(self, rows: list) -> tuple[list[_Built], list[dict]]:
         built, bad = [], []
         now = self.clock()
-        for row in rows:
+        for row, address_hash in rows:
             try:
-                built.append(self._build(row))
+                built.append(self._build(row, address_hash))
             except (HeaderInjection, RenderError) as exc:
                 # Logged with the key, never the address; the message fails alone.
                 log.warning("message %s not built: %s", row.idempotency_key, exc)
@@ -359,8 +356,7 @@ class _Batch:
     def _record(self, built: list[_Built], outcomes: list[Outcome]) -> None:
         """Each outcome of a checkpoint, the bounces and the suppressions they cause, in one commit."""
         d, now = self.cfg.delivery, self.clock()
-        secret = self.cfg.secret_key
-        soft = {b.key: email_hash(b.recipient, secret) for b, o in zip(built, outcomes, strict=True)
+        soft = {b.key: b.address_hash for b, o in zip(built, outcomes, strict=True)
                 if o.bounce and o.state == DEFERRED and not b.test}
         with self.conn.begin():
             counts = dict(rows_in(self.conn, select(AddressBounce.email_hash, AddressBounce.soft_bounces),
@@ -384,7 +380,7 @@ class _Batch:
             elif state == FAILED and o.bounce and not b.test:
                 hard.append((b, "hard_bounce"))
             elif state == SENT and not b.test:
-                delivered.append(email_hash(b.recipient, secret))
+                delivered.append(b.address_hash)
             if state == SENT:
                 sent.append(b.key)
             else:
@@ -395,18 +391,15 @@ class _Batch:
             ledger.move(self.conn, sent, {S.SENDING}, S.SENT, self.token, smtp_code=250, last_error=None,
                         sent_at=now, next_attempt_at=None, updated_at=now)
             ledger.move_each(self.conn, rows, S.SENDING, self.token)
-            insert = _upsert(self.conn)
             if bounced:
-                stmt = insert(AddressBounce).values([{"email_hash": h, "soft_bounces": n, "last_code": None,
+                stmt = dialect_insert(self.conn)(AddressBounce).values([{"email_hash": h, "soft_bounces": n, "last_code": None,
                                                       "updated_at": now} for h, n in bounced.items()])
                 self.conn.execute(stmt.on_conflict_do_update(
                     index_elements=["email_hash"],
                     set_={"soft_bounces": AddressBounce.soft_bounces + stmt.excluded.soft_bounces,
                           "updated_at": now}))
-            if hard:
-                self.conn.execute(insert(Suppression).values([
-                    {"email_hash": email_hash(b.recipient, secret), "customer_id": b.customer_id, "reason": why,
-                     "created_at": now} for b, why in hard]).on_conflict_do_nothing(index_elements=["email_hash"]))
+            add_suppressions(self.conn, [{"email_hash": b.address_hash, "customer_id": b.customer_id,
+                                          "reason": why, "created_at": now} for b, why in hard])
             if delivered:
                 # An accepted message ends a run of soft bounces.
                 for i in range(0, len(delivered), 900):

@@ -46,9 +46,8 @@ from crm_tasks.models import (
     Message,
     Purchase,
     QuarantinedRow,
-    Suppression,
 )
-from crm_tasks.suppression import email_hash, normalise_email
+from crm_tasks.suppression import add_suppressions, email_hash, normalise_email
 
 log = logging.getLogger(__name__)
 PREVIEW_DIR = REPO_ROOT / "var" / "preview"
@@ -192,12 +191,9 @@ def _erase(conn: Connection, cfg: Settings, email: str | None, customer_id: str 
         }
     now = datetime.now(UTC)
     owner = customer_id or (ids_list[0] if ids_list else None)
-    for address in sorted(emails):
-        digest = email_hash(address, cfg.secret_key)
-        if conn.execute(select(Suppression.id).where(Suppression.email_hash == digest)).first() is None:
-            conn.execute(Suppression.__table__.insert().values(email_hash=digest, customer_id=owner,
-                                                               reason="erased", created_at=now))
-            result.suppressed += 1
+    result.suppressed = add_suppressions(conn, [
+        {"email_hash": email_hash(address, cfg.secret_key), "customer_id": owner, "reason": "erased",
+         "created_at": now} for address in sorted(emails)])
     return result
 
 

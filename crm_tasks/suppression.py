@@ -12,7 +12,11 @@ import base64
 import hashlib
 import hmac
 
+from sqlalchemy import Connection
+
+from crm_tasks.db import dialect_insert
 from crm_tasks.errors import CrmError
+from crm_tasks.models import Suppression
 
 
 class InvalidToken(CrmError):
@@ -56,3 +60,13 @@ def verify_unsubscribe_token(token: str, secret: str) -> str:
     if not hmac.compare_digest(given, _signature(customer_id, secret)):
         raise InvalidToken("unsubscribe token signature does not match")
     return customer_id
+
+
+def add_suppressions(conn: Connection, rows: list[dict]) -> int:
+    """Record suppressions (``email_hash``, ``customer_id``, ``reason``, ``created_at``); an address
+    already suppressed keeps its first record. Returns how many were new."""
+    if not rows:
+        return 0
+    stmt = (dialect_insert(conn)(Suppression).values(rows).on_conflict_do_nothing(index_elements=["email_hash"])
+            .returning(Suppression.email_hash))  # rowcount is not reliable for a multi-row insert
+    return len(conn.execute(stmt).all())

@@ -20,11 +20,10 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from crm_tasks.config import Settings, settings
-from crm_tasks.models import Customer, Suppression
-from crm_tasks.suppression import InvalidToken, email_hash, verify_unsubscribe_token
+from crm_tasks.models import Customer
+from crm_tasks.suppression import InvalidToken, add_suppressions, email_hash, verify_unsubscribe_token
 
 NO_STORE = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex", "Referrer-Policy": "no-referrer"}
 
@@ -36,11 +35,8 @@ def unsubscribe(engine: Engine, cfg: Settings, customer_id: str, reason: str = "
         email = conn.execute(select(Customer.email).where(Customer.customer_id == customer_id)).scalar()
         if not email:
             return False  # no profile or no address: there is nothing to mail
-        insert = (sqlite if conn.dialect.name == "sqlite" else postgresql).insert
-        done = conn.execute(insert(Suppression).values(
-            email_hash=email_hash(email, cfg.secret_key), customer_id=customer_id, reason=reason,
-            created_at=datetime.now(UTC)).on_conflict_do_nothing(index_elements=["email_hash"]))
-        return done.rowcount == 1
+        return add_suppressions(conn, [{"email_hash": email_hash(email, cfg.secret_key), "customer_id": customer_id,
+                                        "reason": reason, "created_at": datetime.now(UTC)}]) == 1
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
