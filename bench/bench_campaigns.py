@@ -51,9 +51,10 @@ def build(url: str, customers: int) -> None:
     import numpy as np
     from sqlalchemy import insert
 
-    from crm_tasks.db import bulk_insert, make_engine, upgrade
-    from crm_tasks.models import Segment
-    from crm_tasks.types import timestamp_texts
+    from crm_tasks.store.bulk import bulk_insert
+    from crm_tasks.store.engine import make_engine, upgrade
+    from crm_tasks.store.models import Segment
+    from crm_tasks.store.types import timestamp_texts
 
     rng = np.random.default_rng(11)
     engine = make_engine(url)
@@ -128,11 +129,11 @@ def database(dialect: str, root: Path, customers: int) -> str:
 
 def step(url: str, name: str) -> dict:
     """One timed step, in this (child) process."""
-    from crm_tasks.campaigns import Campaign
-    from crm_tasks.config import load_settings
-    from crm_tasks.db import make_engine
-    from crm_tasks.planning import plan_campaign
-    from crm_tasks.render import renderer_for
+    from crm_tasks.campaigns.definitions import Campaign
+    from crm_tasks.campaigns.planning import plan_campaign
+    from crm_tasks.messages.render import renderer_for
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.engine import make_engine
 
     cfg = load_settings()
     engine = make_engine(url)
@@ -168,7 +169,7 @@ def step(url: str, name: str) -> dict:
 def _contexts(engine, campaign) -> list[dict]:
     from sqlalchemy import select
 
-    from crm_tasks.models import Message
+    from crm_tasks.store.models import Message
 
     with engine.connect() as conn:
         return list(conn.execute(select(Message.context).where(Message.campaign == campaign.name)).scalars())

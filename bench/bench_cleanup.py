@@ -52,7 +52,7 @@ def _stamps(days_before, dialect: str) -> list:
     """Instants ``days_before`` (float array) before AS_OF's midnight UTC, in the dialect's storage text."""
     import numpy as np
 
-    from crm_tasks.types import timestamp_texts
+    from crm_tasks.store.types import timestamp_texts
 
     base = np.datetime64(AS_OF.isoformat(), "us")
     return timestamp_texts(base - (days_before * 86_400e6).astype("timedelta64[us]"), dialect)
@@ -63,9 +63,10 @@ def build(url: str, n: int, seed: int = 11) -> dict:
     import numpy as np
     from sqlalchemy import text
 
-    from crm_tasks.config import load_settings
-    from crm_tasks.db import bulk_insert, make_engine, upgrade
-    from crm_tasks.suppression import email_hash
+    from crm_tasks.delivery.suppression import email_hash
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.bulk import bulk_insert
+    from crm_tasks.store.engine import make_engine, upgrade
 
     engine = make_engine(url)
     upgrade(engine)
@@ -131,9 +132,9 @@ def child(args: list[str]) -> dict:
 
 
 def step_cleanup(url: str, day: str, dry_run: str) -> dict:
-    from crm_tasks.cleanup import run_cleanup
-    from crm_tasks.config import load_settings
-    from crm_tasks.db import make_engine
+    from crm_tasks.cleanup.archive import run_cleanup
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.engine import make_engine
 
     cfg = load_settings()
     cfg = cfg.model_copy(update={"cleanup": cfg.cleanup.model_copy(update={"max_archive_share": 0.30})})

@@ -8,10 +8,10 @@ holds N profiles in five locales, all with a birthday on the benchmark day, so t
 birthday campaign plans N recipients. Each step runs in its own process:
 
 1. ``plan``: the campaign planned, every message rendered once, ledger recorded;
-2. ``deliver``: ``crm_tasks.delivery.deliver`` (the code the DAG's mapped tasks run):
+2. ``deliver``: ``crm_tasks.delivery.send.deliver`` (the code the DAG's mapped tasks run):
    claim, consent re-check, render, build, the sending gate, SMTP over ``--connections``
    reused connections, outcomes recorded; the sender pinned to one core (taskset);
-3. ``mime``: building one message's bytes with ``crm_tasks.mime`` and with ``EmailMessage``;
+3. ``mime``: building one message's bytes with ``crm_tasks.messages.mime`` and with ``EmailMessage``;
 4. ``raw``: the practical limit: plain aiosmtplib sending pre-built messages of the same
    size over the same number of connections to the same sink, one core, no database;
    run before and after ``deliver``, the faster of the two kept.
@@ -46,7 +46,8 @@ LOCALES = [("en-IN", "Asia/Kolkata", "Asha"), ("hi-IN", "Asia/Kolkata", "अन�
 
 
 def build(url: str, n: int) -> None:
-    from crm_tasks.db import bulk_insert, make_engine
+    from crm_tasks.store.bulk import bulk_insert
+    from crm_tasks.store.engine import make_engine
 
     engine = make_engine(url)
     with engine.begin() as conn:
@@ -60,7 +61,7 @@ def build(url: str, n: int) -> None:
 
 
 def campaign():
-    from crm_tasks.campaigns import Campaign
+    from crm_tasks.campaigns.definitions import Campaign
 
     return Campaign(name="birthday", kind="date_trigger", template="birthday", schedule={"cron": "0 6 * * *"},
                     send_window={"start": "00:00", "end": "23:59"},
@@ -70,15 +71,15 @@ def campaign():
 
 
 def settings(url: str, smtp: str | None, connections: int):
-    from crm_tasks.config import load_settings
+    from crm_tasks.settings import load_settings
 
     cfg = load_settings(ROOT / "crm.yaml", env={"CRM_DATABASE_URL": url, **({"CRM_SMTP_URL": smtp} if smtp else {})})
     return cfg.model_copy(update={"delivery": cfg.delivery.model_copy(update={"connections": connections})})
 
 
 def step_plan(url: str) -> dict:
-    from crm_tasks.db import make_engine
-    from crm_tasks.planning import plan_campaign
+    from crm_tasks.campaigns.planning import plan_campaign
+    from crm_tasks.store.engine import make_engine
 
     cfg = settings(url, None, 1)
     t = time.perf_counter()
@@ -88,8 +89,8 @@ def step_plan(url: str) -> dict:
 
 
 def step_deliver(url: str, smtp: str, connections: int, run_id: int) -> dict:
-    from crm_tasks.db import make_engine
-    from crm_tasks.delivery import deliver
+    from crm_tasks.delivery.send import deliver
+    from crm_tasks.store.engine import make_engine
 
     cfg = settings(url, smtp, connections)
     t = time.perf_counter()
@@ -108,7 +109,7 @@ def step_raw(smtp: str, connections: int, n: int, size: int) -> dict:
 
     import aiosmtplib
 
-    from crm_tasks.smtp import parse_smtp_url
+    from crm_tasks.delivery.smtp import parse_smtp_url
 
     target = parse_smtp_url(smtp)
     body = b"Subject: benchmark\r\nFrom: a@example.com\r\nTo: b@example.com\r\n\r\n" + b"x" * 76 + b"\r\n"
@@ -135,16 +136,16 @@ def step_raw(smtp: str, connections: int, n: int, size: int) -> dict:
 
 
 def step_mime(url: str) -> dict:
-    """Building one stored message's bytes: crm_tasks.mime against the standard library's EmailMessage."""
+    """Building one stored message's bytes: crm_tasks.messages.mime against the standard library's EmailMessage."""
     from email.headerregistry import Address
     from email.message import EmailMessage
 
     from sqlalchemy import select
 
-    from crm_tasks.db import make_engine
-    from crm_tasks.mime import Envelope, build_message, message_id_for
-    from crm_tasks.models import Message
-    from crm_tasks.render import renderer_for
+    from crm_tasks.messages.mime import Envelope, build_message, message_id_for
+    from crm_tasks.messages.render import renderer_for
+    from crm_tasks.store.engine import make_engine
+    from crm_tasks.store.models import Message
 
     with make_engine(url).connect() as conn:
         ctx, template, rcpt = conn.execute(select(Message.context, Message.template, Message.recipient)
@@ -166,7 +167,7 @@ def step_mime(url: str) -> dict:
         return e.as_bytes()
 
     out = {}
-    for name, fn, n in (("crm_tasks.mime", lambda: build_message(env, r.text, r.html), 3000), ("EmailMessage", stdlib, 300)):
+    for name, fn, n in (("crm_tasks.messages.mime", lambda: build_message(env, r.text, r.html), 3000), ("EmailMessage", stdlib, 300)):
         t = time.perf_counter()
         for _ in range(n):
             size = len(fn())
@@ -203,10 +204,10 @@ def average_size(url: str) -> int:
     """Average bytes of a message as delivery builds it, over 50 of the plan's messages."""
     from sqlalchemy import select
 
-    from crm_tasks.db import make_engine
-    from crm_tasks.mime import Envelope, build_message
-    from crm_tasks.models import Message
-    from crm_tasks.render import renderer_for
+    from crm_tasks.messages.mime import Envelope, build_message
+    from crm_tasks.messages.render import renderer_for
+    from crm_tasks.store.engine import make_engine
+    from crm_tasks.store.models import Message
 
     cfg = settings(url, None, 1)
     renderer = renderer_for(cfg)

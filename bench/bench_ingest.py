@@ -52,9 +52,9 @@ def ensure_data(root: Path, customers: int, purchases: int, night: int) -> Path:
 
 def phase(url: str, landing: Path, day: date, source: str) -> dict:
     """Runs inside the child process: ingest one source of one date."""
-    from crm_tasks.config import load_settings
-    from crm_tasks.db import make_engine
-    from crm_tasks.ingest import ingest_dates
+    from crm_tasks.ingest.batches import ingest_dates
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.engine import make_engine
 
     cfg = load_settings(env={"CRM_LANDING_DIR": str(landing)})
     engine = make_engine(url)
@@ -95,7 +95,7 @@ def fresh_database(dialect: str, root: Path, file: str = "bench-crm.db", schema:
     """A new, migrated CRM database: the SQLite ``root/file``, or the PostgreSQL ``schema``, made anew."""
     from sqlalchemy import create_engine, text
 
-    from crm_tasks.db import make_engine, upgrade
+    from crm_tasks.store.engine import make_engine, upgrade
 
     if dialect == "sqlite":
         db = root / file

@@ -49,7 +49,7 @@ def database(dialect: str, root: Path, landing: Path, tag: str) -> str:
     """A database holding the initial load and one night, through the real ingest; built once."""
     from sqlalchemy import create_engine, text
 
-    from crm_tasks.db import make_engine, upgrade
+    from crm_tasks.store.engine import make_engine, upgrade
 
     marker = root / f"segments-{dialect}-{tag}.ready"
     if dialect == "sqlite":
@@ -80,7 +80,7 @@ def reset_segments(url: str) -> None:
     """Forget every recompute, so that each run starts the same way."""
     from sqlalchemy import text
 
-    from crm_tasks.db import make_engine
+    from crm_tasks.store.engine import make_engine
 
     with make_engine(url).begin() as conn:
         for table in ("segment_memberships", "segment_sizes", "segment_runs", "segment_stage", "customer_scores",
@@ -103,9 +103,9 @@ def step_ingest(url: str, landing: str, day: str, source: str) -> dict:
 
 
 def step_recompute(url: str, day: str, dry_run: str) -> dict:
-    from crm_tasks import segments
-    from crm_tasks.config import load_settings
-    from crm_tasks.db import make_engine
+    from crm_tasks.segments import compute as segments
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.engine import make_engine
 
     cfg = load_settings()
     t = time.perf_counter()
@@ -123,9 +123,10 @@ def step_pandas(url: str, day: str, source: str) -> dict:
     import pandas as pd
     from sqlalchemy import text
 
-    from crm_tasks import segments
-    from crm_tasks.config import load_settings
-    from crm_tasks.db import bulk_insert, make_engine
+    from crm_tasks.segments import compute as segments
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.bulk import bulk_insert
+    from crm_tasks.store.engine import make_engine
 
     cfg = load_settings()
     cutoff = segments.cutoff_for(date.fromisoformat(day), cfg.timezone)

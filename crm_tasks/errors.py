@@ -1,4 +1,5 @@
-"""Domain errors. The library raises these; the CLI and the DAGs translate them.
+"""Every domain error, in one place. The library raises these; the CLI, the DAGs' retry
+policies (which name the classes, not strings) and the web app translate them.
 
 Each message is written for the person who has to act on it: it names the file,
 row or setting, says what is wrong and what to do. None carries customer data.
@@ -72,3 +73,35 @@ class CleanupBlocked(CrmError):
     def __init__(self, message: str, result) -> None:
         super().__init__(message)
         self.result = result  # the CleanupResult a real run would have recorded
+
+
+class CampaignBlocked(CrmError):
+    """A guardrail stopped the run: nothing was planned for sending. Holds the recorded result."""
+
+    def __init__(self, message: str, result) -> None:
+        super().__init__(message)
+        self.result = result  # the PlanResult recorded for the blocked run
+
+
+class RenderError(CrmError):
+    """A template or catalog problem; the message names template, language and, if any, the customer id."""
+
+
+class HeaderInjection(CrmError):
+    """A header value would break out of its header (CR, LF or NUL), or an address is malformed."""
+
+
+class IllegalTransition(CrmError):
+    """A bug, not a data problem: code asked for a state change the ledger does not allow."""
+
+
+class InvalidToken(CrmError):
+    """An unsubscribe token that was not signed by this deployment."""
+
+
+class RestoreRefused(CrmError):
+    """A profile that cannot be restored: not archived, already purged, or a current profile again."""
+
+
+class RuleError(CrmError):
+    """A rule given to compile_rule is invalid, or does not fit the columns given."""

@@ -30,26 +30,13 @@ this file that names the campaign file, the field and the fix.
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, dag, get_current_context, task
-from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk import DAG, Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
-from crm_tasks.campaigns import Campaign, load_campaigns
-from crm_tasks.config import settings
-from crm_tasks.runs import RETRY_DEFAULTS, NotYetDue
-
-# Guardrails, bad templates and bad settings do not fix themselves on a retry.
-PERMANENT = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception=["crm_tasks.errors.ConfigError", "crm_tasks.errors.SchemaNotReady",
-                       "crm_tasks.planning.CampaignBlocked", "crm_tasks.render.RenderError",
-                       "crm_tasks.ledger.IllegalTransition"],
-            action=RetryAction.FAIL,
-            reason="a guardrail, a template or the configuration must be looked at first",
-        )
-    ]
-)
+from crm_tasks.airflow.defaults import default_args
+from crm_tasks.campaigns.definitions import Campaign, load_campaigns
+from crm_tasks.errors import CampaignBlocked, IllegalTransition, RenderError
+from crm_tasks.settings import settings
 
 
 def campaign_dag(campaign: Campaign) -> DAG:
@@ -65,7 +52,9 @@ def campaign_dag(campaign: Campaign) -> DAG:
         doc_md=f"#### {campaign.name} ({campaign.kind})\n\n{campaign.description}\n\n"
                f"Defined in `campaigns/{campaign.name}.yaml`, template `{campaign.template}`.\n" + __doc__,
         tags=["crm", "campaign", campaign.kind, *campaign.tags],
-        default_args={**RETRY_DEFAULTS, "retry_policy": PERMANENT},
+        # Guardrails, bad templates and bad settings do not fix themselves on a retry.
+        default_args=default_args(CampaignBlocked, RenderError, IllegalTransition,
+                                  reason="a guardrail, a template or the configuration must be looked at first"),
         params={
             "dry_run": Param(True, type="boolean", title="Dry run",
                              description="Manual runs only: record the plan without handing anything to delivery. "
@@ -84,38 +73,30 @@ def campaign_dag(campaign: Campaign) -> DAG:
         @task
         def plan() -> dict:
             """Plan the campaign for the run's date; returns counts by outcome and exclusion reason."""
-            from crm_tasks.runs import campaign_for_task
+            from crm_tasks.airflow import tasks
 
-            ctx = get_current_context()
-            run = ctx["dag_run"]
-            return campaign_for_task(campaign.name, dict(ctx["params"]), run.run_type == "manual",
-                                     ctx.get("logical_date"), run.run_after)
+            return tasks.plan_campaign(campaign.name)
 
         @task
         def batches(planned: dict) -> list[dict]:
             """The send batches: ids and counts only (Airflow maps at most 1024; batches grow instead)."""
-            from crm_tasks.runs import delivery_batches_for_task
+            from crm_tasks.airflow import tasks
 
-            return delivery_batches_for_task(campaign.name, planned)
+            return tasks.send_batches(campaign.name, planned)
 
         @task(pool=settings().delivery.pool, max_active_tis_per_dagrun=4)
         def send(batch: dict) -> dict:
             """Deliver one batch; rescheduled (no worker held) until its remaining messages are due."""
-            from airflow.sdk.exceptions import AirflowRescheduleException
+            from crm_tasks.airflow import tasks
 
-            from crm_tasks.runs import send_batch_for_task
-
-            try:
-                return send_batch_for_task(batch)
-            except NotYetDue as due:
-                raise AirflowRescheduleException(due.when) from None
+            return tasks.send(batch)
 
         @task(trigger_rule="none_failed")
         def report(planned: dict) -> dict:
             """The run's ledger by state; fails if a message is left in flight."""
-            from crm_tasks.runs import delivery_report_for_task
+            from crm_tasks.airflow import tasks
 
-            return delivery_report_for_task(campaign.name, planned)
+            return tasks.delivery_report(campaign.name, planned)
 
         planned = plan()
         sent = send.expand(batch=batches(planned))

@@ -32,23 +32,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
-from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-from crm_tasks.config import settings
-from crm_tasks.runs import RETRY_DEFAULTS
-
-# A blocked run, bad settings or an unmigrated schema do not fix themselves on a retry.
-PERMANENT = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception=["crm_tasks.errors.CleanupBlocked", "crm_tasks.errors.ConfigError",
-                       "crm_tasks.errors.SchemaNotReady"],
-            action=RetryAction.FAIL,
-            reason="the guardrail, the configuration or the schema must be looked at first",
-        )
-    ]
-)
+from crm_tasks.airflow.defaults import default_args
+from crm_tasks.errors import CleanupBlocked
+from crm_tasks.settings import settings
 
 
 @dag(
@@ -59,7 +47,9 @@ PERMANENT = ExceptionRetryPolicy(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["crm", "cleanup"],
-    default_args={**RETRY_DEFAULTS, "retry_policy": PERMANENT},
+    # A blocked run, bad settings or an unmigrated schema do not fix themselves on a retry.
+    default_args=default_args(CleanupBlocked,
+                              reason="the guardrail, the configuration or the schema must be looked at first"),
     params={
         "dry_run": Param(True, type="boolean", title="Dry run",
                          description="Manual runs only: report what a real run would archive, merge and purge, "
@@ -70,12 +60,9 @@ def crm_cleanup():
     @task
     def clean() -> dict:
         """Merge, archive and purge as of the run's date; returns the counts and the freshness figure."""
-        from crm_tasks.cleanup import cleanup_for_task
+        from crm_tasks.airflow import tasks
 
-        ctx = get_current_context()
-        run = ctx["dag_run"]
-        return cleanup_for_task(run.run_type == "manual" and bool(ctx["params"]["dry_run"]),
-                                ctx.get("data_interval_end"), run.run_after)
+        return tasks.clean()
 
     clean()
 

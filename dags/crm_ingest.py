@@ -28,30 +28,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, CronTriggerTimetable, Param, dag, get_current_context, task
-from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-from crm_tasks.config import settings
-from crm_tasks.runs import CUSTOMERS_ASSET, PURCHASES_ASSET, RETRY_DEFAULTS
-
-CUSTOMERS = Asset(CUSTOMERS_ASSET)
-PURCHASES = Asset(PURCHASES_ASSET)
-
-# Bad data does not get better by waiting: fail at once. Anything else
-# (a database restart, a full disk being cleared) gets the retries.
-DATA_ERRORS = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception=[
-                "crm_tasks.errors.IngestFailed",
-                "crm_tasks.errors.SchemaNotReady",
-                "crm_tasks.errors.ConfigError",
-            ],
-            action=RetryAction.FAIL,
-            reason="the input or the configuration must be fixed first",
-        )
-    ]
-)
+from crm_tasks.airflow.defaults import CUSTOMERS, PURCHASES, default_args
+from crm_tasks.errors import IngestFailed
+from crm_tasks.settings import settings
 
 
 @dag(
@@ -64,7 +45,9 @@ DATA_ERRORS = ExceptionRetryPolicy(
     max_active_runs=1,
     doc_md=__doc__,
     tags=["crm", "ingest"],
-    default_args={**RETRY_DEFAULTS, "retry_policy": DATA_ERRORS},
+    # Bad data does not get better by waiting: fail at once. Anything else
+    # (a database restart, a full disk being cleared) gets the retries.
+    default_args=default_args(IngestFailed, reason="the input or the configuration must be fixed first"),
     params={
         "start_date": Param(None, type=["null", "string"], format="date", title="Start date",
                             description="First partition date to load. Empty: the run's own day."),
@@ -76,38 +59,29 @@ def crm_ingest():
     @task
     def business_dates() -> list[str]:
         """The partition dates this run loads, from its data interval or the trigger form."""
-        from crm_tasks.runs import business_dates as dates_for_run
+        from crm_tasks.airflow import tasks
 
-        ctx = get_current_context()
-        run = ctx["dag_run"]
-        dates = dates_for_run(
-            ctx["params"].get("start_date"), ctx["params"].get("end_date"),
-            run.data_interval_start, run.data_interval_end, run.run_after, settings().timezone,
-        )
-        return [d.isoformat() for d in dates]
+        return tasks.ingest_dates()
 
     @task
     def ingest_customers(dates: list[str]) -> dict:
-        from crm_tasks.runs import ingest_for_task
+        from crm_tasks.airflow import tasks
 
-        return ingest_for_task(dates, "customers")
+        return tasks.ingest(dates, "customers")
 
     # Purchases do not depend on profiles; a rejected profile file must not hold them back.
     @task(trigger_rule="all_done")
     def ingest_purchases(dates: list[str]) -> dict:
-        from crm_tasks.runs import ingest_for_task
+        from crm_tasks.airflow import tasks
 
-        return ingest_for_task(dates, "purchases")
+        return tasks.ingest(dates, "purchases")
 
     @task(outlets=[CUSTOMERS, PURCHASES])
     def publish(dates: list[str], customers: dict, purchases: dict) -> dict:
         """Reconcile the run's counts and announce fresh data, with the dates loaded, to downstream DAGs."""
-        from crm_tasks.ingest import combine_summaries
+        from crm_tasks.airflow import tasks
 
-        outlets = get_current_context()["outlet_events"]
-        for asset in (CUSTOMERS, PURCHASES):
-            outlets[asset].extra = {"dates": dates}
-        return combine_summaries(customers, purchases)
+        return tasks.publish_ingest(dates, customers, purchases)
 
     # Each ingest task checks the schema itself (purchases run even when profiles failed).
     dates = business_dates()

@@ -26,35 +26,22 @@ step per day). Thresholds, exchange rates and the RFM window live in
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Asset, Param, dag, get_current_context, task
-from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
+from airflow.sdk import Param, dag, task
 
-from crm_tasks.config import settings
-from crm_tasks.runs import CUSTOMERS_ASSET, PURCHASES_ASSET, RETRY_DEFAULTS, SEGMENTS_ASSET
-
-SEGMENTS = Asset(SEGMENTS_ASSET)
-
-# A missing exchange rate or an unmigrated database does not fix itself: fail at once.
-CONFIG_ERRORS = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception=["crm_tasks.errors.ConfigError", "crm_tasks.errors.SchemaNotReady"],
-            action=RetryAction.FAIL,
-            reason="the configuration or the schema must be fixed first",
-        )
-    ]
-)
+from crm_tasks.airflow.defaults import CUSTOMERS, PURCHASES, SEGMENTS, default_args
+from crm_tasks.settings import settings
 
 
 @dag(
     dag_id="crm_segments",
-    schedule=Asset(CUSTOMERS_ASSET) | Asset(PURCHASES_ASSET),
+    schedule=CUSTOMERS | PURCHASES,
     start_date=pendulum.datetime(2025, 1, 1, tz=settings().timezone),
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["crm", "segments"],
-    default_args={**RETRY_DEFAULTS, "retry_policy": CONFIG_ERRORS},
+    # A missing exchange rate or an unmigrated database does not fix itself: fail at once.
+    default_args=default_args(reason="the configuration or the schema must be fixed first"),
     params={
         "as_of": Param(None, type=["null", "string"], format="date", title="As of",
                        description="Business date to compute the segments as of. Empty: the latest date ingest "
@@ -67,15 +54,9 @@ def crm_segments():
     @task(outlets=[SEGMENTS])
     def recompute() -> dict:
         """Recompute every segment and announce the result to campaign DAGs."""
-        from crm_tasks.runs import segments_for_task
+        from crm_tasks.airflow import tasks
 
-        ctx = get_current_context()
-        # The dates the triggering ingest runs loaded (none for a manual run).
-        loaded = [d for events in ctx["triggering_asset_events"].values() for e in events
-                  for d in (e.extra or {}).get("dates", [])]
-        summary = segments_for_task(ctx["params"].get("as_of"), ctx["params"].get("through"), loaded)
-        ctx["outlet_events"][SEGMENTS].extra = {"as_of": summary["as_of"]}
-        return summary
+        return tasks.recompute_segments()
 
     recompute()
 

@@ -1,7 +1,7 @@
 """The CRM engine's Airflow plugin: it only registers.
 
 ``/crm/unsubscribe/<token>`` is the one-click unsubscribe endpoint of the campaign e-mails
-(``crm_tasks.unsubscribe``). It is deliberately outside Airflow's login: mail clients post to
+(``crm_tasks.delivery.unsubscribe``). It is deliberately outside Airflow's login: mail clients post to
 it without credentials, and the signed token is the proof. It shows no customer data.
 """
 
@@ -11,7 +11,7 @@ from typing import ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
-from crm_tasks.unsubscribe import create_app
+from crm_tasks.delivery.unsubscribe import create_app
 
 
 class CrmPlugin(AirflowPlugin):

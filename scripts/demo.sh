@@ -42,9 +42,9 @@ echo
 echo "Rejected rows are in the quarantine table, for example:"
 "$BIN/python" - <<'PY'
 from sqlalchemy import select
-from crm_tasks.config import settings
-from crm_tasks.db import make_engine
-from crm_tasks.models import QuarantinedRow
+from crm_tasks.settings import settings
+from crm_tasks.store.engine import make_engine
+from crm_tasks.store.models import QuarantinedRow
 engine = make_engine(settings().resolved_database_url())
 with engine.connect() as conn:
     for row in conn.execute(select(QuarantinedRow.file_path, QuarantinedRow.line_no, QuarantinedRow.reason)
@@ -77,11 +77,12 @@ rm -f var/log/demo-campaign-days.txt
 "$BIN/python" - "$END" <<'PY'
 import sys
 from datetime import date, timedelta
-from crm_tasks.campaigns import load_campaigns
-from crm_tasks.config import settings
-from crm_tasks.db import make_engine
-from crm_tasks.planning import CampaignBlocked, plan_campaign
-from crm_tasks.render import renderer_for
+from crm_tasks.campaigns.definitions import load_campaigns
+from crm_tasks.settings import settings
+from crm_tasks.store.engine import make_engine
+from crm_tasks.errors import CampaignBlocked
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.messages.render import renderer_for
 
 cfg = settings()
 engine = make_engine(cfg.resolved_database_url())

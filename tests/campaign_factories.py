@@ -7,8 +7,8 @@ from decimal import Decimal
 
 from sqlalchemy import insert, select
 
-from crm_tasks.campaigns import Campaign
-from crm_tasks.models import Customer, CustomerMetrics, Segment, SegmentMembership
+from crm_tasks.campaigns.definitions import Campaign
+from crm_tasks.store.models import Customer, CustomerMetrics, Segment, SegmentMembership
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

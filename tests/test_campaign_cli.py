@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import func, insert, select
 
 from crm_tasks.cli import main
-from crm_tasks.models import CampaignRun, Coupon, Message, Purchase
+from crm_tasks.store.models import CampaignRun, Coupon, Message, Purchase
 from tests.campaign_factories import add_customers
 
 

@@ -8,9 +8,9 @@ from datetime import date
 import pytest
 from sqlalchemy import select
 
-from crm_tasks.campaigns import load_campaigns
-from crm_tasks.config import load_settings, settings
-from crm_tasks.models import CampaignRun, Message
+from crm_tasks.campaigns.definitions import load_campaigns
+from crm_tasks.settings import load_settings, settings
+from crm_tasks.store.models import CampaignRun, Message
 from tests.campaign_factories import add_customers
 from tests.conftest import REPO
 
@@ -88,7 +88,7 @@ def test_a_manual_run_is_a_dry_run_that_records_the_plan(airflow_db, use_setting
 
 
 def test_a_misspelt_frequency_cap_is_an_error_not_the_default(tmp_path):
-    from crm_tasks.campaigns import parse_campaign
+    from crm_tasks.campaigns.definitions import parse_campaign
     from crm_tasks.errors import ConfigError
 
     path = tmp_path / "capped.yaml"

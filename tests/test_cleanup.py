@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, insert, select
 
-from crm_tasks import metrics
-from crm_tasks.cleanup import RestoreRefused, cleanup_as_of, format_report, months_before, restore, run_cleanup
-from crm_tasks.errors import CleanupBlocked
-from crm_tasks.ingest import ingest_dates
-from crm_tasks.models import (
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.cleanup.archive import format_report, restore, run_cleanup
+from crm_tasks.clock import cleanup_as_of, months_before
+from crm_tasks.delivery.suppression import email_hash
+from crm_tasks.errors import CleanupBlocked, RestoreRefused
+from crm_tasks.ingest import metrics
+from crm_tasks.ingest.batches import ingest_dates
+from crm_tasks.store.models import (
     ArchivedCustomer,
     CampaignPlanRow,
     CampaignRun,
@@ -28,8 +31,6 @@ from crm_tasks.models import (
     Purchase,
     Suppression,
 )
-from crm_tasks.planning import plan_campaign
-from crm_tasks.suppression import email_hash
 from tests.campaign_factories import add_customers, campaign
 from tests.helpers import customer, write_csv
 
@@ -130,8 +131,8 @@ def test_archived_profiles_leave_campaign_audiences_at_once(base, cfg):
 
 
 def test_archived_profiles_leave_their_segments_at_the_next_recompute(base, cfg):
-    from crm_tasks import segments
-    from crm_tasks.models import SegmentMembership
+    from crm_tasks.segments import compute as segments
+    from crm_tasks.store.models import SegmentMembership
 
     def open_members(conn):
         return set(conn.execute(select(SegmentMembership.customer_id).where(SegmentMembership.valid_to.is_(None)))
@@ -368,7 +369,7 @@ def test_the_cleanup_commands_print_the_report_and_one_json_object(base, use_set
     dry = runner.invoke(main, ["cleanup", "--as-of", "2026-03-31", "--dry-run"])
     assert dry.exit_code == 0 and "a real run would fail" in dry.output
     monkeypatch.setenv("CRM_CONFIG", _config_with_share(tmp_path / "crm.yaml"))
-    from crm_tasks.config import settings
+    from crm_tasks.settings import settings
 
     settings.cache_clear()
     out = runner.invoke(main, ["cleanup", "--as-of", "2026-03-31", "--json"])
@@ -438,7 +439,7 @@ def cleanup_dag(cleanup_dag_bag, airflow_db, use_settings, monkeypatch):
 
 @pytest.mark.airflow
 def test_the_dag_cleans_for_real_and_a_blocked_run_fails(cleanup_dag, base, monkeypatch, tmp_path):
-    from crm_tasks.config import settings
+    from crm_tasks.settings import settings
 
     # The default guardrail (10%) blocks this small base: the run fails and nothing changes.
     run = cleanup_dag.test(run_conf={"dry_run": False})

@@ -51,7 +51,7 @@ def test_failed_ingest_exits_1_with_the_report(use_settings, landing):
 
 
 def test_ingest_refuses_an_unmigrated_database(tmp_path, monkeypatch):
-    from crm_tasks.config import settings
+    from crm_tasks.settings import settings
 
     monkeypatch.setenv("CRM_DATABASE_URL", f"sqlite:///{tmp_path / 'empty.db'}")
     settings.cache_clear()
@@ -101,7 +101,7 @@ def segmented(use_settings, landing):
 def _open_sizes(engine) -> dict[str, int]:
     from sqlalchemy import func, select
 
-    from crm_tasks.models import Segment, SegmentMembership
+    from crm_tasks.store.models import Segment, SegmentMembership
 
     with engine.connect() as conn:
         return dict(conn.execute(

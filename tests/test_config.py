@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crm_tasks.config import load_settings, normalise_url
 from crm_tasks.errors import ConfigError
+from crm_tasks.settings import load_settings, normalise_url
 
 
 def test_environment_overrides_the_file(tmp_path):
@@ -45,7 +45,7 @@ def test_airflow_style_urls_get_the_psycopg_driver():
 
 
 def test_urls_from_airflow_connection_fields():
-    from crm_tasks.runs import url_from_connection
+    from crm_tasks.store.engine import url_from_connection
 
     assert url_from_connection("sqlite", "/srv/crm/crm.db", None, None, None, None) == "sqlite:////srv/crm/crm.db"
     url = url_from_connection("postgres", "db.internal", "crm", "s3cr:t", 5432, "crm",

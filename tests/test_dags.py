@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from crm_tasks.models import Customer, CustomerMetrics, Purchase, QuarantinedRow
+from crm_tasks.store.models import Customer, CustomerMetrics, Purchase, QuarantinedRow
 from tests.conftest import REPO
 from tests.helpers import customer, purchase, write_csv
 
@@ -42,7 +42,7 @@ def test_parsing_dags_touches_no_database(tmp_path, monkeypatch):
     monkeypatch.setenv("CRM_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
     from airflow.dag_processing.dagbag import DagBag
 
-    from crm_tasks.config import settings
+    from crm_tasks.settings import settings
 
     settings.cache_clear()
     try:
@@ -57,7 +57,7 @@ def test_ingest_schedule_is_nightly_over_the_previous_local_day(dagbag):
     from airflow.serialization.encoders import encode_timetable
     from airflow.timetables.base import TimeRestriction
 
-    from crm_tasks.runs import business_dates
+    from crm_tasks.clock import business_dates
 
     # Ask the scheduler's own timetable which run comes first after 2026-03-01 00:00 UTC.
     timetable = decode_timetable(encode_timetable(dagbag.dags["crm_ingest"].timetable))
@@ -120,7 +120,7 @@ def test_crm_ingest_uses_the_airflow_connection_crm_db(ingest_dag, engine, landi
 
     from sqlalchemy.engine import make_url
 
-    from crm_tasks.config import settings
+    from crm_tasks.settings import settings
 
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite":
@@ -149,8 +149,8 @@ def test_segments_run_after_ingest_and_announce_their_own_asset(dagbag):
 
 
 def test_segment_dates_follow_the_triggering_run():
+    from crm_tasks.clock import segment_dates
     from crm_tasks.errors import ConfigError
-    from crm_tasks.runs import segment_dates
 
     d = date.fromisoformat
     # After ingest: the latest date it loaded.
@@ -170,7 +170,7 @@ def test_segment_dates_follow_the_triggering_run():
 
 @pytest.mark.airflow
 def test_ingest_then_segments_through_airflow(dagbag, airflow_db, use_settings, monkeypatch, engine, landing):
-    from crm_tasks.models import SegmentRun
+    from crm_tasks.store.models import SegmentRun
 
     for dag_id in ("crm_ingest", "crm_segments"):
         for t in dagbag.dags[dag_id].tasks:

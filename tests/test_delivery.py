@@ -8,12 +8,12 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import insert, select, update
 
-from crm_tasks.delivery import deliver, prepare_delivery, send_batch
-from crm_tasks.ledger import FINAL
-from crm_tasks.mime import message_id_for
-from crm_tasks.models import AddressBounce, Customer, Message, Suppression
-from crm_tasks.planning import plan_campaign
-from crm_tasks.suppression import email_hash
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.delivery.ledger import FINAL
+from crm_tasks.delivery.send import deliver, prepare_delivery, send_batch
+from crm_tasks.delivery.suppression import email_hash
+from crm_tasks.messages.mime import message_id_for
+from crm_tasks.store.models import AddressBounce, Customer, Message, Suppression
 from tests.campaign_factories import add_customers, campaign
 from tests.smtp_servers import SmtpServer, free_port
 
@@ -76,7 +76,7 @@ def test_every_message_arrives_intact_with_the_headers_marketing_mail_needs(engi
         text, html = (p.get_content() for p in msg.iter_parts())
         assert row.context["customer"]["first_name"] in text and row.context["customer"]["first_name"] in html
         # The subject decodes to exactly what the template rendered.
-        from crm_tasks.render import renderer_for
+        from crm_tasks.messages.render import renderer_for
         rendered = renderer_for(cfg).render(row.template, row.context)
         assert msg["subject"] == rendered.subject and text == rendered.text and html == rendered.html
         unsub = msg["list-unsubscribe"]

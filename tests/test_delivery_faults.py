@@ -14,10 +14,10 @@ from datetime import UTC, date, datetime
 
 from sqlalchemy import select
 
-from crm_tasks.delivery import deliver
-from crm_tasks.ledger import FINAL
-from crm_tasks.models import Message
-from crm_tasks.planning import plan_campaign
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.delivery.ledger import FINAL
+from crm_tasks.delivery.send import deliver
+from crm_tasks.store.models import Message
 from tests.campaign_factories import add_customers, campaign
 from tests.conftest import REPO
 from tests.smtp_servers import SmtpServer
@@ -27,9 +27,9 @@ RUN_AT = datetime(2026, 5, 10, 0, 30, tzinfo=UTC)
 
 SENDER = """
 import sys
-from crm_tasks.config import settings
-from crm_tasks.db import make_engine
-from crm_tasks.delivery import deliver
+from crm_tasks.settings import settings
+from crm_tasks.store.engine import make_engine
+from crm_tasks.delivery.send import deliver
 cfg = settings()
 deliver(make_engine(cfg.resolved_database_url()), cfg, "birthday", int(sys.argv[1]))
 """
@@ -120,7 +120,7 @@ def test_re_running_the_same_date_after_delivery_sends_nothing_again(engine, cfg
         assert deliver(engine, cfg, c.name, again.run_id).sent == 0
         assert len(srv.handler.messages) == 6
     # The first run, whose messages went out, is kept (replaced) so that its ledger stays visible.
-    from crm_tasks.delivery import campaign_status
+    from crm_tasks.delivery.send import campaign_status
 
     runs = campaign_status(engine, c.name, AS_OF)["runs"]
     assert [(r["run_id"], r["status"], r["states"]) for r in runs] == [

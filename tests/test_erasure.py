@@ -10,8 +10,11 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, insert, inspect, select, text
 
-from crm_tasks.erasure import erase
-from crm_tasks.models import (
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.cleanup.erasure import erase
+from crm_tasks.delivery.suppression import email_hash
+from crm_tasks.messages.preview import preview_message
+from crm_tasks.store.models import (
     ArchivedCustomer,
     Base,
     Coupon,
@@ -22,9 +25,6 @@ from crm_tasks.models import (
     QuarantinedRow,
     Suppression,
 )
-from crm_tasks.planning import plan_campaign
-from crm_tasks.preview import preview_message
-from crm_tasks.suppression import email_hash
 from tests.campaign_factories import add_customers, campaign
 from tests.test_cleanup import buy
 
@@ -92,8 +92,8 @@ def test_a_person_is_erased_from_every_table_and_data_folder(person, engine, cfg
     # Delivered to the local sink (crm smtp-sink), as the demo does: the person's .eml must go too.
     from aiosmtpd.controller import Controller
 
-    from crm_tasks.delivery import deliver
-    from crm_tasks.smtp import SinkHandler
+    from crm_tasks.delivery.send import deliver
+    from crm_tasks.delivery.smtp import SinkHandler
     from tests.smtp_servers import free_port
 
     mail = tmp_path / "var" / "mail"

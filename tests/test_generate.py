@@ -8,7 +8,7 @@ from datetime import date
 import pandas as pd
 import phonenumbers
 
-from crm_tasks.generate import generate
+from crm_tasks.demo.generate import generate
 
 
 def digest(folder) -> str:

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from crm_tasks.errors import IngestFailed
-from crm_tasks.ingest import ingest_dates
-from crm_tasks.models import Customer, CustomerMetrics, IngestBatch, Purchase, QuarantinedRow
+from crm_tasks.ingest.batches import ingest_dates
+from crm_tasks.store.models import Customer, CustomerMetrics, IngestBatch, Purchase, QuarantinedRow
 from tests.helpers import CUSTOMER_HEADER, customer, purchase, write_csv
 
 DAY = "2026-03-01"
@@ -330,7 +330,7 @@ def test_header_order_and_extra_whitespace_do_not_matter(engine, cfg, landing):
 def test_bulk_load_rebuilds_indexes_and_rolls_back_cleanly(engine, cfg, landing, monkeypatch):
     from sqlalchemy import inspect
 
-    from crm_tasks import ingest
+    from crm_tasks.ingest import batches as ingest
 
     # Make any file count as a bulk load.
     monkeypatch.setattr(ingest._PurchaseLoader, "BULK_MIN_ROWS", 1)

@@ -10,11 +10,11 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from crm_tasks import ledger
-from crm_tasks.delivery import prepare_delivery
-from crm_tasks.models import Message
-from crm_tasks.models import MessageState as S
-from crm_tasks.planning import plan_campaign
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.delivery import ledger
+from crm_tasks.delivery.send import prepare_delivery
+from crm_tasks.store.models import Message
+from crm_tasks.store.models import MessageState as S
 from tests.campaign_factories import add_customers, campaign
 
 NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)

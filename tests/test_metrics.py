@@ -8,10 +8,10 @@ from decimal import Decimal
 import pandas as pd
 from sqlalchemy import select
 
-from crm_tasks import metrics
-from crm_tasks.generate import generate
-from crm_tasks.ingest import all_dates, ingest_dates
-from crm_tasks.models import CustomerMetrics, Purchase
+from crm_tasks.demo.generate import generate
+from crm_tasks.ingest import metrics
+from crm_tasks.ingest.batches import all_dates, ingest_dates
+from crm_tasks.store.models import CustomerMetrics, Purchase
 from tests.helpers import purchase, write_csv
 
 

@@ -8,8 +8,9 @@ from email.parser import BytesParser
 
 import pytest
 
-from crm_tasks.mime import Envelope, HeaderInjection, build_message, message_id_for
-from crm_tasks.smtp import prepare_payload
+from crm_tasks.delivery.smtp import prepare_payload
+from crm_tasks.errors import HeaderInjection
+from crm_tasks.messages.mime import Envelope, build_message, message_id_for
 
 SCRIPTS = ["Asha Rao", "సీత లక్ష్మి", "अनीता शर्मा", "مریم احمدی", "عائشہ خان", "Zoë O'Brien-Łukasz", "😀🎂",
            "=?utf-8?q?not_an_encoded_word?=", "100% off, today: \"quoted\" (comment) <angle>",

@@ -8,10 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import func, insert, select, update
 
-from crm_tasks.coupons import ALPHABET
-from crm_tasks.models import CampaignPlanRow, CampaignRun, Coupon, Message, Suppression
-from crm_tasks.planning import CampaignBlocked, plan_campaign
-from crm_tasks.suppression import email_hash
+from crm_tasks.campaigns.coupons import ALPHABET
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.delivery.suppression import email_hash
+from crm_tasks.errors import CampaignBlocked
+from crm_tasks.store.models import CampaignPlanRow, CampaignRun, Coupon, Message, Suppression
 from tests.campaign_factories import add_customers, add_first_purchase, add_membership, campaign
 
 MORNING = datetime(2027, 2, 28, 0, 30, tzinfo=UTC)  # 06:00 in Kolkata
@@ -237,7 +238,7 @@ def test_custom_date_attribute_with_offset(engine, cfg):
 
 
 def test_messages_are_rendered_in_the_customers_language_with_personalisation(engine, cfg):
-    from crm_tasks.render import renderer_for
+    from crm_tasks.messages.render import renderer_for
 
     add_customers(engine, {"customer_id": "FA", "locale": "fa-IR", "timezone": "Asia/Tehran",
                            "first_name": "<script>x</script>", "birthday": date(1990, 10, 1)},

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from crm_tasks.readers import iter_csv, prefetch, read_csv_header, scan_file
+from crm_tasks.ingest.readers import iter_csv, prefetch, read_csv_header, scan_file
 
 
 def read_all(path, chunk_rows=1000):

@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from crm_tasks.config import load_settings
-from crm_tasks.preview import check_templates
-from crm_tasks.render import Renderer, RenderError, language_of, message_context, renderer_for
+from crm_tasks.errors import RenderError
+from crm_tasks.messages.preview import check_templates
+from crm_tasks.messages.render import Renderer, language_of, message_context, renderer_for
+from crm_tasks.settings import load_settings
 
 REPO_CFG = load_settings()
 

@@ -15,16 +15,16 @@ import pytest
 from sqlalchemy import Boolean, Column, Date, Integer, MetaData, String, Table, insert, select
 from sqlalchemy.dialects import postgresql
 
-from crm_tasks.rules import (
+from crm_tasks.errors import RuleError
+from crm_tasks.segments.rules import (
     DefinitionProblem,
     FieldInfo,
-    RuleError,
     compile_rule,
     describe_fields,
     load_definitions,
     parse_definition,
 )
-from crm_tasks.types import Money, UtcDateTime
+from crm_tasks.store.types import Money, UtcDateTime
 
 FIELDS = {f.name: f for f in [
     FieldInfo("name", "text", "First name"),

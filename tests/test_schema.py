@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from crm_tasks.db import check_schema, head_revision
-from crm_tasks.models import Base
+from crm_tasks.store.engine import check_schema, head_revision
+from crm_tasks.store.models import Base
 
 
 def test_models_match_migrations(engine):

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from crm_tasks import segments
-from crm_tasks.config import load_settings
+from crm_tasks.demo.generate import generate
 from crm_tasks.errors import ConfigError
-from crm_tasks.generate import generate
-from crm_tasks.ingest import all_dates, ingest_dates
-from crm_tasks.models import Customer, CustomerScore, Purchase, SegmentMembership, SegmentRun, SegmentSize
+from crm_tasks.ingest.batches import all_dates, ingest_dates
+from crm_tasks.segments import compute as segments
+from crm_tasks.segments import history
+from crm_tasks.settings import load_settings
+from crm_tasks.store.models import Customer, CustomerScore, Purchase, SegmentMembership, SegmentRun, SegmentSize
 from tests.conftest import REPO
 from tests.helpers import customer, purchase, write_csv
 
@@ -135,7 +136,7 @@ def assert_scores_match(engine, cfg, as_of):
 
 
 def members(engine, name: str) -> set[str]:
-    from crm_tasks.models import Segment
+    from crm_tasks.store.models import Segment
 
     with engine.connect() as conn:
         return set(conn.execute(
@@ -314,7 +315,7 @@ def test_history_transitions_reruns_and_backfills(engine, seg_cfg, landing):
     assert second.entered >= 1 and second.exited >= 1
 
     # The transition, as one query over the history.
-    moved = segments.transitions(engine, since=day2)
+    moved = history.transitions(engine, since=day2)
     pair = next(t for t in moved.pairs if t.from_segment == "lifecycle:new")
     assert (pair.to_segment, pair.customers) == ("lifecycle:active", 1)
 

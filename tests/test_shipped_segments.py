@@ -8,11 +8,12 @@ from datetime import date
 import pytest
 from sqlalchemy import select
 
-from crm_tasks import rules, segments
-from crm_tasks.config import load_settings
-from crm_tasks.generate import generate
-from crm_tasks.ingest import all_dates, ingest_dates
-from crm_tasks.models import Customer, CustomerScore, Segment, SegmentMembership
+from crm_tasks.demo.generate import generate
+from crm_tasks.ingest.batches import all_dates, ingest_dates
+from crm_tasks.segments import compute as segments
+from crm_tasks.segments import rules
+from crm_tasks.settings import load_settings
+from crm_tasks.store.models import Customer, CustomerScore, Segment, SegmentMembership
 from tests.conftest import REPO
 
 SHIPPED = REPO / "segments"

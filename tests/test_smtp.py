@@ -7,9 +7,16 @@ import time
 
 import pytest
 
+from crm_tasks.delivery.smtp import (
+    RateLimit,
+    SmtpPool,
+    SmtpTarget,
+    parse_smtp_url,
+    prepare_payload,
+    target_from_connection,
+)
 from crm_tasks.errors import ConfigError
-from crm_tasks.mime import Envelope, build_message
-from crm_tasks.smtp import RateLimit, SmtpPool, SmtpTarget, parse_smtp_url, prepare_payload, target_from_connection
+from crm_tasks.messages.mime import Envelope, build_message
 from tests.smtp_servers import SecureSmtpServer, SmtpServer
 
 MESSAGE = prepare_payload(build_message(Envelope("S", "s@example.com", "r@example.com", "", "hi", "<1@example.com>"),

@@ -8,9 +8,9 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import func, select
 
-from crm_tasks.models import Suppression
-from crm_tasks.planning import plan_campaign
-from crm_tasks.suppression import unsubscribe_token
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.delivery.suppression import unsubscribe_token
+from crm_tasks.store.models import Suppression
 from tests.campaign_factories import add_customers, campaign
 
 ONE_CLICK = {"content": "List-Unsubscribe=One-Click",
@@ -21,7 +21,7 @@ ONE_CLICK = {"content": "List-Unsubscribe=One-Click",
 def client(engine, cfg):
     from fastapi.testclient import TestClient
 
-    from crm_tasks.unsubscribe import create_app
+    from crm_tasks.delivery.unsubscribe import create_app
 
     return TestClient(create_app(lambda: cfg, lambda: engine))
 

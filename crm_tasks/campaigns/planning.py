@@ -1,0 +1,536 @@
+"""Planning a campaign run: who gets which message when, and why everyone else does not.
+
+A run, for one campaign and one date:
+
+1. selects the audience with its trigger (``crm_tasks.campaigns.audience``);
+2. excludes, with one reason each, in this order: no or invalid e-mail address,
+   no e-mail consent, suppressed address, already planned or sent for this
+   occurrence, frequency cap reached, outside the send window (the customer's
+   local window on the day has passed by the run's time);
+3. holds out a deterministic share of the rest (a hash of campaign and customer,
+   so the same customers stay in the control group run after run);
+4. applies the guardrails: more recipients than ``max_audience``, or far more
+   than the previous run, blocks the run before anything is planned for sending;
+5. issues coupons and renders every message, so that one bad template or
+   profile fails the run before any message is handed to delivery;
+6. records the run, its plan and (unless a dry run) the ledger rows, in one
+   transaction; re-running a date replaces what it planned and has not sent.
+
+The exclusions and the holdout are vectorised over the audience (pandas and
+set-based SQL); only rendering touches one message at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+from croniter import croniter
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+
+from crm_tasks.campaigns.audience import select_audience
+from crm_tasks.campaigns.coupons import unique_codes
+from crm_tasks.campaigns.definitions import Campaign
+from crm_tasks.clock import cutoff_for
+from crm_tasks.delivery.suppression import email_hash, unsubscribe_token
+from crm_tasks.errors import CampaignBlocked, RenderError
+from crm_tasks.messages.mime import message_id_for
+from crm_tasks.messages.render import Renderer, language_of, message_context, renderer_for
+from crm_tasks.settings import Settings
+from crm_tasks.store.bulk import rows_in
+from crm_tasks.store.models import (
+    CampaignPlanRow,
+    CampaignRun,
+    Coupon,
+    CustomerMetrics,
+    Message,
+    MessageState,
+    Purchase,
+    RunStatus,
+    Suppression,
+)
+
+log = logging.getLogger(__name__)
+
+# Exclusion reasons, in the order they are decided: a customer gets the first that applies.
+INVALID_EMAIL = "invalid_email"
+NO_CONSENT = "no_consent"
+SUPPRESSED = "suppressed"
+ALREADY_SENT = "already_sent"
+FREQUENCY_CAP = "frequency_cap"
+OUTSIDE_WINDOW = "outside_send_window"
+AUDIENCE_LIMIT = "audience_limit"  # a hand-triggered run's limit, applied after the holdout
+REASONS = (INVALID_EMAIL, NO_CONSENT, SUPPRESSED, ALREADY_SENT, FREQUENCY_CAP, OUTSIDE_WINDOW, AUDIENCE_LIMIT)
+SEND, HOLDOUT, EXCLUDED = "send", "holdout", "excluded"
+
+# Messages that no longer count against the frequency cap: they never reached anyone.
+NOT_DELIVERED = ("failed", "suppressed")
+# A plausible address; ingest validated it already, this guards hand-edited rows.
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+TEST_AUDIENCE_LIMIT = 5
+
+
+@dataclass
+class PlannedMessage:
+    """One recipient of a plan, as the CLI shows it (no address, no name)."""
+
+    customer_id: str
+    idempotency_key: str
+    locale: str
+    template: str
+    coupon_code: str | None
+    send_at: str
+    local_send_at: str
+
+
+@dataclass
+class PlanResult:
+    campaign: str
+    as_of: date
+    run_at: datetime
+    dry_run: bool
+    recorded: bool
+    run_id: int | None = None
+    status: str = RunStatus.PLANNED
+    audience: int = 0
+    recipients: int = 0
+    holdout: int = 0
+    excluded: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    diff: dict = field(default_factory=dict)
+    error: str | None = None
+    rendered: int = 0
+    coupons: int = 0
+    replaced: int = 0  # unsent messages of an earlier run of the same date, replaced
+    sample: list[PlannedMessage] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        """Counts only: safe for XCom and logs."""
+        out = asdict(self)
+        out.pop("sample")
+        return out | {"as_of": self.as_of.isoformat(), "run_at": self.run_at.isoformat()}
+
+    def to_dict(self) -> dict:
+        return self.summary() | {"sample": [asdict(m) for m in self.sample]}
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+
+
+def default_run_at(campaign: Campaign, as_of: date, tz: str) -> datetime:
+    """When the campaign's schedule fires on ``as_of`` (its first time that day), in UTC.
+
+    A schedule that does not fire that day plans as if run at the day's start.
+    """
+    zone = ZoneInfo(campaign.schedule.timezone or tz)
+    start = datetime.combine(as_of, datetime.min.time(), tzinfo=zone)
+    fire = croniter(campaign.schedule.cron, start - timedelta(microseconds=1)).get_next(datetime)
+    return (fire if fire.date() == as_of else start).astimezone(UTC)
+
+
+def holdout_scores(campaign: str, customer_ids: pd.Series) -> np.ndarray:
+    """A stable number in [0, 1) per customer and campaign: below the share, the customer is held out.
+
+    BLAKE2b of 'campaign:customer' (not Python's salted hash): the same customers are in
+    the control group on every run, machine and version.
+    """
+    prefix = f"{campaign}:".encode()
+    digests = [hashlib.blake2b(prefix + c.encode(), digest_size=8).digest() for c in customer_ids]
+    return np.frombuffer(b"".join(digests), dtype=">u8").astype(np.float64) / 2.0**64 if digests else np.empty(0)
+
+
+def send_times(frame: pd.DataFrame, as_of: date, campaign: Campaign, run_at: datetime) -> tuple[pd.Series, pd.Series]:
+    """Each customer's send time (UTC) on ``as_of``: the window's start in their time zone, or the run's
+    time if that is later; NaT where the window has closed by the run's time. And the local time as text."""
+    send = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
+    local = pd.Series(None, index=frame.index, dtype=object)
+    run = pd.Timestamp(run_at)
+    for tz, idx in frame.groupby("timezone").groups.items():
+        zone = ZoneInfo(tz)
+        start = pd.Timestamp(datetime.combine(as_of, campaign.send_window.start, tzinfo=zone))
+        end = pd.Timestamp(datetime.combine(as_of, campaign.send_window.end, tzinfo=zone))
+        if run >= end:
+            continue
+        at = max(start, run)
+        send.loc[idx] = at.tz_convert(UTC)
+        local.loc[idx] = at.tz_convert(zone).isoformat(timespec="minutes")
+    return send, local
+
+
+def _chunks(values: list, size: int):
+    for i in range(0, len(values), size):
+        yield values[i:i + size]
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+def _replaced_runs(conn: Connection, campaign: str, as_of: date, dry_run: bool) -> list[int]:
+    """Earlier runs of the same campaign and date that this run replaces (a dry run replaces dry runs)."""
+    r = CampaignRun
+    return list(conn.execute(select(r.id).where(r.campaign == campaign, r.as_of == as_of,
+                                                r.dry_run == dry_run, r.test_run.is_(False))).scalars())
+
+
+def _already(conn: Connection, keys: list[str], replaced: list[int]) -> set[str]:
+    """Keys already in the ledger, except unsent messages of the runs being replaced."""
+    m = Message
+    rows = rows_in(conn, select(m.idempotency_key, m.run_id, m.state), m.idempotency_key, keys)
+    return {k for k, run, state in rows if not (run in replaced and state == MessageState.PLANNED)}
+
+
+def _recent_counts(conn: Connection, customers: list[str], start: datetime, end: datetime,
+                   replaced: list[int]) -> dict[str, int]:
+    """Messages per customer with a send time in [start, end), from every campaign; ids via the customer index."""
+    m = Message
+    cond = [m.send_at >= start, m.send_at < end, m.test.is_(False), m.state.not_in(NOT_DELIVERED)]
+    if replaced:
+        cond.append(~((m.run_id.in_(replaced)) & (m.state == MessageState.PLANNED)))
+    return dict(rows_in(conn, select(m.customer_id, func.count()).where(*cond).group_by(m.customer_id),
+                        m.customer_id, customers))
+
+
+def _suppressed(conn: Connection, customers: list[str], hashes: list[str]) -> tuple[set[str], set[str]]:
+    s = Suppression
+    by_customer = {c for (c,) in rows_in(conn, select(s.customer_id), s.customer_id, customers)}
+    by_hash = {h for (h,) in rows_in(conn, select(s.email_hash), s.email_hash, hashes)}
+    return by_customer, by_hash
+
+
+def _previous_run(conn: Connection, campaign: str, exclude: list[int]):
+    """The latest recorded, planned, real run of the campaign (not one being replaced)."""
+    r = CampaignRun
+    query = (select(r.id, r.as_of, r.recipients)
+             .where(r.campaign == campaign, r.dry_run.is_(False), r.test_run.is_(False), r.status == RunStatus.PLANNED)
+             .order_by(r.created_at.desc(), r.id.desc()).limit(1))
+    if exclude:
+        query = query.where(r.id.not_in(exclude))
+    return conn.execute(query).first()
+
+
+def _personalisation(conn: Connection, customers: list[str], as_of: date, cutoff: datetime,
+                     cfg: Settings) -> tuple[dict, dict, dict]:
+    """Favourite category and first purchase per customer, and best sellers per category.
+
+    The favourite is that of the customer's main currency (most orders); best sellers
+    are the SKUs sold most (by quantity) over the configured days before the cutoff.
+    """
+    cm = CustomerMetrics
+    totals = pd.DataFrame(rows_in(conn, select(cm.customer_id, cm.favourite_category, cm.orders,
+                                               cm.first_purchase_at), cm.customer_id, customers),
+                          columns=["customer_id", "category", "orders", "first"])
+    # Ties on orders go to the currency row read first, as a stable sort keeps it first.
+    main = (totals[totals["category"].notna()].sort_values("orders", ascending=False, kind="stable")
+            .drop_duplicates("customer_id"))
+    favourite = dict(zip(main["customer_id"], main["category"], strict=True))
+    earliest = totals[totals["first"].notna()].groupby("customer_id")["first"].min()
+    first = {cid: ts.to_pydatetime() for cid, ts in earliest.items()}
+    top: dict[str, list[str]] = {}
+    if cfg.campaigns.recommendations and customers:
+        p = Purchase
+        start = cutoff - timedelta(days=cfg.campaigns.recommendation_days)
+        sold = conn.execute(select(p.category, p.sku, func.sum(p.quantity).label("q"))
+                            .where(p.purchased_at >= start, p.purchased_at < cutoff, p.quantity > 0)
+                            .group_by(p.category, p.sku)).all()
+        frame = pd.DataFrame(sold, columns=["category", "sku", "q"]).sort_values(["category", "q", "sku"],
+                                                                                   ascending=[True, False, True])
+        for cat, group in frame.groupby("category"):
+            top[cat] = group["sku"].head(cfg.campaigns.recommendations).tolist()
+    return favourite, first, top
+
+
+def _whole_years(since: date, until: date) -> int:
+    years = until.year - since.year
+    return years - 1 if (until.month, until.day) < (since.month, since.day) else years
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def plan_campaign(
+    engine: Engine,
+    cfg: Settings,
+    campaign: Campaign,
+    as_of: date,
+    run_at: datetime | None = None,
+    *,
+    dry_run: bool = False,
+    record: bool = True,
+    audience_limit: int | None = None,
+    test_recipient: str | None = None,
+    sample: int = 20,
+    renderer: Renderer | None = None,
+) -> PlanResult:
+    """Plan ``campaign`` for the occurrence day ``as_of``; see the module docstring.
+
+    ``record=False`` (``crm campaign plan``) computes and renders the same plan and
+    stores nothing at all. ``dry_run`` records the run and its plan but no ledger
+    rows or coupons. ``test_recipient`` sends every planned message to that address
+    instead, under test keys that never consume a customer's occurrence.
+    Raises CampaignBlocked when a guardrail stops the run (recorded first, if recording).
+    """
+    started = time.perf_counter()
+    run_at = run_at or default_run_at(campaign, as_of, cfg.timezone)
+    test = test_recipient is not None
+    if test and audience_limit is None:
+        audience_limit = TEST_AUDIENCE_LIMIT
+    result = PlanResult(campaign.name, as_of, run_at, dry_run, record)
+    renderer = renderer or renderer_for(cfg)
+    renderer.check(campaign.template)
+    phases: dict[str, float] = {}
+    mark = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        phases[name] = round(now - mark, 3)
+        mark = now
+
+    with engine.connect() as conn:
+        trans = conn.begin()
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # one planner per database at a time, as below
+        else:
+            conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"crm_campaign:{campaign.name}"})
+        try:
+            blocked = _plan(conn, cfg, campaign, as_of, run_at, result, renderer, phase,
+                            dry_run=dry_run, record=record, audience_limit=audience_limit,
+                            test_recipient=test_recipient, sample=sample)
+            if record:
+                trans.commit()
+            else:
+                trans.rollback()
+        except BaseException:
+            trans.rollback()
+            raise
+    result.phases = phases
+    result.seconds = round(time.perf_counter() - started, 3)
+    log.info("campaign %s for %s: audience %d, recipients %d, holdout %d, excluded %s%s (%.1f s)",
+             campaign.name, as_of, result.audience, result.recipients, result.holdout, result.reasons,
+             " [dry run]" if dry_run else "", result.seconds)
+    if blocked:
+        raise CampaignBlocked(blocked, result)
+    return result
+
+
+def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_at: datetime, result: PlanResult,
+          renderer: Renderer, phase, *, dry_run: bool, record: bool, audience_limit: int | None,
+          test_recipient: str | None, sample: int) -> str | None:
+    test = test_recipient is not None
+    replaced = [] if test else _replaced_runs(conn, campaign.name, as_of, dry_run)
+    real_replaced = replaced if not dry_run else _replaced_runs(conn, campaign.name, as_of, False)
+    frame = select_audience(conn, campaign, as_of)
+    phase("audience")
+    n = len(frame)
+    result.audience = n
+    frame["key"] = campaign.name + ":" + frame["customer_id"] + ":" + frame["occurrence"]
+    reason = pd.Series(None, index=frame.index, dtype=object)
+
+    def exclude(mask: pd.Series, why: str) -> None:
+        reason.loc[mask & reason.isna()] = why
+
+    email = frame["email"].fillna("")
+    exclude(~email.str.match(EMAIL_PATTERN), INVALID_EMAIL)
+    exclude(~frame["email_consent"], NO_CONSENT)
+    customers = frame["customer_id"].tolist()
+    has_email = reason.isna()
+    hashes = pd.Series("", index=frame.index)
+    hashes[has_email] = [email_hash(e, cfg.secret_key) for e in email[has_email]]
+    by_customer, by_hash = _suppressed(conn, customers, hashes[has_email].tolist())
+    exclude(frame["customer_id"].isin(by_customer) | hashes.isin(by_hash), SUPPRESSED)
+    if not test:
+        exclude(frame["key"].isin(_already(conn, frame["key"][reason.isna()].tolist(), real_replaced)), ALREADY_SENT)
+    cap = campaign.frequency_cap or cfg.campaigns.frequency_cap
+    cutoff = cutoff_for(as_of, cfg.timezone)
+    recent = _recent_counts(conn, frame["customer_id"][reason.isna()].tolist(), cutoff - timedelta(days=cap.days),
+                            cutoff, real_replaced)
+    exclude(frame["customer_id"].map(recent).fillna(0) >= cap.messages, FREQUENCY_CAP)
+    send_at, local_at = send_times(frame, as_of, campaign, run_at)
+    exclude(send_at.isna(), OUTSIDE_WINDOW)
+    phase("exclusions")
+
+    eligible = reason.isna()
+    scores = pd.Series(holdout_scores(campaign.name, frame["customer_id"]), index=frame.index, dtype=float)
+    held = eligible & (scores < campaign.holdout_share) & (not test)
+    outcome = pd.Series(EXCLUDED, index=frame.index, dtype=object)
+    outcome[held] = HOLDOUT
+    outcome[eligible & ~held] = SEND
+    if audience_limit is not None:
+        # The limit keeps a stable, unbiased slice: the lowest holdout scores above the share.
+        ranked = scores[outcome == SEND].sort_values(kind="stable")
+        over = ranked.index[audience_limit:]
+        outcome[over] = EXCLUDED
+        reason[over] = AUDIENCE_LIMIT
+    reason[outcome != EXCLUDED] = None
+    frame["outcome"], frame["reason"] = outcome, reason
+    frame["send_at"], frame["local_send_at"] = send_at.where(outcome == SEND), local_at.where(outcome == SEND)
+    frame["lang"] = [language_of(loc, renderer.languages) for loc in frame["locale"]]
+    result.recipients = int((outcome == SEND).sum())
+    result.holdout = int((outcome == HOLDOUT).sum())
+    result.excluded = int((outcome == EXCLUDED).sum())
+    counts = Counter(reason.dropna())
+    result.reasons = {r: counts[r] for r in REASONS if counts.get(r)}
+    phase("holdout")
+
+    # Guardrails: a broken segment must not mail everyone.
+    blocked = None
+    previous = None if test else _previous_run(conn, campaign.name, replaced + real_replaced)
+    if result.recipients > campaign.max_audience:
+        blocked = (f"campaign {campaign.name} on {as_of}: {result.recipients} recipients exceed max_audience "
+                   f"{campaign.max_audience}; nothing was planned for sending. Check the audience "
+                   f"(segment or trigger), or raise max_audience in campaigns/{campaign.name}.yaml")
+    elif previous is not None and result.recipients > max(campaign.growth_floor,
+                                                          previous.recipients * campaign.max_growth):
+        blocked = (f"campaign {campaign.name} on {as_of}: {result.recipients} recipients is more than "
+                   f"{campaign.max_growth:g} times the previous run's {previous.recipients} (on "
+                   f"{previous.as_of}); nothing was planned for sending. If the jump is expected, raise "
+                   f"max_growth in campaigns/{campaign.name}.yaml or run it with an audience limit")
+    result.status = RunStatus.BLOCKED if blocked else RunStatus.PLANNED
+    result.error = blocked
+    sending = frame[outcome == SEND] if not blocked else frame.iloc[0:0]
+    if previous is not None:
+        before = set(conn.execute(select(CampaignPlanRow.customer_id).where(
+            CampaignPlanRow.run_id == previous.id, CampaignPlanRow.outcome == SEND)).scalars())
+        now = set(frame["customer_id"][outcome == SEND])
+        result.diff = {"previous_run": previous.id, "previous_as_of": previous.as_of.isoformat(),
+                       "previous_recipients": previous.recipients, "added": len(now - before),
+                       "removed": len(before - now), "kept": len(now & before)}
+
+    # Coupons: the code of an occurrence planned before (and replaced now) is kept.
+    codes = pd.Series(None, index=frame.index, dtype=object)
+    if campaign.coupon is not None and len(sending):
+        existing = dict(rows_in(conn, select(Coupon.idempotency_key, Coupon.code), Coupon.idempotency_key,
+                                sending["key"].tolist()))
+        codes[sending.index] = sending["key"].map(existing)
+        missing = codes[sending.index].isna()
+        fresh = unique_codes(conn, int(missing.sum()))
+        codes[missing[missing].index] = fresh
+        result.coupons = len(sending)
+    frame["coupon_code"] = codes
+    phase("coupons")
+
+    # Render every message before any is recorded for delivery.
+    contexts = build_contexts(conn, cfg, campaign, as_of, frame.loc[sending.index], renderer, cutoff)
+    result.rendered = len(contexts)
+    phase("render")
+
+    result.sample = [
+        PlannedMessage(r.customer_id, r.key, r.lang, campaign.template, r.coupon_code,
+                       r.send_at.isoformat(), r.local_send_at)
+        for r in frame.loc[sending.index[:sample]].itertuples()
+    ]
+    if record:
+        _record(conn, campaign, as_of, run_at, result, frame, sending.index, contexts, replaced,
+                domain=cfg.campaigns.sender.domain,
+                dry_run=dry_run, test_recipient=test_recipient, audience_limit=audience_limit)
+    phase("record")
+    return blocked
+
+
+def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, rows: pd.DataFrame,
+                   renderer: Renderer, cutoff: datetime) -> list[dict]:
+    """The render context of every row (profile columns, lang, years, coupon_code), each rendered once
+    to prove it renders: one bad template or profile fails the whole run, before anything is stored."""
+    if rows.empty:
+        return []
+    favourite, first, top = _personalisation(conn, rows["customer_id"].tolist(), as_of, cutoff, cfg)
+    labels = {lang: renderer.labels(lang, "category.") for lang in renderer.languages}
+    coupon = campaign.coupon
+    expires = as_of + timedelta(days=coupon.valid_days) if coupon else None
+    contexts = []
+    for r in rows.itertuples():
+        fp = first.get(r.customer_id)
+        fav = favourite.get(r.customer_id)
+        ctx = message_context(
+            cfg, campaign=campaign.name, lang=r.lang, locale=r.locale, first_name=r.first_name,
+            occasion_date=as_of, years=None if pd.isna(r.years) else int(r.years),
+            years_as_customer=_whole_years(fp.astimezone(ZoneInfo(r.timezone)).date(), as_of) if fp else 0,
+            favourite_category=fav,
+            recommendations=[(sku, fav) for sku in top.get(fav, [])] if fav else [],
+            coupon=None if coupon is None else {"code": r.coupon_code, "value": coupon.value, "type": coupon.type,
+                                                "currency": coupon.currency, "expires_on": expires},
+            unsubscribe_url=f"{cfg.campaigns.unsubscribe_url}/{unsubscribe_token(r.customer_id, cfg.secret_key)}",
+            labels=labels[r.lang],
+        )
+        try:
+            renderer.render(campaign.template, ctx)
+        except RenderError as exc:
+            raise RenderError(f"campaign {campaign.name}, customer {r.customer_id}: {exc}; nothing was planned "
+                              "for sending") from None
+        contexts.append(ctx)
+    return contexts
+
+
+def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime, result: PlanResult,
+            frame: pd.DataFrame, sending: pd.Index, contexts: list[dict], replaced: list[int],
+            *, domain: str, dry_run: bool, test_recipient: str | None, audience_limit: int | None) -> None:
+    """Replace the earlier runs of this date, then store the run, its plan and its ledger rows.
+    ``domain`` is the sender's: the Message-ID of each ledger row is fixed here, before any attempt."""
+    now = datetime.now(UTC)
+    if replaced:
+        old = select(Message.idempotency_key).where(Message.run_id.in_(replaced),
+                                                     Message.state == MessageState.PLANNED)
+        conn.execute(delete(Coupon).where(Coupon.idempotency_key.in_(old)))
+        result.replaced = conn.execute(delete(Message).where(Message.run_id.in_(replaced),
+                                                             Message.state == MessageState.PLANNED)).rowcount
+        # A run whose messages went out (or were tried) stays, marked replaced, so that its ledger
+        # rows keep naming a recorded run and `crm campaign status` shows them; the others go.
+        delivered = set(conn.execute(select(Message.run_id).where(Message.run_id.in_(replaced)).distinct())
+                        .scalars())
+        gone = [r for r in replaced if r not in delivered]
+        if gone:
+            conn.execute(delete(CampaignPlanRow).where(CampaignPlanRow.run_id.in_(gone)))
+            conn.execute(delete(CampaignRun).where(CampaignRun.id.in_(gone)))
+        if delivered:
+            conn.execute(update(CampaignRun).where(CampaignRun.id.in_(delivered)).values(status=RunStatus.REPLACED))
+    run_id = conn.execute(insert(CampaignRun).values(
+        campaign=campaign.name, as_of=as_of, run_at=run_at, dry_run=dry_run, test_run=test_recipient is not None,
+        status=result.status, audience=result.audience, recipients=result.recipients, holdout=result.holdout,
+        excluded=result.excluded, reasons=result.reasons, diff=result.diff,
+        parameters={"definition": campaign.model_dump(mode="json"), "audience_limit": audience_limit},
+        error=result.error, created_at=now,
+    ).returning(CampaignRun.id)).scalar_one()
+    result.run_id = run_id
+    plan_rows = [
+        {"run_id": run_id, "customer_id": r.customer_id, "outcome": r.outcome,
+         "reason": r.reason, "occurrence": r.occurrence, "idempotency_key": r.key, "locale": r.lang,
+         "template": campaign.template, "coupon_code": r.coupon_code if r.outcome == SEND else None,
+         "send_at": None if pd.isna(r.send_at) else r.send_at.to_pydatetime(),
+         "local_send_at": r.local_send_at if isinstance(r.local_send_at, str) else None}
+        for r in frame.itertuples()
+    ]
+    for chunk in _chunks(plan_rows, 5000):
+        conn.execute(insert(CampaignPlanRow), chunk)
+    if dry_run or result.status != RunStatus.PLANNED or sending.empty:
+        return
+    rows = frame.loc[sending]
+    prefix = f"test:{run_id}:" if test_recipient else ""
+    messages = [
+        {"idempotency_key": prefix + r.key, "campaign": campaign.name, "customer_id": r.customer_id,
+         "run_id": run_id, "occurrence": r.occurrence, "state": MessageState.PLANNED,
+         "test": test_recipient is not None, "recipient": test_recipient or r.email, "locale": r.lang,
+         "template": campaign.template, "coupon_code": r.coupon_code, "send_at": r.send_at.to_pydatetime(),
+         "context": ctx, "created_at": now, "updated_at": now, "message_id": message_id_for(prefix + r.key, domain)}
+        for r, ctx in zip(rows.itertuples(), contexts, strict=True)
+    ]
+    for chunk in _chunks(messages, 2000):
+        conn.execute(insert(Message), chunk)
+    if campaign.coupon is not None:
+        c = campaign.coupon
+        coupons = [
+            {"code": r.coupon_code, "idempotency_key": prefix + r.key, "campaign": campaign.name,
+             "customer_id": r.customer_id, "value": c.value, "value_type": c.type, "currency": c.currency,
+             "issued_on": as_of, "expires_on": as_of + timedelta(days=c.valid_days), "run_id": run_id}
+            for r in rows.itertuples()
+        ]
+        for chunk in _chunks(coupons, 5000):
+            conn.execute(insert(Coupon), chunk)

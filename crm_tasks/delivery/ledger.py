@@ -1,0 +1,175 @@
+"""The send ledger's state machine: every change of a message's state goes through here.
+
+At most once rests on one rule: a message is handed to the SMTP server only by
+the sender whose conditional update moved it from ``claimed`` (held by that
+sender's token) to ``sending``, committed before the SMTP transaction starts,
+and nothing ever moves a message out of ``sending`` into a state that is sent
+again. A sender that dies leaves its ``sending`` messages to be marked
+``unknown`` (maybe delivered: counted and shown, never retried) and its
+``claimed`` ones to be taken over (never handed to the server).
+
+A sender's token is ``host:pid:nonce``. A claim is stale when its process is
+seen to be gone (same host) or when it is older than ``claim_timeout_seconds``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, text, update
+
+from crm_tasks.errors import IllegalTransition
+from crm_tasks.store.bulk import IN_CHUNK
+from crm_tasks.store.models import Message
+from crm_tasks.store.models import MessageState as S
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    S.PLANNED: frozenset({S.CLAIMED, S.SUPPRESSED}),
+    # Released (back to planned or deferred) by a takeover; failed when it cannot even be built.
+    S.CLAIMED: frozenset({S.SENDING, S.SUPPRESSED, S.FAILED, S.PLANNED, S.DEFERRED}),
+    S.SENDING: frozenset({S.SENT, S.DEFERRED, S.FAILED, S.UNKNOWN}),
+    S.DEFERRED: frozenset({S.CLAIMED, S.SUPPRESSED, S.FAILED}),
+    S.SENT: frozenset(),
+    S.FAILED: frozenset(),
+    S.UNKNOWN: frozenset(),
+    S.SUPPRESSED: frozenset(),
+}
+FINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+PENDING = frozenset(TRANSITIONS) - FINAL
+
+
+def check_transition(sources, target: str) -> None:
+    for source in sources:
+        if target not in TRANSITIONS[source]:
+            raise IllegalTransition(f"a message cannot go from {source} to {target}")
+
+
+def new_token() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # a killed child its parent has not reaped yet is a zombie: gone all the same
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def owner_gone(token: str | None) -> bool:
+    """True when the token's process is on this host and no longer runs."""
+    if not token:
+        return True
+    host, _, rest = token.partition(":")
+    pid = rest.partition(":")[0]
+    return host == socket.gethostname() and pid.isdigit() and _process_gone(int(pid))
+
+
+def move(conn: Connection, keys: list[str], sources: set[str], target: str, token: str | None = None,
+         **values) -> list[str]:
+    """Move the messages ``keys`` that are in one of ``sources`` (and, with ``token``, held by it) to
+    ``target``; returns the keys that moved. Others are left as they are: someone else has them."""
+    check_transition(sources, target)
+    m = Message
+    cond = [m.idempotency_key.in_(bindparam("keys", expanding=True)), m.state.in_(sorted(sources))]
+    if token is not None:
+        cond.append(m.claimed_by == token)
+    stmt = update(m).where(*cond).values(state=target, **values).returning(m.idempotency_key)
+    moved: list[str] = []
+    for i in range(0, len(keys), IN_CHUNK):
+        moved += conn.execute(stmt, {"keys": keys[i:i + IN_CHUNK]}).scalars().all()
+    return moved
+
+
+def move_each(conn: Connection, rows: list[dict], source: str, token: str) -> None:
+    """Per-message outcomes of ``source`` messages held by ``token``: each row has ``key``, ``state`` and
+    the columns ``smtp_code``, ``last_error``, ``sent_at``, ``next_attempt_at`` and ``updated_at``."""
+    if not rows:
+        return
+    for target in {r["state"] for r in rows}:
+        check_transition([source], target)
+    m = Message
+    stmt = (update(m)
+            .where(m.idempotency_key == bindparam("key"), m.state == source, m.claimed_by == token)
+            .values(state=bindparam("state"), smtp_code=bindparam("smtp_code"), last_error=bindparam("last_error"),
+                    sent_at=bindparam("sent_at"), next_attempt_at=bindparam("next_attempt_at"),
+                    updated_at=bindparam("updated_at")))
+    conn.execute(stmt.execution_options(synchronize_session=False), rows)
+
+
+def claim(conn: Connection, run_id: int, batch_no: int, token: str, now: datetime) -> list[str]:
+    """Claim the batch's messages that are due: planned with their send time reached (test messages at
+    once), or deferred with their retry time reached. Atomic per row on both dialects: a second sender
+    gets none of them."""
+    m = Message
+    check_transition([S.PLANNED, S.DEFERRED], S.CLAIMED)
+    due = or_(m.state == S.PLANNED,
+              and_(m.state == S.DEFERRED, or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now)))
+    # A test recipient wants to see the messages now, whatever the customers' send window.
+    stmt = (update(m).where(m.run_id == run_id, m.batch_no == batch_no, or_(m.test, m.send_at <= now), due)
+            .values(state=S.CLAIMED, claimed_by=token, claimed_at=now, updated_at=now)
+            .returning(m.idempotency_key))
+    return sorted(conn.execute(stmt).scalars().all())
+
+
+def heartbeat(conn: Connection, where: list, token: str, now: datetime) -> None:
+    """A live sender renews its claims, so that a slow batch (a tight rate limit) is not taken for dead."""
+    m = Message
+    conn.execute(update(m).where(*where, m.state.in_([S.CLAIMED, S.SENDING]), m.claimed_by == token)
+                 .values(claimed_at=now))
+
+
+def recover(conn: Connection, where: list, now: datetime, timeout: timedelta) -> dict[str, int]:
+    """Take over the claims of senders that are gone (or silent for ``timeout``) among ``where``:
+    their ``sending`` messages become unknown, their ``claimed`` ones go back to be sent."""
+    m = Message
+    held = conn.execute(select(m.claimed_by, m.state, func.min(m.claimed_at))
+                        .where(m.state.in_([S.CLAIMED, S.SENDING]), *where)
+                        .group_by(m.claimed_by, m.state)).all()
+    stale = sorted({tok for tok, _state, at in held if owner_gone(tok) or (at is not None and at < now - timeout)})
+    out = {"unknown": 0, "released": 0}
+    if not stale:
+        return out
+    check_transition([S.SENDING], S.UNKNOWN)
+    check_transition([S.CLAIMED], S.PLANNED)
+    check_transition([S.CLAIMED], S.DEFERRED)
+    owners = m.claimed_by.in_(stale)
+    out["unknown"] = conn.execute(
+        update(m).where(owners, m.state == S.SENDING, *where)
+        .values(state=S.UNKNOWN, updated_at=now,
+                last_error="its sender stopped during the SMTP transaction; it may have been delivered")).rowcount
+    out["released"] = conn.execute(
+        update(m).where(owners, m.state == S.CLAIMED, *where)
+        .values(state=_released_state(), claimed_by=None, claimed_at=None, updated_at=now)).rowcount
+    return out
+
+
+def _released_state():
+    """A released claim goes back to where it came from: deferred if it was tried before, else planned."""
+    return case((Message.attempts > 0, S.DEFERRED.value), else_=S.PLANNED.value)
+
+
+def assign_batches(conn: Connection, run_id: int, batch_size: int) -> None:
+    """Number the run's messages into send batches once, in key order, so that a retried task
+    claims the same messages. Set-based: one UPDATE joined to a ROW_NUMBER() over the run."""
+    conn.execute(text(
+        "UPDATE messages SET batch_no = n.b FROM ("
+        "  SELECT idempotency_key AS k, (ROW_NUMBER() OVER (ORDER BY idempotency_key) - 1) / :size AS b"
+        "  FROM messages WHERE run_id = :run) AS n"
+        " WHERE messages.idempotency_key = n.k AND messages.batch_no IS NULL"
+    ), {"size": int(batch_size), "run": int(run_id)})
+
+
+def state_counts(conn: Connection, where: list) -> dict[str, int]:
+    m = Message
+    rows = conn.execute(select(m.state, func.count()).where(*where).group_by(m.state)).all()
+    return {state: n for state, n in sorted(rows)}

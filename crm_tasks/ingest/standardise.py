@@ -1,0 +1,383 @@
+"""Vectorised standardisation and validation of landing rows.
+
+Every function takes Arrow string columns (one value per input row) and returns
+cleaned values for all rows plus, through ``Reasons``, a readable reason for each
+row that must be quarantined. The heavy lifting is in Arrow's C++ kernels and
+pandas; Python loops only over the rare values that need a registry lookup
+(phone numbers, unusual e-mail addresses, distinct locales).
+
+Reasons never quote personal data (names, e-mail, phone, birthday): they end
+up in logs and task failures. They do quote codes, amounts and timestamps.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import date, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from zoneinfo import available_timezones
+
+import babel
+import babel.numbers
+import email_validator
+import numpy as np
+import pandas as pd
+import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
+import pycountry
+
+from crm_tasks.contracts import CustomAttribute
+
+
+class Reasons:
+    """Collects '; '-joined reasons per row."""
+
+    def __init__(self, n: int) -> None:
+        self.text = np.full(n, "", dtype=object)
+
+    def add(self, mask: np.ndarray, message: str | np.ndarray) -> None:
+        if not mask.any():
+            return
+        msg = message[mask] if isinstance(message, np.ndarray) else message
+        current = self.text[mask]
+        self.text[mask] = np.where(current == "", msg, current + "; " + msg)
+
+    def add_quoting(self, mask: np.ndarray, name: str, values: pa.Array, problem: str) -> None:
+        """Add "<name> '<value>' <problem>", quoting the value (cut to 40 characters).
+
+        Only for fields that hold no personal data. Values are read for the masked rows only.
+        """
+        if not mask.any():
+            return
+        picked = values.take(pa.array(np.flatnonzero(mask))).to_pylist()
+        message = np.full(len(mask), "", dtype=object)
+        message[mask] = [f"{name} '{v[:40]}' {problem}" for v in picked]
+        self.add(mask, message)
+
+    @property
+    def bad(self) -> np.ndarray:
+        return self.text != ""
+
+
+def _np(arr: pa.Array) -> np.ndarray:
+    return arr.to_numpy(zero_copy_only=False)
+
+
+def _mask(arr: pa.Array) -> np.ndarray:
+    return pc.fill_null(arr, False).to_numpy(zero_copy_only=False)
+
+
+def clean_text(arr: pa.Array) -> pa.Array:
+    """Trim white space and bring non-ASCII values to Unicode NFC."""
+    arr = pc.utf8_trim_whitespace(arr)
+    non_ascii = ~_mask(pc.string_is_ascii(arr))
+    if non_ascii.any():
+        values = _np(arr).copy()
+        values[non_ascii] = [unicodedata.normalize("NFC", v) for v in values[non_ascii]]
+        arr = pa.array(values, type=pa.string())
+    return arr
+
+
+def empty(arr: pa.Array) -> np.ndarray:
+    return _mask(pc.equal(pc.utf8_length(arr), 0))
+
+
+_CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"
+
+
+def require(reasons: Reasons, name: str, arr: pa.Array, max_len: int, required: bool = True) -> None:
+    if required:
+        reasons.add(empty(arr), f"{name} is missing")
+    reasons.add(_mask(pc.greater(pc.utf8_length(arr), max_len)), f"{name} is longer than {max_len} characters")
+    # A NUL byte or other control character is never data; PostgreSQL refuses NUL outright.
+    reasons.add(_mask(pc.match_substring_regex(arr, _CONTROL)), f"{name} contains control characters")
+
+
+# --- registries ---------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def currency_precision() -> dict[str, int]:
+    """ISO 4217 codes in use, with their minor-unit digits (CLDR's, via Babel)."""
+    return {c.alpha_3: babel.numbers.get_currency_precision(c.alpha_3) for c in pycountry.currencies}
+
+
+@lru_cache(maxsize=1)
+def country_codes() -> frozenset[str]:
+    return frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+@lru_cache(maxsize=1)
+def timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+@lru_cache(maxsize=4096)
+def canonical_locale(tag: str) -> str | None:
+    """A BCP 47 tag known to CLDR, in canonical case ('hi-in' -> 'hi-IN'), else None."""
+    try:
+        loc = babel.Locale.parse(tag.replace("_", "-"), sep="-")
+    except (ValueError, TypeError, babel.UnknownLocaleError):
+        return None
+    parts = [loc.language, loc.script, loc.territory, loc.variant]
+    return "-".join(p for p in parts if p)
+
+
+# --- field parsers ------------------------------------------------------------
+
+
+def parse_timestamps(arr: pa.Array) -> pd.DatetimeIndex:
+    """ISO 8601 to UTC; naive times are UTC; invalid values become NaT."""
+    return pd.DatetimeIndex(pd.to_datetime(_np(arr), format="ISO8601", utc=True, errors="coerce"))
+
+
+def parse_dates(arr: pa.Array) -> pd.DatetimeIndex:
+    return pd.DatetimeIndex(pd.to_datetime(_np(arr), format="%Y-%m-%d", errors="coerce"))
+
+
+_DECIMAL = r"^(?P<sign>[+-]?)(?P<int>\d{1,14})(?:\.(?P<frac>\d{0,4}))?$"
+
+
+def parse_decimal(arr: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    """Exact decimals with up to 14 integer and 4 fractional digits.
+
+    Returns (valid mask, integer count of 1/10000 units as strings, significant
+    fractional digits) so that no value ever passes through a float.
+    """
+    parts = pc.extract_regex(arr, _DECIMAL)
+    valid = _mask(pc.is_valid(parts))
+    sign = pc.fill_null(pc.struct_field(parts, "sign"), "")
+    whole = pc.fill_null(pc.struct_field(parts, "int"), "0")
+    frac = pc.fill_null(pc.struct_field(parts, "frac"), "")
+    units = pc.binary_join_element_wise(sign, whole, pc.utf8_rpad(frac, width=4, padding="0"), "")
+    return valid, units, pc.utf8_rtrim(frac, characters="0")
+
+
+def units_to_decimal_text(units: np.ndarray) -> np.ndarray:
+    """Integer 1/10000 units to 'I.FFFF' text, for PostgreSQL's NUMERIC."""
+    if not len(units):
+        return np.array([], dtype=object)
+    neg = units < 0
+    absu = np.abs(units)
+    whole = (absu // 10_000).astype(str).astype(object)
+    frac = np.char.zfill((absu % 10_000).astype(str), 4).astype(object)
+    out = whole + "." + frac
+    out[neg] = "-" + out[neg]
+    return out
+
+
+# --- purchases ------------------------------------------------------------------
+
+
+def standardise_purchases(cols: dict[str, pa.Array], partition: date) -> tuple[dict[str, np.ndarray], Reasons]:
+    n = len(cols["transaction_id"])
+    reasons = Reasons(n)
+    out: dict[str, np.ndarray] = {}
+    for name in ("transaction_id", "customer_id", "store_id", "sku", "category", "coupon_code"):
+        arr = clean_text(cols[name]) if name in cols else pa.array([""] * n, type=pa.string())
+        require(reasons, name, arr, 64, required=name != "coupon_code")
+        out[name] = _np(arr)
+    out["coupon_code"] = np.where(out["coupon_code"] == "", None, out["coupon_code"])
+
+    raw_ts = pc.utf8_trim_whitespace(cols["purchased_at"])
+    ts = parse_timestamps(raw_ts)
+    bad_ts = np.asarray(ts.isna())
+    reasons.add_quoting(bad_ts & ~empty(raw_ts), "purchased_at", raw_ts, "is not an ISO 8601 timestamp")
+    reasons.add(empty(raw_ts), "purchased_at is missing")
+    # Late files are normal, files from the future are not: allow a day of clock skew.
+    latest = pd.Timestamp(partition + timedelta(days=2), tz="UTC")
+    reasons.add(~bad_ts & np.asarray(ts > latest), f"purchased_at is after the partition date {partition}")
+    out["purchased_at"] = ts
+
+    raw_amount = pc.utf8_trim_whitespace(cols["amount"])
+    valid, units, frac = parse_decimal(raw_amount)
+    reasons.add_quoting(
+        ~valid, "amount", raw_amount, "is not a decimal number (use '.' for decimals, no thousands separators)"
+    )
+    out["amount_units"] = np.where(valid, _np(pc.cast(pc.if_else(pa.array(valid), units, "0"), pa.int64())), 0)
+
+    currency = pc.utf8_upper(pc.utf8_trim_whitespace(cols["currency"]))
+    precision = currency_precision()
+    known = _mask(pc.is_in(currency, value_set=pa.array(list(precision))))
+    reasons.add_quoting(~known, "currency", currency, "is not an ISO 4217 code")
+    out["currency"] = _np(currency)
+    digits = pd.Series(out["currency"]).map(precision).fillna(4).to_numpy()
+    too_precise = valid & known & (_np(pc.utf8_length(frac)) > digits)
+    reasons.add_quoting(too_precise, "amount has more decimal places than currency", currency, "allows")
+
+    raw_qty = pc.utf8_trim_whitespace(cols["quantity"])
+    qty_ok = _mask(pc.match_substring_regex(raw_qty, r"^[+-]?\d{1,6}$"))
+    reasons.add_quoting(~qty_ok, "quantity", raw_qty, "is not a whole number")
+    qty = np.where(qty_ok, _np(pc.cast(pc.if_else(pa.array(qty_ok), raw_qty, "0"), pa.int64())), 0)
+    reasons.add(qty_ok & (qty == 0), "quantity is 0")
+    out["quantity"] = qty
+    return out, reasons
+
+
+# --- customers ------------------------------------------------------------------
+
+_EMAIL = (
+    r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$"
+)
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0", ""}
+
+
+def standardise_emails(arr: pa.Array, reasons: Reasons) -> np.ndarray:
+    """Lower-cased, syntax-checked addresses (no DNS). Common addresses pass a
+    regular expression; the rest (international, quoted) go through email-validator."""
+    arr = pc.utf8_lower(clean_text(arr))
+    values = _np(arr).copy()
+    blank = values == ""
+    # RFC 5321 limits: 254 characters in all, 64 before the '@'.
+    too_long = _mask(pc.greater(pc.utf8_length(arr), 254)) | _mask(pc.match_substring_regex(arr, r"^[^@]{65,}@"))
+    reasons.add(too_long, "email is longer than an address may be")
+    fast = _mask(pc.match_substring_regex(arr, _EMAIL)) | too_long
+    msgs = np.full(len(values), "", dtype=object)
+    for i in np.flatnonzero(~fast & ~blank):  # too long ones were reported above
+        try:
+            values[i] = email_validator.validate_email(
+                values[i], check_deliverability=False, allow_smtputf8=True
+            ).normalized.lower()
+        except email_validator.EmailNotValidError as exc:
+            msgs[i] = f"email is not a valid address: {_no_pii(str(exc))}"
+    reasons.add(msgs != "", msgs)
+    values[blank] = None
+    return values
+
+
+def _no_pii(message: str) -> str:
+    # email-validator sometimes quotes the address's domain; keep its explanation only.
+    return message.split(":")[0].rstrip(".") if "@" in message or "'" in message else message.rstrip(".")
+
+
+def standardise_phones(arr: pa.Array, countries: np.ndarray, reasons: Reasons) -> np.ndarray:
+    """Phone numbers to E.164, read in the customer's country when written nationally."""
+    values = _np(clean_text(arr)).copy()
+    msgs = np.full(len(values), "", dtype=object)
+    for i in np.flatnonzero(values != ""):
+        try:
+            number = phonenumbers.parse(values[i], countries[i] or None)
+        except phonenumbers.NumberParseException:
+            number = None
+        if number is None or not phonenumbers.is_valid_number(number):
+            msgs[i] = f"phone is not a valid number for country {countries[i] or '(none)'}"
+            continue
+        values[i] = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    reasons.add(msgs != "", msgs)
+    values[values == ""] = None
+    return values
+
+
+def standardise_customers(
+    cols: dict[str, pa.Array],
+    partition: date,
+    default_locale: str,
+    default_timezone: str,
+    attributes: list[CustomAttribute],
+) -> tuple[dict[str, np.ndarray], Reasons]:
+    n = len(cols["customer_id"])
+    reasons = Reasons(n)
+    out: dict[str, np.ndarray] = {}
+    blank = pa.array([""] * n, type=pa.string())
+
+    customer_id = clean_text(cols["customer_id"])
+    require(reasons, "customer_id", customer_id, 64)
+    out["customer_id"] = _np(customer_id)
+    for name in ("first_name", "last_name"):
+        arr = clean_text(cols.get(name, blank))
+        require(reasons, name, arr, 100, required=False)
+        out[name] = np.where(_np(arr) == "", None, _np(arr))
+
+    country = pc.utf8_upper(clean_text(cols["country"]))
+    reasons.add(empty(country), "country is missing")
+    known = _mask(pc.is_in(country, value_set=pa.array(sorted(country_codes()))))
+    reasons.add_quoting(~known & ~empty(country), "country", country, "is not an ISO 3166-1 alpha-2 code")
+    out["country"] = _np(country)
+
+    out["email"] = standardise_emails(cols.get("email", blank), reasons)
+    out["phone"] = standardise_phones(cols.get("phone", blank), np.where(known, out["country"], ""), reasons)
+
+    raw_bday = clean_text(cols.get("birthday", blank))
+    bday = parse_dates(raw_bday)
+    has_bday = ~empty(raw_bday)
+    reasons.add(has_bday & np.asarray(bday.isna()), "birthday is not a date in YYYY-MM-DD form")
+    reasons.add(has_bday & np.asarray(bday > pd.Timestamp(partition)), "birthday is in the future")
+    oldest = pd.Timestamp(partition.replace(year=partition.year - 120, day=min(partition.day, 28)))
+    reasons.add(has_bday & np.asarray(bday < oldest), "birthday is more than 120 years ago")
+    out["birthday"] = np.where(has_bday & ~np.asarray(bday.isna()), bday.strftime("%Y-%m-%d"), None)
+
+    raw_locale = clean_text(cols["locale"])
+    locale_values = np.where(_np(raw_locale) == "", default_locale, _np(raw_locale))
+    uniques, inverse = np.unique(locale_values.astype(str), return_inverse=True)
+    canon = np.array([canonical_locale(u) or "" for u in uniques], dtype=object)[inverse]
+    reasons.add_quoting(canon == "", "locale", raw_locale, "is not a known BCP 47 locale (e.g. hi-IN)")
+    out["locale"] = canon
+
+    tz = clean_text(cols["timezone"])
+    tz = pc.if_else(pa.array(empty(tz)), default_timezone, tz)
+    tz_ok = _mask(pc.is_in(tz, value_set=pa.array(sorted(timezones()))))
+    reasons.add_quoting(~tz_ok, "timezone", tz, "is not an IANA time zone (e.g. Asia/Kolkata)")
+    out["timezone"] = _np(tz)
+
+    consent = pc.utf8_lower(clean_text(cols["email_consent"]))
+    consent_np = _np(consent)
+    is_true = np.isin(consent_np, list(_TRUE))
+    reasons.add_quoting(~is_true & ~np.isin(consent_np, list(_FALSE)), "email_consent", consent, "is not true or false")
+    out["email_consent"] = is_true
+
+    updated_raw = clean_text(cols["updated_at"])
+    updated = parse_timestamps(updated_raw)
+    reasons.add_quoting(np.asarray(updated.isna()), "updated_at", updated_raw, "is not an ISO 8601 timestamp")
+    latest = pd.Timestamp(partition + timedelta(days=2), tz="UTC")
+    reasons.add(np.asarray(updated > latest), f"updated_at is after the partition date {partition}")
+    created_raw = clean_text(cols["created_at"])
+    created = parse_timestamps(created_raw)
+    reasons.add_quoting(
+        np.asarray(created.isna()) & ~empty(created_raw), "created_at", created_raw, "is not an ISO 8601 timestamp"
+    )
+    out["updated_at"] = updated
+    out["created_at"] = created.where(~created.isna(), updated)
+
+    out["attributes"] = _custom_attributes(cols, attributes, reasons, n)
+    return out, reasons
+
+
+def _custom_attributes(cols, attributes: list[CustomAttribute], reasons: Reasons, n: int) -> list[dict]:
+    """Declared extra columns, typed; an empty value clears the attribute (JSON null)."""
+    result: list[dict] = [{} for _ in range(n)]
+    for attr in attributes:
+        if attr.name not in cols:
+            continue
+        arr = clean_text(cols[attr.name])
+        values = _np(arr)
+        has = values != ""
+        if attr.type == "date":
+            parsed = parse_dates(arr)
+            bad = has & np.asarray(parsed.isna())
+            reasons.add(bad, f"{attr.name} is not a date in YYYY-MM-DD form")
+            typed = np.where(has & ~bad, parsed.strftime("%Y-%m-%d"), None)
+        elif attr.type == "number":
+            valid, _, _ = parse_decimal(arr)
+            bad = has & ~valid
+            reasons.add_quoting(bad, attr.name, arr, "is not a number")
+            typed = np.array([_number(v) if ok else None for v, ok in zip(values, has & ~bad)], dtype=object)
+        elif attr.type == "boolean":
+            low = np.char.lower(values.astype(str))
+            bad = has & ~np.isin(low, list(_TRUE | _FALSE))
+            reasons.add_quoting(bad, attr.name, arr, "is not true or false")
+            typed = np.where(has & ~bad, np.isin(low, list(_TRUE)), None)
+        else:
+            require(reasons, attr.name, arr, 500, required=False)
+            typed = np.where(has, values, None)
+        for i, v in enumerate(typed):
+            result[i][attr.name] = v
+    return result
+
+
+def _number(text: str) -> int | float:
+    d = Decimal(text)
+    return int(d) if d == d.to_integral_value() else float(d)

@@ -1,0 +1,297 @@
+"""Rendering campaign e-mails from the Jinja templates in ``templates/email/``.
+
+Rendering is pure: a template id, a language and an allow-listed context in,
+subject, HTML and text out; no I/O after the templates are loaded. The
+environment is sandboxed (no attribute tricks such as ``''.__class__``), a
+missing variable is an error rather than an empty string, and HTML output is
+autoescaped. The wording lives in ``locales/<lang>.yaml`` catalogs, so that a
+marketer edits text, not templates; a key missing in a language falls back to
+English. Compiled templates are cached by the environment and reused, and so are
+the style macros of ``_ui.html``, once per language, direction and brand colour.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date
+from babel.numbers import format_currency, format_percent
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, pass_context, select_autoescape
+from jinja2.environment import TemplateModule
+from jinja2.runtime import Context, Macro
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
+
+from crm_tasks.errors import RenderError
+from crm_tasks.settings import Settings
+
+RTL_LANGUAGES = frozenset({"fa", "ur", "ar", "he"})
+PARTS = ("subject.txt", "body.html", "body.txt")
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+# What a macro library imported without context (_ui.html, _ui.txt) sees of the message.
+LAYOUT_KEYS = ("lang", "dir", "brand_color")
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str
+    html: str
+    text: str
+
+
+def language_of(locale: str | None, languages: list[str]) -> str:
+    """The template language for a customer locale ('hi-IN' -> 'hi'); the first language if unsupported."""
+    lang = (locale or "").replace("_", "-").split("-")[0].lower()
+    return lang if lang in languages else languages[0]
+
+
+@lru_cache(maxsize=64)
+def babel_locale(locale: str | None, lang: str) -> Locale:
+    """The customer's own locale for formatting (en-IN groups lakhs), else the template language's."""
+    for candidate in (locale, lang):
+        if candidate:
+            try:
+                return Locale.parse(candidate.replace("-", "_"))
+            except (ValueError, UnknownLocaleError):
+                continue
+    return Locale.parse("en")
+
+
+_MISSING = object()
+
+
+def _frozen(value) -> bool:
+    """Whether a value of a macro module can never change: text, numbers, macros, and
+    lists or dicts of them (the immutable sandbox refuses to modify those)."""
+    if type(value) in (list, tuple):
+        return all(_frozen(v) for v in value)
+    if type(value) is dict:
+        return all(_frozen(k) and _frozen(v) for k, v in value.items())
+    return type(value) in (str, Markup, int, float, bool, type(None), Macro)
+
+
+class _EmailTemplate(Template):
+    """A template whose context-free imports are built once per language, direction and brand colour.
+
+    ``{% import "_ui.html" as ui %}`` (no ``with context``) gives the importing template
+    this template's module. Jinja builds such a module once, from the globals alone,
+    which would hide ``lang``, ``dir`` and ``brand_color`` from the styles; ``with
+    context`` shows them, but rebuilds the module for every message (a quarter of a
+    render). Here the module sees those three values and ``t()``, nothing else, so it
+    is the same for every message that shares them. It is kept for those messages only
+    if all its top-level values are frozen (text, numbers, macros): a macro can then
+    neither read anything else about a customer (``customer`` is an undefined variable
+    there) nor remember anything from one message to the next (no ``namespace()`` or
+    ``cycler()``), so reusing the module changes no output.
+    """
+
+    def _get_default_module(self, ctx: Context | None = None) -> TemplateModule:
+        # Jinja calls this for {% import %} and {% from ... import %} without context.
+        if ctx is None:
+            return super()._get_default_module()
+        key = tuple(ctx.get(k, _MISSING) for k in LAYOUT_KEYS)
+        keep = all(type(v) is str for v in key)  # a missing or odd value: a module for this message only
+        modules = self.__dict__.setdefault("_layout_modules", {})
+        if keep and key in modules:
+            return modules[key]
+        names = {"t": self.environment.t_function} | {k: v for k, v in zip(LAYOUT_KEYS, key) if v is not _MISSING}
+        module_ctx = self.new_context(names, shared=True)  # shared: no other globals (range, namespace, ...)
+        module = TemplateModule(self, module_ctx)
+        if keep and all(_frozen(v) for v in module_ctx.vars.values()):
+            if len(modules) >= 256:  # bounded: a stored context may carry any brand colour
+                modules.clear()
+            modules[key] = module
+        return module
+
+
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+_MODULE_EXPORTS = (str, Markup, Macro)  # what _ui.html exports: style strings and macros
+
+
+class _EmailEnvironment(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, minus checks that cannot fail, on the paths every message takes.
+
+    - Calling the renderer's own ``t()`` or a template macro skips the "was this
+      callable marked unsafe" look-up (neither ever is); ``t()`` gets the context directly.
+    - ``customer.first_name`` on a plain dict returns the item: the parent class first
+      tries a Python attribute of that name, which a dict has only for the names of
+      its methods (those still go the parent's way), and returns items unchecked.
+    - ``ui.s_p`` or ``ui.paragraph`` on an imported macro module returns the exported
+      string or macro: the parent's checks refuse only names starting with "_" (still
+      refused here, by the parent) and attributes of functions, types, frames and
+      mutable containers, which a module is not.
+    Everything else (other objects, calls, items, operators) is checked by the parent class.
+    """
+
+    template_class = _EmailTemplate
+    t_function: object = _MISSING  # the renderer's t(), set by Renderer
+
+    def call(self, context: Context, obj, /, *args, **kwargs):
+        if obj is self.t_function and not kwargs.get("_loop_vars") and not kwargs.get("_block_vars"):
+            # What Context.call does for a pass_context function outside a loop or a {% set %} block.
+            kwargs.pop("_loop_vars", None)
+            kwargs.pop("_block_vars", None)
+            return obj(context, *args, **kwargs)
+        if type(obj) is Macro:
+            return context.call(obj, *args, **kwargs)
+        return super().call(context, obj, *args, **kwargs)
+
+    def getattr(self, obj, attribute: str):
+        kind = type(obj)
+        if kind is dict:
+            if attribute not in _DICT_ATTRIBUTES and attribute in obj:
+                return obj[attribute]
+        elif kind is TemplateModule and not attribute.startswith("_"):
+            value = obj.__dict__.get(attribute)
+            if type(value) in _MODULE_EXPORTS:
+                return value
+        return super().getattr(obj, attribute)
+
+
+class Renderer:
+    """Loads the templates and catalogs of one folder once; renders any number of messages."""
+
+    def __init__(self, folder: Path, languages: list[str]) -> None:
+        self.folder = Path(folder)
+        self.languages = list(languages)
+        self.catalogs = {lang: self._catalog(lang) for lang in self.languages}
+        if "en" not in self.catalogs and self.languages:
+            raise RenderError(f"{self.folder}: the fallback language 'en' must be among the languages")
+        # Each language's texts with the English ones beneath: t() looks a key up once.
+        english = self.catalogs.get("en", {})
+        self._texts = {lang: {**english, **catalog} for lang, catalog in self.catalogs.items()}
+        self._english = english
+        self.env = _EmailEnvironment(
+            loader=FileSystemLoader(str(self.folder)),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=False,
+            cache_size=-1,
+        )
+        self.env.globals["t"] = self.env.t_function = self._t
+
+    def _catalog(self, lang: str) -> dict[str, str]:
+        path = self.folder / "locales" / f"{lang}.yaml"
+        if not path.is_file():
+            return {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise RenderError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise RenderError(f"{path}: expected a flat mapping of keys to text, e.g. birthday.subject: \"...\"")
+        return {str(k): v for k, v in data.items()}
+
+    @pass_context
+    def _t(self, ctx, key: str, **values) -> str:
+        """The text of ``key`` in the message's language (English if missing), placeholders filled."""
+        lang = ctx.get("lang", "en")
+        template = self._texts.get(lang, self._english).get(key)
+        if template is None:
+            raise RenderError(f"no text for '{key}' in locales/en.yaml (nor in {lang}.yaml); add it")
+        if "{" not in template:  # no placeholder to fill
+            return template
+
+        def fill(m: re.Match) -> str:
+            name = m.group(1)
+            if name not in values:
+                raise RenderError(f"'{key}' in {lang} uses {{{name}}}, which the template does not pass")
+            return str(values[name])
+
+        return _PLACEHOLDER.sub(fill, template)
+
+    def labels(self, lang: str, prefix: str) -> dict[str, str]:
+        """Texts of every key under ``prefix`` in ``lang``, English where missing; keyed without the prefix."""
+        out = {k.removeprefix(prefix): v for k, v in self.catalogs.get("en", {}).items() if k.startswith(prefix)}
+        out.update({k.removeprefix(prefix): v for k, v in self.catalogs.get(lang, {}).items() if k.startswith(prefix)})
+        return out
+
+    def render(self, template: str, context: dict) -> RenderedMessage:
+        """Subject, HTML and text of one message. The subject is one line, or an error."""
+        try:
+            subject = " ".join(self.env.get_template(f"{template}/subject.txt").render(context).split())
+            body = {**context, "subject": subject}
+            html = self.env.get_template(f"{template}/body.html").render(body)
+            text = self.env.get_template(f"{template}/body.txt").render(body)
+        except RenderError:
+            raise
+        except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError) as exc:
+            raise RenderError(f"template {template} ({context.get('lang')}): {exc.__class__.__name__}: {exc}") from None
+        return RenderedMessage(subject, html, text)
+
+    def check(self, template: str) -> None:
+        """Compile a template's three parts (syntax errors surface here, before any customer is rendered)."""
+        for part in PARTS:
+            try:
+                self.env.get_template(f"{template}/{part}")
+            except TemplateError as exc:
+                raise RenderError(f"template {template}/{part}: {exc.__class__.__name__}: {exc}") from None
+
+    def templates(self) -> list[str]:
+        return sorted(p.name for p in self.folder.iterdir() if p.is_dir() and all((p / f).is_file() for f in PARTS))
+
+
+def renderer_for(cfg: Settings) -> Renderer:
+    return Renderer(cfg.campaigns.templates, cfg.campaigns.locales)
+
+
+def format_coupon(value: Decimal, kind: str, currency: str | None, loc: Locale) -> str:
+    if kind == "percent":
+        return format_percent(value / 100, locale=loc)
+    return format_currency(value, currency, locale=loc)
+
+
+def message_context(
+    cfg: Settings,
+    *,
+    campaign: str,
+    lang: str,
+    locale: str | None,
+    first_name: str | None,
+    occasion_date: date,
+    years: int | None,
+    years_as_customer: int,
+    favourite_category: str | None,
+    recommendations: list[str],
+    coupon: dict | None,
+    unsubscribe_url: str,
+    labels: dict[str, str],
+) -> dict:
+    """The whole render context of one message: only these allow-listed, JSON-safe values.
+
+    ``labels`` are the category names in the message's language. ``coupon`` holds
+    code, value (Decimal), type, currency and expires_on (date).
+    """
+    loc = babel_locale(locale, lang)
+    coupon_ctx = None
+    if coupon is not None:
+        coupon_ctx = {
+            "code": coupon["code"],
+            "value": format_coupon(Decimal(coupon["value"]), coupon["type"], coupon.get("currency"), loc),
+            "expires": format_date(coupon["expires_on"], format="long", locale=loc),
+        }
+    return {
+        "lang": lang,
+        "dir": "rtl" if lang in RTL_LANGUAGES else "ltr",
+        "customer": {
+            "first_name": first_name or "",
+            "years_as_customer": years_as_customer,
+            "favourite_category": labels.get(favourite_category) if favourite_category else None,
+            "recommendations": [{"sku": sku, "category": labels.get(cat, cat)} for sku, cat in recommendations],
+        },
+        "occasion": {"date": format_date(occasion_date, format="long", locale=loc), "years": years},
+        "coupon": coupon_ctx,
+        "campaign": {"name": campaign},
+        "sender": {"name": cfg.campaigns.sender.name, "postal_address": cfg.campaigns.sender.postal_address},
+        "unsubscribe_url": unsubscribe_url,
+        "brand_color": cfg.campaigns.brand_color,
+    }

@@ -1,0 +1,314 @@
+"""One typed Settings object, read by the CLI, the DAGs, Alembic and the tests.
+
+Precedence, highest first: environment variables, the YAML file named by
+``CRM_CONFIG`` (default ``<repo>/crm.yaml``), built-in defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pycountry
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crm_tasks.contracts import CustomAttribute, FrequencyCap
+from crm_tasks.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
+
+class LifecycleRules(BaseModel):
+    """Thresholds of the lifecycle stages, in days (see crm_tasks/segments/compute.py)."""
+
+    new_days: int = Field(30, ge=1)  # first order fewer than this many days ago: new
+    churn_days: int = Field(180, ge=2)  # no order for this many days: churned
+    at_risk_factor: float = Field(2.0, gt=0)  # silent for longer than this many usual gaps: at risk
+    at_risk_min_days: int = Field(30, ge=1)  # ...and for more than this many days
+    single_order_gap_days: int = Field(60, ge=1)  # the "usual gap" of a customer with one order
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LifecycleRules:
+        if self.churn_days <= self.new_days:
+            raise ValueError(f"churn_days ({self.churn_days}) must be greater than new_days ({self.new_days})")
+        return self
+
+
+class SegmentSettings(BaseModel):
+    folder: Path = REPO_ROOT / "segments"  # custom segment definitions, one YAML file each
+    # Segments compare customers across currencies in this one, at these fixed planning
+    # rates (units of the base currency per unit): a segment must not move because a
+    # market rate did. A currency without a rate stops the run with its name.
+    base_currency: str = "INR"
+    exchange_rates: dict[str, Decimal] = {"INR": Decimal(1)}
+    # RFM frequency and monetary over the last N days (None: all history).
+    window_days: int | None = Field(None, ge=1)
+    high_value_share: float = Field(0.10, gt=0, lt=1)
+    lifecycle: LifecycleRules = LifecycleRules()
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, v: Path) -> Path:
+        return v if v.is_absolute() else REPO_ROOT / v
+
+    @field_validator("exchange_rates")
+    @classmethod
+    def _rates(cls, v: dict[str, Decimal]) -> dict[str, Decimal]:
+        known = {c.alpha_3 for c in pycountry.currencies}
+        for code, rate in v.items():
+            if code not in known:
+                raise ValueError(f"'{code}' is not an ISO 4217 currency code")
+            if rate <= 0:
+                raise ValueError(f"the rate of {code} must be positive, got {rate}")
+        return v
+
+    @model_validator(mode="after")
+    def _base(self) -> SegmentSettings:
+        if self.exchange_rates.get(self.base_currency) != 1:
+            raise ValueError(f"exchange_rates must give the base currency {self.base_currency} the rate 1")
+        return self
+
+
+class Sender(BaseModel):
+    name: str = "Rewards Club"
+    email: str = "rewards@example.com"
+    # Marketing mail must carry the sender's postal address (CAN-SPAM, and good manners elsewhere).
+    postal_address: str = "Rewards Club, 1 Market Street, Bengaluru 560001, India"
+
+    @property
+    def domain(self) -> str:
+        """The sender address's domain: Message-IDs and List-Ids are under it."""
+        return self.email.rsplit("@", 1)[-1]
+
+
+class CampaignSettings(BaseModel):
+    folder: Path = REPO_ROOT / "campaigns"  # campaign definitions, one YAML file each
+    templates: Path = REPO_ROOT / "templates" / "email"
+    sender: Sender = Sender()
+    # The one-click unsubscribe endpoint; a signed token per customer is appended.
+    unsubscribe_url: str = "https://crm.example.com/unsubscribe"
+    brand_color: str = Field("#0b6e4f", pattern=r"^#[0-9a-fA-F]{6}$")
+    # The template languages; every other customer locale falls back to the first.
+    locales: list[str] = ["en", "hi", "te", "fa", "ur"]
+    frequency_cap: FrequencyCap = FrequencyCap()  # a campaign may set its own
+    recommendations: int = Field(3, ge=0, le=10)  # best sellers of the customer's favourite category
+    recommendation_days: int = Field(90, ge=1)  # ...over this many days before the run
+
+    @field_validator("folder", "templates")
+    @classmethod
+    def _relative(cls, v: Path) -> Path:
+        return v if v.is_absolute() else REPO_ROOT / v
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        if not re.fullmatch(r"https?://[^\s?#]+", v):
+            raise ValueError("must be an http(s) URL without query or fragment, for example "
+                             "https://crm.example.com/unsubscribe")
+        return v.rstrip("/")
+
+
+class DeliverySettings(BaseModel):
+    """How planned messages are sent (crm_tasks/delivery/send.py); the SMTP server itself is CRM_SMTP_URL or
+    the Airflow connection smtp_default, never this file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(1000, ge=1, le=100_000)  # messages per mapped send task
+    connections: int = Field(4, ge=1, le=64)  # reused SMTP connections per send task
+    checkpoint: int = Field(50, ge=1, le=10_000)  # messages gated as 'sending' per ledger commit
+    rate_per_second: float | None = Field(None, gt=0)  # provider quotas, per send task
+    rate_per_hour: int | None = Field(None, ge=1)
+    timeout_seconds: float = Field(30, gt=0)  # per SMTP command
+    max_attempts: int = Field(5, ge=1)  # temporary failures before a message fails for good
+    retry_seconds: float = Field(300, ge=0)  # wait after the first temporary failure...
+    retry_factor: float = Field(4.0, ge=1)  # ...multiplied by this after each further one
+    max_retry_seconds: float = Field(6 * 3600, ge=0)
+    # A deferred message due again within this many seconds is retried by the same task.
+    inline_retry_seconds: float = Field(60, ge=0)
+    soft_bounce_limit: int = Field(3, ge=1)  # temporary recipient failures in a row that suppress an address
+    # A claim older than this, by a sender that cannot be seen to be alive, is taken over.
+    claim_timeout_seconds: float = Field(900, ge=1)
+    pool: str = "smtp"  # the Airflow pool the send tasks share
+    unsubscribe_mailto: str | None = "unsubscribe@example.com"  # List-Unsubscribe's mailto address
+
+
+# --- cleanup (crm_tasks/cleanup/archive.py) -------------------------------------------------------
+
+
+class CleanupRules(BaseModel):
+    """Which rules a cleanup run applies; each archived or merged profile gets one named reason."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt rule must not silently stay on
+
+    inactive: bool = True  # no purchase and no profile update for inactive_months
+    hard_bounce: bool = True  # the address hard-bounced and there is no phone
+    no_contact: bool = True  # neither an e-mail address nor a phone
+    duplicates: bool = True  # same e-mail address or phone: merged into one surviving profile
+
+
+class CleanupSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: CleanupRules = CleanupRules()
+    inactive_months: int = Field(24, ge=1)
+    # Freshness figure: a kept profile silent for this many months is "at risk" of going stale.
+    at_risk_months: int = Field(18, ge=1)
+    # Archived profiles are restorable for this many days, then their personal data is purged.
+    grace_days: int = Field(30, ge=1)
+    # A run that would archive (or merge away) more than this share of all profiles fails, changing nothing.
+    max_archive_share: float = Field(0.10, gt=0, le=1)
+    # More profiles than this sharing one address or phone is a placeholder, not a person: not merged.
+    max_duplicate_group: int = Field(10, ge=2)
+    examples: int = Field(5, ge=0, le=100)  # customer ids listed per reason in the report
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CleanupSettings:
+        if self.at_risk_months >= self.inactive_months:
+            raise ValueError(f"at_risk_months ({self.at_risk_months}) must be less than inactive_months "
+                             f"({self.inactive_months})")
+        return self
+
+
+class Settings(BaseModel):
+    database_url: str | None = None
+    landing_dir: Path = REPO_ROOT / "var" / "landing"
+    timezone: str = "Asia/Kolkata"
+    ingest_hour: int = Field(2, ge=0, le=23)
+    reject_threshold: float = Field(0.05, ge=0.0, le=1.0)
+    # A handful of bad rows in a tiny file is not a broken export: below this many
+    # rejected rows a file is never rejected as a whole.
+    reject_min_rows: int = Field(10, ge=0)
+    default_locale: str = "en-IN"
+    chunk_rows: int = Field(100_000, ge=1_000)
+    custom_attributes: list[CustomAttribute] = []
+    segments: SegmentSettings = SegmentSettings()
+    campaigns: CampaignSettings = CampaignSettings()
+    cleanup: CleanupSettings = CleanupSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    # The SMTP server: smtp[s]://user:password@host:port (see crm_tasks/delivery/smtp.py). Environment only
+    # (CRM_SMTP_URL), since it holds a password; inside Airflow the connection smtp_default also works.
+    smtp_url: str | None = None
+    # Signs unsubscribe links and keys suppression hashes. Only from the environment
+    # (CRM_SECRET_KEY), never from crm.yaml; the development default is refused when
+    # CRM_ENV=production.
+    secret_key: str = DEV_SECRET_KEY
+    environment: Literal["development", "production"] = "development"
+
+    @model_validator(mode="after")
+    def _real_secret(self) -> Settings:
+        if self.environment == "production" and (self.secret_key == DEV_SECRET_KEY or len(self.secret_key) < 32):
+            raise ValueError("CRM_SECRET_KEY must be set to a random value of at least 32 characters when "
+                             "CRM_ENV=production (for example: "
+                             "python -c 'import secrets; print(secrets.token_hex(32))')")
+        return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"'{v}' is not an IANA time zone (for example Asia/Kolkata)") from None
+        return v
+
+    @field_validator("default_locale")
+    @classmethod
+    def _locale(cls, v: str) -> str:
+        import babel
+
+        try:
+            babel.Locale.parse(v.replace("_", "-"), sep="-")
+        except (ValueError, TypeError, babel.UnknownLocaleError):
+            raise ValueError(f"'{v}' is not a known BCP 47 locale (for example en-IN)") from None
+        return v
+
+    @field_validator("custom_attributes")
+    @classmethod
+    def _unique(cls, v: list[CustomAttribute]) -> list[CustomAttribute]:
+        names = [a.name for a in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"declared more than once: {', '.join(dupes)}")
+        return v
+
+    @property
+    def default_database_url(self) -> str:
+        return f"sqlite:///{REPO_ROOT / 'var' / 'crm.db'}"
+
+    def resolved_database_url(self, airflow_url: str | None = None) -> str:
+        """CRM_DATABASE_URL, else the Airflow connection ``crm_db``, else embedded SQLite."""
+        return normalise_url(self.database_url or airflow_url or self.default_database_url)
+
+
+_ENV = {
+    "CRM_DATABASE_URL": "database_url",
+    "CRM_LANDING_DIR": "landing_dir",
+    "CRM_TIMEZONE": "timezone",
+    "CRM_REJECT_THRESHOLD": "reject_threshold",
+    "CRM_REJECT_MIN_ROWS": "reject_min_rows",
+    "CRM_DEFAULT_LOCALE": "default_locale",
+    "CRM_CHUNK_ROWS": "chunk_rows",
+    "CRM_SECRET_KEY": "secret_key",
+    "CRM_SMTP_URL": "smtp_url",
+    "CRM_ENV": "environment",
+}
+_SEGMENT_ENV = {"CRM_SEGMENTS_DIR": "folder"}
+_CAMPAIGN_ENV = {"CRM_CAMPAIGNS_DIR": "folder", "CRM_TEMPLATES_DIR": "templates",
+                 "CRM_UNSUBSCRIBE_URL": "unsubscribe_url"}
+
+
+def normalise_url(url: str) -> str:
+    """Accept Airflow-style ``postgres://`` URIs and pin the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def load_settings(config_path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    path = Path(config_path or env.get("CRM_CONFIG") or REPO_ROOT / "crm.yaml")
+    data: dict = {}
+    if path.exists():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    elif config_path or env.get("CRM_CONFIG"):
+        raise ConfigError(f"{path}: configuration file not found (set CRM_CONFIG to an existing file)")
+    for var, field in _ENV.items():
+        if env.get(var):
+            data[field] = env[var]
+    for var, field in _SEGMENT_ENV.items():
+        if env.get(var):
+            data["segments"] = {**(data.get("segments") or {}), field: env[var]}
+    for var, field in _CAMPAIGN_ENV.items():
+        if env.get(var):
+            data["campaigns"] = {**(data.get("campaigns") or {}), field: env[var]}
+    if "secret_key" in data and not env.get("CRM_SECRET_KEY"):
+        raise ConfigError(f"{path}: secret_key must not be written in the settings file; set CRM_SECRET_KEY")
+    if "smtp_url" in data and not env.get("CRM_SMTP_URL"):
+        raise ConfigError(f"{path}: smtp_url must not be written in the settings file (it holds a password); "
+                          "set CRM_SMTP_URL or the Airflow connection smtp_default")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid settings: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process-wide settings; tests build their own with ``load_settings``."""
+    return load_settings()

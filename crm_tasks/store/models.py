@@ -1,0 +1,560 @@
+"""The CRM store's tables. Migrations in ``crm_tasks/store/migrations`` create them."""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from crm_tasks.store.types import Money, UtcDateTime
+
+# An auto-incrementing 64-bit key; on SQLite it must be INTEGER to alias the rowid.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BatchStatus(enum.StrEnum):
+    LOADING = "loading"
+    LOADED = "loaded"
+    REJECTED = "rejected"
+    UNREADABLE = "unreadable"
+    REPLACED = "replaced"
+
+
+class IngestBatch(Base):
+    """One landing file, read once: where it came from, its checksum, and how its rows reconciled."""
+
+    __tablename__ = "ingest_batches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # 'customers' | 'purchases'
+    partition_date: Mapped[date] = mapped_column(Date)
+    file_path: Mapped[str] = mapped_column(String(512))  # relative to the landing folder
+    checksum: Mapped[str] = mapped_column(String(64))  # sha256 of the file's bytes
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))
+    rows_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_loaded: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows_duplicate: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Good rows of a rejected file: read and valid, but not loaded because the file was rejected.
+    rows_withheld: Mapped[int] = mapped_column(BigInteger, default=0)
+    dropped_columns: Mapped[list] = mapped_column(Json, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    replaced_by: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_ingest_batches_file", "file_path", "status"),)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    last_name: Mapped[str | None] = mapped_column(String(100))
+    email: Mapped[str | None] = mapped_column(String(254), index=True)
+    phone: Mapped[str | None] = mapped_column(String(16), index=True)  # E.164
+    birthday: Mapped[date | None] = mapped_column(Date)
+    locale: Mapped[str] = mapped_column(String(35))  # BCP 47
+    timezone: Mapped[str] = mapped_column(String(64))  # IANA
+    country: Mapped[str] = mapped_column(String(2))  # ISO 3166-1 alpha-2
+    email_consent: Mapped[bool]
+    attributes: Mapped[dict] = mapped_column(Json, default=dict)  # declared custom attributes
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    batch_id: Mapped[int] = mapped_column(BigInteger)  # the batch that last wrote the profile
+
+
+class Purchase(Base):
+    __tablename__ = "purchases"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    transaction_id: Mapped[str] = mapped_column(String(64), unique=True)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    purchased_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    amount: Mapped[Decimal] = mapped_column(Money)  # negative: refund or return
+    currency: Mapped[str] = mapped_column(String(3))  # ISO 4217
+    store_id: Mapped[str] = mapped_column(String(64))
+    sku: Mapped[str] = mapped_column(String(64))
+    category: Mapped[str] = mapped_column(String(64))
+    quantity: Mapped[int] = mapped_column(Integer)
+    coupon_code: Mapped[str | None] = mapped_column(String(64))
+    batch_id: Mapped[int] = mapped_column(BigInteger)
+    line_no: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # Metrics rebuilds and every per-customer query walk this index. There is
+        # deliberately none on batch_id: only replacing a corrected file looks rows up
+        # by batch, rarely, and a scan then costs less than maintaining an index on
+        # every nightly insert.
+        Index("ix_purchases_customer", "customer_id", "purchased_at"),
+    )
+
+
+class QuarantinedRow(Base):
+    """A rejected input row, kept verbatim with the reason, so nothing is lost."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("ingest_batches.id"), index=True)
+    file_path: Mapped[str] = mapped_column(String(512))
+    line_no: Mapped[int] = mapped_column(BigInteger)
+    raw_text: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class CustomerMetrics(Base):
+    """Purchase metrics per customer and currency (amounts are never converted)."""
+
+    __tablename__ = "customer_metrics"
+    # Keyed by text: on SQLite the primary key B-tree can hold the row itself.
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    # None when the only rows in this currency are refunds (of purchases made before the data starts).
+    first_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    orders: Mapped[int] = mapped_column(BigInteger)  # transactions with amount >= 0
+    refunds: Mapped[int] = mapped_column(BigInteger)  # transactions with amount < 0
+    items: Mapped[int] = mapped_column(BigInteger)  # sum of quantity over orders
+    revenue: Mapped[Decimal] = mapped_column(Money)  # net: orders minus refunds
+    avg_basket: Mapped[Decimal | None] = mapped_column(Money)  # revenue / orders
+    favourite_category: Mapped[str | None] = mapped_column(String(64))
+
+
+class CustomerCategoryMetrics(Base):
+    """The incremental state behind customer_metrics: sums per customer, currency and category."""
+
+    __tablename__ = "customer_category_metrics"
+    # Keyed by text: on SQLite the primary key B-tree can hold the row itself.
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    orders: Mapped[int] = mapped_column(BigInteger)
+    refunds: Mapped[int] = mapped_column(BigInteger)
+    items: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[Decimal] = mapped_column(Money)
+    order_revenue: Mapped[Decimal] = mapped_column(Money)  # revenue of orders only: the favourite's tie-break
+
+
+class MetricsDirty(Base):
+    """Customers whose metrics must be re-derived (and, with ``rebuild``, recomputed from
+    their purchases); filled and drained inside one ingest transaction."""
+
+    __tablename__ = "metrics_dirty"
+    # Keyed by text: on SQLite the primary key B-tree can hold the row itself.
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rebuild: Mapped[bool]
+
+
+class Segment(Base):
+    """A segment: built in (RFM, lifecycle, value tier) or defined in segments/*.yaml."""
+
+    __tablename__ = "segments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)  # 'rfm:champions', or a custom name
+    family: Mapped[str] = mapped_column(String(16))  # rfm | lifecycle | value | custom
+    description: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str | None] = mapped_column(String(512))  # the definition file of a custom segment
+    definition: Mapped[dict | None] = mapped_column(Json)  # its rule, as last loaded
+    status: Mapped[str] = mapped_column(String(16))  # SegmentStatus
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SegmentStatus(enum.StrEnum):
+    ACTIVE = "active"
+    # The definition file is broken: the last good membership is carried forward, unchanged.
+    INVALID = "invalid"
+    REMOVED = "removed"  # the definition file is gone: memberships were closed
+
+
+class SegmentRun(Base):
+    """One recompute, keyed by its as-of date: what it covered and how it reconciled."""
+
+    __tablename__ = "segment_runs"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    cutoff: Mapped[datetime] = mapped_column(UtcDateTime)  # end of the as-of day: purchases before it count
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    source: Mapped[str] = mapped_column(String(16))  # 'metrics' (maintained totals) | 'purchases' (rescan)
+    customers: Mapped[int] = mapped_column(BigInteger)  # profiles existing at the cutoff
+    scored: Mapped[int] = mapped_column(BigInteger)  # ...of which with an order: RFM-scored
+    buyers_without_profile: Mapped[int] = mapped_column(BigInteger)  # purchases but no profile: not segmented
+    memberships: Mapped[int] = mapped_column(BigInteger)
+    entered: Mapped[int] = mapped_column(BigInteger)
+    exited: Mapped[int] = mapped_column(BigInteger)
+    parameters: Mapped[dict] = mapped_column(Json)  # the settings it ran with
+    problems: Mapped[list] = mapped_column(Json)  # invalid custom segments, by file
+
+
+class CustomerScore(Base):
+    """Each customer's RFM figures, scores and stages as of the latest recompute."""
+
+    __tablename__ = "customer_scores"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    as_of: Mapped[date] = mapped_column(Date)
+    orders: Mapped[int] = mapped_column(BigInteger)  # all history up to the cutoff
+    frequency: Mapped[int] = mapped_column(BigInteger)  # orders in the RFM window
+    monetary: Mapped[Decimal] = mapped_column(Money)  # net revenue in the window, base currency
+    avg_basket: Mapped[Decimal | None] = mapped_column(Money)  # monetary / frequency
+    recency_days: Mapped[int | None] = mapped_column(Integer)  # whole days since the last order
+    tenure_days: Mapped[int | None] = mapped_column(Integer)  # whole days since the first order
+    first_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_purchase_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    previous_gap_days: Mapped[int | None] = mapped_column(Integer)  # between the last two orders, if recent
+    r_score: Mapped[int | None] = mapped_column(SmallInteger)
+    f_score: Mapped[int | None] = mapped_column(SmallInteger)
+    m_score: Mapped[int | None] = mapped_column(SmallInteger)
+    rfm_segment: Mapped[str | None] = mapped_column(String(32))
+    lifecycle: Mapped[str] = mapped_column(String(16))
+    value_tier: Mapped[str] = mapped_column(String(16))
+
+
+class SegmentMembership(Base):
+    """Who was in which segment when: member from valid_from up to, not including, valid_to."""
+
+    __tablename__ = "segment_memberships"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    segment_id: Mapped[int] = mapped_column(Integer)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    valid_from: Mapped[date] = mapped_column(Date)
+    valid_to: Mapped[date | None] = mapped_column(Date)  # None: still a member
+
+    __table_args__ = (
+        # Current members; the nightly diff probes it once per staged membership.
+        Index("ux_segment_memberships_open", "segment_id", "customer_id", unique=True,
+              sqlite_where=text("valid_to IS NULL"), postgresql_where=text("valid_to IS NULL")),
+        # Entries of a day (sizes, transitions, undoing a re-run date).
+        Index("ix_segment_memberships_from", "valid_from", "segment_id"),
+        # Exits of a day, paired with entries by customer for transitions. Partial: closed
+        # rows are the few that changed, so the index costs nothing on the first run.
+        Index("ix_segment_memberships_closed", "valid_to", "segment_id", "customer_id",
+              sqlite_where=text("valid_to IS NOT NULL"), postgresql_where=text("valid_to IS NOT NULL")),
+    )
+
+
+class SegmentSize(Base):
+    """A daily snapshot of every segment's size, and how many entered and left that day."""
+
+    __tablename__ = "segment_sizes"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    entered: Mapped[int] = mapped_column(BigInteger)
+    exited: Mapped[int] = mapped_column(BigInteger)
+
+
+class SegmentStage(Base):
+    """Work table of a recompute: the memberships as of its date, before the diff into history."""
+
+    __tablename__ = "segment_stage"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    segment_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+
+class CampaignRun(Base):
+    """One planning run of a campaign for a date: its counts, exclusions by reason and guardrail verdict."""
+
+    __tablename__ = "campaign_runs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign: Mapped[str] = mapped_column(String(64))
+    as_of: Mapped[date] = mapped_column(Date)  # the occurrence day the messages are for
+    run_at: Mapped[datetime] = mapped_column(UtcDateTime)  # when the run was scheduled: sets the send times
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    test_run: Mapped[bool] = mapped_column(Boolean)  # rendered messages go to a test recipient
+    status: Mapped[str] = mapped_column(String(16))  # RunStatus
+    audience: Mapped[int] = mapped_column(BigInteger)  # customers the trigger selected
+    recipients: Mapped[int] = mapped_column(BigInteger)
+    holdout: Mapped[int] = mapped_column(BigInteger)
+    excluded: Mapped[int] = mapped_column(BigInteger)
+    reasons: Mapped[dict] = mapped_column(Json)  # exclusion reason -> customers
+    diff: Mapped[dict] = mapped_column(Json)  # recipients against the previous planned run
+    parameters: Mapped[dict] = mapped_column(Json)  # the definition and run options it planned with
+    error: Mapped[str | None] = mapped_column(Text)  # why a guardrail blocked it
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    # Ids are never reused (AUTOINCREMENT on SQLite): sent messages keep naming a replaced run.
+    __table_args__ = (Index("ix_campaign_runs_campaign", "campaign", "as_of"), {"sqlite_autoincrement": True})
+
+
+class RunStatus(enum.StrEnum):
+    PLANNED = "planned"
+    BLOCKED = "blocked"  # a guardrail stopped it: nothing was planned for sending
+    REPLACED = "replaced"  # re-planned; kept because some of its messages had already left 'planned'
+
+
+class CampaignPlanRow(Base):
+    """The plan of one run, one row per customer the trigger selected: sent to, held out, or why not."""
+
+    __tablename__ = "campaign_plan"
+
+    run_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("campaign_runs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # send | holdout | excluded
+    reason: Mapped[str | None] = mapped_column(String(32))  # Exclusion, for outcome excluded
+    occurrence: Mapped[str] = mapped_column(String(32))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    locale: Mapped[str] = mapped_column(String(8))
+    template: Mapped[str] = mapped_column(String(64))
+    coupon_code: Mapped[str | None] = mapped_column(String(32))
+    send_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    local_send_at: Mapped[str | None] = mapped_column(String(40))  # ISO 8601 with the customer's offset
+
+
+class MessageState(enum.StrEnum):
+    """The ledger's states; ``crm_tasks.delivery.ledger`` holds the only legal transitions."""
+
+    PLANNED = "planned"  # written by planning, waiting to be sent
+    CLAIMED = "claimed"  # a sender holds it; never handed to the SMTP server yet
+    SENDING = "sending"  # committed just before its SMTP transaction: the one gate to the server
+    SENT = "sent"  # the server accepted it (250 after DATA)
+    DEFERRED = "deferred"  # a temporary failure (4xx, or a connection lost before DATA): retried later
+    FAILED = "failed"  # permanent (5xx, or too many temporary failures): never retried
+    UNKNOWN = "unknown"  # the connection broke after DATA, or its sender died: maybe delivered, never retried
+    SUPPRESSED = "suppressed"  # opted out, suppressed or lost consent between planning and sending
+
+
+class Message(Base):
+    """The send ledger: one row per message occurrence, keyed by its idempotency key.
+
+    A key present here is planned or sent: no other run plans it again.
+    """
+
+    __tablename__ = "messages"
+
+    idempotency_key: Mapped[str] = mapped_column(String(200), primary_key=True)  # 'birthday:C1:2027'
+    campaign: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int] = mapped_column(BigInteger)
+    occurrence: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16))
+    test: Mapped[bool] = mapped_column(Boolean)  # to a test recipient: not a customer's occurrence
+    recipient: Mapped[str] = mapped_column(String(254))
+    locale: Mapped[str] = mapped_column(String(8))
+    template: Mapped[str] = mapped_column(String(64))
+    coupon_code: Mapped[str | None] = mapped_column(String(32))
+    send_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    context: Mapped[dict] = mapped_column(Json)  # the allow-listed render context: delivery renders exactly this
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    # Delivery (crm_tasks/delivery/ledger.py, crm_tasks/delivery/send.py).
+    batch_no: Mapped[int | None] = mapped_column(Integer)  # the send batch, assigned once per run
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))  # SMTP transactions started
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a deferred message's retry time
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # host:pid:nonce of the sender holding it
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    message_id: Mapped[str | None] = mapped_column(String(128))  # derived from the idempotency key
+    smtp_code: Mapped[int | None] = mapped_column(SmallInteger)  # the server's last reply code
+    last_error: Mapped[str | None] = mapped_column(Text)  # the last failure, addresses removed
+
+    __table_args__ = (
+        # The frequency cap counts a customer's messages over the last days.
+        Index("ix_messages_customer", "customer_id", "send_at"),
+        Index("ix_messages_run", "run_id"),
+        # A send batch claims its rows; the sweep finds a campaign's deferred messages.
+        Index("ix_messages_batch", "run_id", "batch_no", "state"),
+        Index("ix_messages_state", "campaign", "state"),
+    )
+
+
+class Coupon(Base):
+    """A unique coupon code issued to one customer for one message occurrence."""
+
+    __tablename__ = "coupons"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    campaign: Mapped[str] = mapped_column(String(64), index=True)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    value: Mapped[Decimal] = mapped_column(Money)
+    value_type: Mapped[str] = mapped_column(String(8))  # percent | amount
+    currency: Mapped[str | None] = mapped_column(String(3))  # for amount coupons
+    issued_on: Mapped[date] = mapped_column(Date)
+    expires_on: Mapped[date] = mapped_column(Date)  # last day it can be redeemed
+    run_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class Suppression(Base):
+    """An address that must never get marketing mail, kept as a keyed hash so it outlives the profile."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)  # HMAC-SHA256 of the normalised address
+    customer_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    reason: Mapped[str] = mapped_column(String(32))  # unsubscribed | hard_bounce | complaint | manual
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+class AddressBounce(Base):
+    """Soft bounces per address (keyed hash) since its last accepted message; enough of them suppress it."""
+
+    __tablename__ = "address_bounces"
+
+    email_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    soft_bounces: Mapped[int] = mapped_column(Integer)
+    last_code: Mapped[int | None] = mapped_column(SmallInteger)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# --- cleanup and erasure (crm_tasks/cleanup/archive.py, crm_tasks/cleanup/erasure.py) ---------------------------
+
+
+class ArchiveStatus(enum.StrEnum):
+    ARCHIVED = "archived"  # out of customers, restorable until purged
+    RESTORED = "restored"  # back in customers (by hand, or because the profile came back)
+    PURGED = "purged"  # personal data gone (grace period over, or erased on request)
+
+
+class ArchivedCustomer(Base):
+    """A profile taken out of ``customers`` by a cleanup run, with the reason.
+
+    While ``archived`` it holds the whole profile, so that it can be restored; once
+    restored or purged only the ids, reason and dates remain.
+    """
+
+    __tablename__ = "archived_customers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))  # inactive | hard_bounce | no_contact
+    status: Mapped[str] = mapped_column(String(16))  # ArchiveStatus
+    archived_on: Mapped[date] = mapped_column(Date)  # the as-of date of the run
+    purge_after: Mapped[date] = mapped_column(Date)  # the first run on or after this date purges it
+    restored_on: Mapped[date | None] = mapped_column(Date)
+    purged_on: Mapped[date | None] = mapped_column(Date)
+    # The profile as it was (the columns of customers); all None once restored or purged.
+    first_name: Mapped[str | None] = mapped_column(String(100))
+    last_name: Mapped[str | None] = mapped_column(String(100))
+    email: Mapped[str | None] = mapped_column(String(254))
+    phone: Mapped[str | None] = mapped_column(String(16))
+    birthday: Mapped[date | None] = mapped_column(Date)
+    locale: Mapped[str | None] = mapped_column(String(35))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    country: Mapped[str | None] = mapped_column(String(2))
+    email_consent: Mapped[bool | None] = mapped_column(Boolean)
+    attributes: Mapped[dict | None] = mapped_column(Json)
+    created_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    batch_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # Restore and erasure look a customer up; a run finds the profiles that came back.
+        Index("ix_archived_customers_customer", "customer_id", "status"),
+        # The purge takes the archived rows whose grace period is over; reports count by day.
+        Index("ix_archived_customers_purge", "status", "purge_after"),
+        Index("ix_archived_customers_archived_on", "archived_on", "reason"),
+    )
+
+
+class CustomerMerge(Base):
+    """A duplicate profile merged into its survivor: its purchases, metrics, coupons and ledger moved there."""
+
+    __tablename__ = "customer_merges"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    merged_id: Mapped[str] = mapped_column(String(64), index=True)  # the profile that is gone
+    survivor_id: Mapped[str] = mapped_column(String(64), index=True)
+    rule: Mapped[str] = mapped_column(String(32))  # duplicate_email | duplicate_phone
+    merged_on: Mapped[date] = mapped_column(Date, index=True)  # the as-of date of the run
+
+
+class CleanupRun(Base):
+    """One cleanup per as-of date: how the profiles reconciled, the archive's totals, and freshness."""
+
+    __tablename__ = "cleanup_runs"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    ran_at: Mapped[datetime] = mapped_column(UtcDateTime)  # the latest run of this date
+    # profiles_before = kept + archived + merged (runs of this date together)
+    profiles_before: Mapped[int] = mapped_column(BigInteger)
+    kept: Mapped[int] = mapped_column(BigInteger)
+    archived: Mapped[int] = mapped_column(BigInteger)
+    merged: Mapped[int] = mapped_column(BigInteger)
+    restored: Mapped[int] = mapped_column(BigInteger)  # profiles that came back while archived
+    purged: Mapped[int] = mapped_column(BigInteger)
+    reasons: Mapped[dict] = mapped_column(Json)  # reason -> profiles: archived, merged (duplicate_*), purged (purged:*)
+    # The whole archive after the run: archived_total = restored_total + purged_total + in_grace.
+    archived_total: Mapped[int] = mapped_column(BigInteger)
+    restored_total: Mapped[int] = mapped_column(BigInteger)
+    purged_total: Mapped[int] = mapped_column(BigInteger)
+    in_grace: Mapped[int] = mapped_column(BigInteger)
+    # Data freshness, shares of profiles_before: active, at risk of going stale, archived by this date.
+    active_share: Mapped[float] = mapped_column(Float)
+    at_risk_share: Mapped[float] = mapped_column(Float)
+    archived_share: Mapped[float] = mapped_column(Float)
+    parameters: Mapped[dict] = mapped_column(Json)  # the settings it ran with
+
+
+__all__ = [
+    "AddressBounce",
+    "ArchiveStatus",
+    "ArchivedCustomer",
+    "Base",
+    "BatchStatus",
+    "CampaignPlanRow",
+    "CampaignRun",
+    "CleanupRun",
+    "Coupon",
+    "Customer",
+    "CustomerCategoryMetrics",
+    "CustomerMetrics",
+    "CustomerMerge",
+    "CustomerScore",
+    "IngestBatch",
+    "Message",
+    "MessageState",
+    "MetricsDirty",
+    "Purchase",
+    "QuarantinedRow",
+    "RunStatus",
+    "Segment",
+    "SegmentMembership",
+    "SegmentRun",
+    "SegmentSize",
+    "SegmentStage",
+    "SegmentStatus",
+    "Suppression",
+]
