@@ -1,10 +1,12 @@
-"""Small factories for landing files."""
+"""Small factories for landing files, and rows read back from the store."""
 
 from __future__ import annotations
 
 import csv
 import io
 from pathlib import Path
+
+from sqlalchemy import select
 
 PURCHASE_HEADER = ["transaction_id", "customer_id", "purchased_at", "amount", "currency", "store_id", "sku",
                    "category", "quantity", "coupon_code"]
@@ -42,3 +44,8 @@ def write_csv(landing: Path, source: str, day: str, rows, header=None, name: str
         w.writerows(rows)
     path.write_text(buf.getvalue(), encoding="utf-8")
     return path
+
+
+def rows(engine, model, *where):
+    with engine.connect() as conn:
+        return conn.execute(select(model).where(*where)).all()

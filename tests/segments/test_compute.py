@@ -16,21 +16,11 @@ from crm_tasks.demo.generate import generate
 from crm_tasks.errors import ConfigError
 from crm_tasks.ingest.batches import all_dates, ingest_dates
 from crm_tasks.segments import compute as segments
-from crm_tasks.segments import history
-from crm_tasks.settings import load_settings
-from crm_tasks.store.models import Customer, CustomerScore, Purchase, SegmentMembership, SegmentRun, SegmentSize
-from tests.conftest import REPO
-from tests.helpers import customer, purchase, write_csv
+from crm_tasks.store.models import Customer, CustomerScore, Purchase, SegmentRun
+from tests.helpers import customer, purchase
+from tests.segments.support import assert_sizes_are_counts, load_day, members
 
 AS_OF = date(2026, 3, 31)  # cutoff: 2026-04-01 00:00 Asia/Kolkata = 2026-03-31T18:30Z
-
-
-@pytest.fixture
-def seg_cfg(landing, db_url, tmp_path):
-    folder = tmp_path / "segments"
-    folder.mkdir()
-    return load_settings(REPO / "crm.yaml", env={
-        "CRM_LANDING_DIR": str(landing), "CRM_DATABASE_URL": db_url, "CRM_SEGMENTS_DIR": str(folder)})
 
 
 def _with(cfg, **segment_settings):
@@ -135,15 +125,6 @@ def assert_scores_match(engine, cfg, as_of):
         assert a == b, col
 
 
-def members(engine, name: str) -> set[str]:
-    from crm_tasks.store.models import Segment
-
-    with engine.connect() as conn:
-        return set(conn.execute(
-            select(SegmentMembership.customer_id).join(Segment, Segment.id == SegmentMembership.segment_id)
-            .where(Segment.name == name, SegmentMembership.valid_to.is_(None))).scalars())
-
-
 # --- generated data: everything at once ------------------------------------------------------
 
 def test_scores_match_pandas_on_generated_data(engine, seg_cfg, landing):
@@ -199,18 +180,11 @@ def test_both_sources_and_a_window_agree_with_pandas(engine, seg_cfg, landing):
 
 # --- hand-made timelines: exact boundaries ------------------------------------------------------
 
-def _load(engine, cfg, landing, purchases, profiles):
-    write_csv(landing, "customers", "2026-04-02", profiles)
-    write_csv(landing, "purchases", "2026-04-02", purchases)
-    report = ingest_dates(engine, cfg, [date(2026, 4, 2)])
-    assert report.totals["rows_quarantined"] == 0
-
-
 def test_quintile_boundaries_and_ties(engine, seg_cfg, landing):
     # Ten customers with monetary 10..100, two of them tied at 50; all bought on the same day.
     amounts = [10, 20, 30, 40, 50, 50, 70, 80, 90, 100]
     ids = [f"Q{i:02d}" for i in range(10)]
-    _load(engine, seg_cfg, landing,
+    load_day(engine, seg_cfg, landing,
           [purchase(f"T{i}", cid, "2026-03-20T10:00:00+05:30", f"{a}.00") for i, (cid, a) in enumerate(zip(ids, amounts))],
           [customer(cid) for cid in ids])
     segments.recompute(engine, seg_cfg, AS_OF)
@@ -225,7 +199,7 @@ def test_quintile_boundaries_and_ties(engine, seg_cfg, landing):
 
 
 def test_refunds_currencies_and_one_time_buyers(engine, seg_cfg, landing):
-    _load(engine, seg_cfg, landing, [
+    load_day(engine, seg_cfg, landing, [
         purchase("A1", "ONE", "2026-03-30T23:59:59+05:30", "100.00"),  # the day before
         purchase("B1", "REF", "2026-03-10T10:00:00+05:30", "-40.00"),  # a refund only: not a buyer
         purchase("C1", "MIX", "2026-03-01T10:00:00+05:30", "1000.00", currency="PKR"),  # 300 INR at 0.30
@@ -256,7 +230,7 @@ def test_refunds_currencies_and_one_time_buyers(engine, seg_cfg, landing):
 def test_lifecycle_stages(engine, seg_cfg, landing):
     # Defaults: new_days 30, churn_days 180, at risk beyond max(30, 2 usual gaps), one order: gap 60.
     d = lambda n: (datetime(2026, 3, 31, 12, tzinfo=UTC) - timedelta(days=n)).isoformat()  # n days before AS_OF
-    _load(engine, seg_cfg, landing, [
+    load_day(engine, seg_cfg, landing, [
         purchase("N1", "NEW", d(29)),  # first order 29 days ago: new
         purchase("O1", "OLDNEW", d(30)),  # 30 days ago, one order: active (not yet at risk)
         purchase("W1", "WEEKLY", d(70)), purchase("W2", "WEEKLY", d(63)), purchase("W3", "WEEKLY", d(56)),
@@ -278,7 +252,7 @@ def test_lifecycle_stages(engine, seg_cfg, landing):
 
 
 def test_missing_exchange_rate_names_the_currency(engine, seg_cfg, landing):
-    _load(engine, seg_cfg, landing, [purchase("U1", "C1", currency="USD")], [customer("C1")])
+    load_day(engine, seg_cfg, landing, [purchase("U1", "C1", currency="USD")], [customer("C1")])
     with pytest.raises(ConfigError, match=r"USD \(1 customers\).*segments.exchange_rates"):
         segments.recompute(engine, seg_cfg, AS_OF)
     with engine.connect() as conn:
@@ -287,58 +261,6 @@ def test_missing_exchange_rate_names_the_currency(engine, seg_cfg, landing):
 
 # --- history ----------------------------------------------------------------------------------------
 
-def assert_sizes_are_counts(engine, result):
-    """Recorded sizes (kept from the previous run plus the day's moves) equal a plain count."""
-    for seg in result.segments:
-        assert seg.size == len(members(engine, seg.name)), seg.name
-
-
-def _history(engine) -> list[tuple]:
-    with engine.connect() as conn:
-        return sorted(conn.execute(select(SegmentMembership.segment_id, SegmentMembership.customer_id,
-                                          SegmentMembership.valid_from, SegmentMembership.valid_to)).all())
-
-
-def test_history_transitions_reruns_and_backfills(engine, seg_cfg, landing):
-    _load(engine, seg_cfg, landing, [
-        purchase("A1", "AMY", "2026-03-01T10:00:00+05:30"),
-        purchase("B1", "BEN", "2025-06-01T10:00:00+05:30"), purchase("B2", "BEN", "2025-07-01T10:00:00+05:30"),
-    ], [customer("AMY"), customer("BEN")])
-    day1, day2 = date(2026, 3, 20), date(2026, 4, 5)
-    first = segments.recompute(engine, seg_cfg, day1)
-    assert "AMY" in members(engine, "lifecycle:new")
-    second = segments.recompute(engine, seg_cfg, day2)  # AMY's first order is now 35 days old
-    assert members(engine, "lifecycle:active") == {"AMY"}
-    assert members(engine, "lifecycle:new") == set()
-    new = next(s for s in second.segments if s.name == "lifecycle:new")
-    assert (new.size, new.exited, new.previous, new.change) == (0, 1, 1, -1)
-    assert second.entered >= 1 and second.exited >= 1
-
-    # The transition, as one query over the history.
-    moved = history.transitions(engine, since=day2)
-    pair = next(t for t in moved.pairs if t.from_segment == "lifecycle:new")
-    assert (pair.to_segment, pair.customers) == ("lifecycle:active", 1)
-
-    # Re-running a date changes nothing; a dry run stores nothing.
-    before = _history(engine)
-    again = segments.recompute(engine, seg_cfg, day2)
-    assert _history(engine) == before
-    assert_sizes_are_counts(engine, again)
-    assert [(s.name, s.size, s.entered, s.exited) for s in again.segments] == \
-        [(s.name, s.size, s.entered, s.exited) for s in second.segments]
-    segments.recompute(engine, seg_cfg, date(2026, 6, 1), dry_run=True)
-    assert _history(engine) == before
-
-    # Recomputing an earlier date undoes the later one and says so.
-    back = segments.recompute(engine, seg_cfg, day1)
-    assert back.cleared_dates == [day2]
-    assert_sizes_are_counts(engine, back)
-    assert members(engine, "lifecycle:new") == {"AMY"}
-    with engine.connect() as conn:
-        assert conn.execute(select(SegmentSize.as_of).distinct()).scalars().all() == [day1]
-    assert [(s.name, s.size) for s in back.segments] == [(s.name, s.size) for s in first.segments]
-
-
 def test_a_broken_definition_does_not_stop_the_others(engine, seg_cfg, landing):
     folder: Path = seg_cfg.segments.folder
     (folder / "big.yaml").write_text(
@@ -346,7 +268,7 @@ def test_a_broken_definition_does_not_stop_the_others(engine, seg_cfg, landing):
     (folder / "new.yaml").write_text("name: new_ones\nrule: {in_segment: \"lifecycle:new\"}\n")
     (folder / "champs.yaml").write_text(
         "name: big_recent\nrule:\n  all:\n    - in_segment: big_spenders\n    - {field: recency_days, lte: 10}\n")
-    _load(engine, seg_cfg, landing, [
+    load_day(engine, seg_cfg, landing, [
         purchase("A1", "AMY", "2026-03-30T10:00:00+05:30", "200.00"),
         purchase("B1", "BEN", "2026-01-01T10:00:00+05:30", "500.00"),
         purchase("C1", "CAL", "2026-03-30T10:00:00+05:30", "20.00"),
@@ -373,7 +295,7 @@ def test_a_broken_definition_does_not_stop_the_others(engine, seg_cfg, landing):
 def test_an_unreadable_file_keeps_its_segment_and_a_bad_name_stops_nothing(engine, seg_cfg, landing):
     folder: Path = seg_cfg.segments.folder
     (folder / "big.yaml").write_text("name: big_spenders\nrule: {field: monetary, gte: 150}\n")
-    _load(engine, seg_cfg, landing, [purchase("A1", "AMY", "2026-03-30T10:00:00+05:30", "200.00")],
+    load_day(engine, seg_cfg, landing, [purchase("A1", "AMY", "2026-03-30T10:00:00+05:30", "200.00")],
           [customer("AMY")])
     segments.recompute(engine, seg_cfg, AS_OF)
     assert members(engine, "big_spenders") == {"AMY"}
@@ -390,7 +312,7 @@ def test_conversion_is_exact_and_the_same_on_both_dialects(engine, seg_cfg, land
     # 7.00 PKR at 0.33335 is 2.33345 INR exactly: half a unit of 1/10000, which binary
     # floating point cannot hold; rounded away from zero on both dialects.
     cfg = _with(seg_cfg, exchange_rates={"INR": Decimal(1), "PKR": Decimal("0.33335")})
-    _load(engine, cfg, landing, [purchase("P1", "PAK", "2026-03-30T10:00:00+05:30", "7.00", currency="PKR"),
+    load_day(engine, cfg, landing, [purchase("P1", "PAK", "2026-03-30T10:00:00+05:30", "7.00", currency="PKR"),
                                  purchase("P2", "NEG", "2026-03-30T10:00:00+05:30", "-7.00", currency="PKR")],
           [customer("PAK"), customer("NEG")])
     segments.recompute(engine, cfg, AS_OF)
@@ -402,7 +324,7 @@ def test_conversion_is_exact_and_the_same_on_both_dialects(engine, seg_cfg, land
 def test_two_recomputes_at_once_are_serialised(engine, seg_cfg, landing, db_url):
     from concurrent.futures import ThreadPoolExecutor
 
-    _load(engine, seg_cfg, landing, [purchase("A1", "AMY", "2026-03-30T10:00:00+05:30")], [customer("AMY")])
+    load_day(engine, seg_cfg, landing, [purchase("A1", "AMY", "2026-03-30T10:00:00+05:30")], [customer("AMY")])
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: segments.recompute(engine, seg_cfg, AS_OF), range(2)))
     assert [r.customers for r in results] == [1, 1]

@@ -25,8 +25,7 @@ from crm_tasks.store.models import (
     QuarantinedRow,
     Suppression,
 )
-from tests.campaign_factories import add_customers, campaign
-from tests.test_cleanup import buy
+from tests.factories import add_customers, buy, campaign
 
 EMAIL = "zara.quill@example.org"
 NEEDLES = (EMAIL, "Zarathustra", "Quillfeather", "9876543210")

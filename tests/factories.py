@@ -1,4 +1,5 @@
-"""Factories for campaign tests: profiles, first purchases and segment history written directly."""
+"""Database factories shared by the tests: profiles, purchases, first purchases and segment history,
+written directly (no landing files), on either dialect."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from decimal import Decimal
 from sqlalchemy import insert, select
 
 from crm_tasks.campaigns.definitions import Campaign
-from crm_tasks.store.models import Customer, CustomerMetrics, Segment, SegmentMembership
+from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.ingest import metrics
+from crm_tasks.store.models import Customer, CustomerMetrics, Purchase, Segment, SegmentMembership
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -65,3 +68,29 @@ def campaign(**overrides) -> Campaign:
         else:
             base[key] = value
     return Campaign(**base)
+
+
+_TIDS = iter(range(1, 10**6))
+
+
+def buy(engine, customer_id: str, at: datetime, amount: str = "100", coupon: str | None = None) -> None:
+    """A purchase, and that customer's metrics rebuilt from their purchases (as ingest would leave them)."""
+    with engine.begin() as conn:
+        conn.execute(insert(Purchase).values(
+            transaction_id=f"T{next(_TIDS)}", customer_id=customer_id, purchased_at=at, amount=Decimal(amount),
+            currency="INR", store_id="S1", sku="SKU-1", category="grocery", quantity=1, coupon_code=coupon,
+            batch_id=1, line_no=1))
+        metrics.mark_for_rebuild(conn, {customer_id})
+        metrics.refresh(conn)
+
+
+def recipients(result) -> set[str]:
+    """The customer ids a plan listed as recipients."""
+    return {m.customer_id for m in result.sample}
+
+
+def plan(engine, cfg, c, as_of, run_at=None, **kw):
+    """A campaign's plan for a date, recorded nowhere unless asked, with up to 1000 recipients listed."""
+    kw.setdefault("record", False)
+    kw.setdefault("sample", 1000)
+    return plan_campaign(engine, cfg, c, as_of, run_at, **kw)

@@ -15,7 +15,7 @@ from crm_tasks.delivery import ledger
 from crm_tasks.delivery.send import prepare_delivery
 from crm_tasks.store.models import Message
 from crm_tasks.store.models import MessageState as S
-from tests.campaign_factories import add_customers, campaign
+from tests.factories import add_customers, campaign
 
 NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)
 TIMEOUT = timedelta(minutes=15)

@@ -15,7 +15,6 @@ from crm_tasks.cleanup.archive import format_report, restore, run_cleanup
 from crm_tasks.clock import cleanup_as_of, months_before
 from crm_tasks.delivery.suppression import email_hash
 from crm_tasks.errors import CleanupBlocked, RestoreRefused
-from crm_tasks.ingest import metrics
 from crm_tasks.ingest.batches import ingest_dates
 from crm_tasks.store.models import (
     ArchivedCustomer,
@@ -31,7 +30,7 @@ from crm_tasks.store.models import (
     Purchase,
     Suppression,
 )
-from tests.campaign_factories import add_customers, campaign
+from tests.factories import add_customers, buy, campaign
 from tests.helpers import customer, write_csv
 
 AS_OF = date(2026, 3, 31)
@@ -43,20 +42,6 @@ OLDISH = datetime(2024, 9, 1, tzinfo=UTC)  # 19 months before: at risk, not stal
 def permissive(cfg, **cleanup):
     """Settings whose guardrail lets a small test base be cleaned (a handful is a large share of 10)."""
     return cfg.model_copy(update={"cleanup": cfg.cleanup.model_copy(update={"max_archive_share": 1.0, **cleanup})})
-
-
-_TIDS = iter(range(1, 10**6))
-
-
-def buy(engine, customer_id: str, at: datetime, amount: str = "100", coupon: str | None = None) -> None:
-    """A purchase, and that customer's metrics rebuilt from their purchases (as ingest would leave them)."""
-    with engine.begin() as conn:
-        conn.execute(insert(Purchase).values(
-            transaction_id=f"T{next(_TIDS)}", customer_id=customer_id, purchased_at=at, amount=Decimal(amount),
-            currency="INR", store_id="S1", sku="SKU-1", category="grocery", quantity=1, coupon_code=coupon,
-            batch_id=1, line_no=1))
-        metrics.mark_for_rebuild(conn, {customer_id})
-        metrics.refresh(conn)
 
 
 def ids(engine, model=Customer) -> set[str]:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from crm_tasks.cli import main
 from crm_tasks.settings import settings
 from crm_tasks.store.models import CampaignRun
-from tests.campaign_factories import add_customers
+from tests.factories import add_customers
 from tests.smtp_servers import SmtpServer, free_port
 
 

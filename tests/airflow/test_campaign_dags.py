@@ -11,8 +11,8 @@ from sqlalchemy import select
 from crm_tasks.campaigns.definitions import load_campaigns
 from crm_tasks.settings import load_settings, settings
 from crm_tasks.store.models import CampaignRun, Message
-from tests.campaign_factories import add_customers
 from tests.conftest import REPO
+from tests.factories import add_customers
 
 FACTORY = REPO / "dags" / "crm_campaigns.py"
 

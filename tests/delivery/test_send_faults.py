@@ -18,8 +18,8 @@ from crm_tasks.campaigns.planning import plan_campaign
 from crm_tasks.delivery.ledger import FINAL
 from crm_tasks.delivery.send import deliver
 from crm_tasks.store.models import Message
-from tests.campaign_factories import add_customers, campaign
 from tests.conftest import REPO
+from tests.factories import add_customers, campaign
 from tests.smtp_servers import SmtpServer
 
 AS_OF = date(2026, 5, 10)

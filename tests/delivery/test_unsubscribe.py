@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from crm_tasks.campaigns.planning import plan_campaign
 from crm_tasks.delivery.suppression import unsubscribe_token
 from crm_tasks.store.models import Suppression
-from tests.campaign_factories import add_customers, campaign
+from tests.factories import add_customers, campaign
 
 ONE_CLICK = {"content": "List-Unsubscribe=One-Click",
              "headers": {"Content-Type": "application/x-www-form-urlencoded"}}

@@ -44,12 +44,3 @@ def test_airflow_style_urls_get_the_psycopg_driver():
     assert normalise_url("sqlite:////x/crm.db") == "sqlite:////x/crm.db"
 
 
-def test_urls_from_airflow_connection_fields():
-    from crm_tasks.store.engine import url_from_connection
-
-    assert url_from_connection("sqlite", "/srv/crm/crm.db", None, None, None, None) == "sqlite:////srv/crm/crm.db"
-    url = url_from_connection("postgres", "db.internal", "crm", "s3cr:t", 5432, "crm",
-                              {"sslmode": "require", "unrelated": "x"})
-    assert url == "postgresql+psycopg://crm:s3cr%3At@db.internal:5432/crm?sslmode=require"
-    with pytest.raises(ConfigError, match="use postgres"):
-        url_from_connection("mysql", "h", None, None, None, "crm")
