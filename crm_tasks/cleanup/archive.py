@@ -53,13 +53,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Date, Engine, bindparam, func, select, text
+from sqlalchemy import Connection, Date, Engine, func, select, text
 
 from crm_tasks.clock import Phases, months_before, start_of
 from crm_tasks.delivery.suppression import email_hash
 from crm_tasks.errors import CleanupBlocked, CrmError, RestoreRefused
 from crm_tasks.ingest import metrics
 from crm_tasks.settings import Settings
+from crm_tasks.store import sql
 from crm_tasks.store.bulk import bulk_insert
 from crm_tasks.store.models import ArchivedCustomer, ArchiveStatus, CleanupRun, CustomerMerge
 from crm_tasks.store.types import UtcDateTime
@@ -166,7 +167,7 @@ _SCRATCH = {
     "cleanup_groups": "key_value VARCHAR(254) PRIMARY KEY, n BIGINT NOT NULL",
 }
 # The survivor's field fill and the plan's re-pointing look merges up by survivor.
-_SCRATCH_INDEXES = {"cleanup_merge": "CREATE INDEX IF NOT EXISTS ix_cleanup_merge_survivor ON cleanup_merge (survivor_id)"}
+_SCRATCH_INDEXES = {"cleanup_merge": ("CREATE INDEX IF NOT EXISTS ix_cleanup_merge_survivor ON cleanup_merge (survivor_id)",)}
 
 # A customer's last order, from the per-currency totals ingest keeps (one primary-key seek).
 _LAST_ORDER = "(SELECT MAX(m.last_purchase_at) FROM customer_metrics m WHERE m.customer_id = c.customer_id)"
@@ -282,33 +283,9 @@ WHERE c.updated_at >= :risk OR COALESCE({_LAST_ORDER}, :epoch) >= :risk
 """
 
 
-def _true(conn: Connection) -> str:
-    return "1" if conn.dialect.name == "sqlite" else "TRUE"
-
-
-def _collate(conn: Connection) -> str:
-    return ' COLLATE "C"' if conn.dialect.name == "postgresql" else ""
-
-
 def _scratch(conn: Connection, *names: str) -> None:
-    on_commit = " ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
     for name in names:
-        conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({_SCRATCH[name]}){on_commit}")
-        if name in _SCRATCH_INDEXES:
-            conn.exec_driver_sql(_SCRATCH_INDEXES[name])
-        conn.exec_driver_sql(f"DELETE FROM {name}")
-
-
-def _sql(conn: Connection, sql: str, params: dict | None = None, **types):
-    """Execute ``sql`` with typed binds (dates and UTC instants as each dialect stores them)."""
-    stmt = text(sql)
-    used = {k for k in (params or {}) if f":{k}" in sql}
-    stmt = stmt.bindparams(*(bindparam(k, type_=t) for k, t in types.items() if k in used))
-    return conn.execute(stmt, {k: v for k, v in (params or {}).items() if k in used})
-
-
-def _count(conn: Connection, sql: str, params: dict | None = None, **types) -> int:
-    return int(_sql(conn, sql, params, **types).scalar_one() or 0)
+        sql.scratch(conn, name, _SCRATCH[name], *_SCRATCH_INDEXES.get(name, ()))
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -375,7 +352,7 @@ def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
 
     restored = _returned(conn, as_of, threshold)
     phases.done("restore_returned")
-    before = _count(conn, "SELECT COUNT(*) FROM customers")
+    before = sql.count(conn, "SELECT COUNT(*) FROM customers")
     merged: dict[str, int] = {}
     if c.rules.duplicates:
         for rule, key in MERGE_RULES.items():
@@ -400,7 +377,7 @@ def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
         return result
 
     if sum(archived.values()):
-        _sql(conn, _ARCHIVE, {"as_of": as_of, "purge_after": as_of + timedelta(days=c.grace_days)},
+        sql.execute(conn, _ARCHIVE, {"as_of": as_of, "purge_after": as_of + timedelta(days=c.grace_days)},
              as_of=Date, purge_after=Date)
         deleted = conn.exec_driver_sql(
             "DELETE FROM customers WHERE customer_id IN (SELECT customer_id FROM cleanup_stale)").rowcount
@@ -411,7 +388,7 @@ def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
     purged = _purge(conn, cfg, as_of)
     phases.done("purge")
 
-    kept = _count(conn, "SELECT COUNT(*) FROM customers")
+    kept = sql.count(conn, "SELECT COUNT(*) FROM customers")
     if before != kept + sum(archived.values()) + sum(merged.values()):
         raise CrmError(f"cleanup as of {as_of} does not reconcile: {before} profiles before, {kept} kept, "
                        f"{sum(archived.values())} archived, {sum(merged.values())} merged; nothing was changed")
@@ -423,7 +400,7 @@ def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
 
 def _returned(conn: Connection, as_of: date, threshold: datetime) -> int:
     """Restore the archived profiles that came back; returns how many."""
-    n = _sql(conn, _RETURNED, {"as_of": as_of}, as_of=Date).rowcount
+    n = sql.execute(conn, _RETURNED, {"as_of": as_of}, as_of=Date).rowcount
     return n + _move_back(conn, f"id IN ({_BOUGHT_AGAIN})", {"threshold": threshold}, as_of,
                           threshold=UtcDateTime)
 
@@ -432,21 +409,21 @@ def _move_back(conn: Connection, where: str, params: dict, day: date, **types) -
     """The archived rows ``where`` selects back into customers (the archive keeps their ids, reason
     and dates); returns how many."""
     where = f"status = 'archived' AND {where}"
-    moved = _sql(conn, _RESTORE.format(where=where), params, **types).rowcount
+    moved = sql.execute(conn, _RESTORE.format(where=where), params, **types).rowcount
     if moved:
-        _sql(conn, f"UPDATE archived_customers SET status = 'restored', restored_on = :day, {_EMPTIED} "
+        sql.execute(conn, f"UPDATE archived_customers SET status = 'restored', restored_on = :day, {_EMPTIED} "
                    f"WHERE {where}", params | {"day": day}, day=Date, **types)
     return moved
 
 
 def _merge(conn: Connection, key: str, rule: str, as_of: date, max_group: int) -> tuple[int, int]:
     """Merge the duplicates by one key column; returns (profiles merged away, groups skipped as too large)."""
-    collate = _collate(conn)
+    collate = sql.byte_order(conn)
     conn.exec_driver_sql("DELETE FROM cleanup_merge")
     conn.exec_driver_sql("DELETE FROM cleanup_groups")
     conn.exec_driver_sql(_GROUPS.format(key=key))
-    skipped = _count(conn, "SELECT COUNT(*) FROM cleanup_groups WHERE n > :max_group", {"max_group": max_group})
-    n = _sql(conn, _DUPLICATES.format(key=key, collate=collate), {"max_group": max_group}).rowcount
+    skipped = sql.count(conn, "SELECT COUNT(*) FROM cleanup_groups WHERE n > :max_group", {"max_group": max_group})
+    n = sql.execute(conn, _DUPLICATES.format(key=key, collate=collate), {"max_group": max_group}).rowcount
     if not n:
         return 0, skipped
     if conn.dialect.name == "postgresql":
@@ -454,13 +431,13 @@ def _merge(conn: Connection, key: str, rule: str, as_of: date, max_group: int) -
     fills = ", ".join(f"{col} = COALESCE({col}, {_FILL.format(col=col, collate=collate)})" for col in _FILLED)
     conn.exec_driver_sql(f"UPDATE customers SET {fills} "
                          "WHERE customer_id IN (SELECT survivor_id FROM cleanup_merge)")
-    _sql(conn, "INSERT INTO customer_merges (merged_id, survivor_id, rule, merged_on) "
+    sql.execute(conn, "INSERT INTO customer_merges (merged_id, survivor_id, rule, merged_on) "
                "SELECT merged_id, survivor_id, :rule, :as_of FROM cleanup_merge",
          {"rule": rule, "as_of": as_of}, as_of=Date)
     for table in _REPOINTED:
         conn.exec_driver_sql(_REPOINT.format(table=table))
     conn.exec_driver_sql(_REPOINT_PLAN)
-    conn.exec_driver_sql(_MARK_MERGED.format(true=_true(conn)))
+    conn.exec_driver_sql(_MARK_MERGED.format(true=sql.true(conn)))
     metrics.refresh(conn)
     deleted = conn.exec_driver_sql(
         "DELETE FROM customers WHERE customer_id IN (SELECT merged_id FROM cleanup_merge)").rowcount
@@ -482,7 +459,7 @@ def _find_stale(conn: Connection, cfg: Settings, as_of: date, threshold: datetim
             conn.execute(text("INSERT INTO cleanup_bounced (customer_id) VALUES (:c)"), [{"c": b} for b in bounced])
     whens = " ".join(f"WHEN {_STALE_WHEN[r]} THEN '{r}'" for r in enabled)
     exempt_from = months_before(as_of, cfg.cleanup.inactive_months)
-    _sql(conn, _STALE.format(whens=whens), {"threshold": threshold, "epoch": EPOCH, "exempt_from": exempt_from},
+    sql.execute(conn, _STALE.format(whens=whens), {"threshold": threshold, "epoch": EPOCH, "exempt_from": exempt_from},
          threshold=UtcDateTime, epoch=UtcDateTime, exempt_from=Date)
     counts = dict(conn.exec_driver_sql("SELECT reason, COUNT(*) FROM cleanup_stale GROUP BY reason").all())
     return {r: int(counts[r]) for r in enabled if counts.get(r)}
@@ -493,11 +470,11 @@ def _purge(conn: Connection, cfg: Settings, as_of: date) -> dict[str, int]:
     from crm_tasks.cleanup.erasure import redact_messages
 
     params = {"as_of": as_of}
-    due = dict(_sql(conn, f"SELECT reason, COUNT(*) FROM archived_customers WHERE {_DUE} GROUP BY reason",
+    due = dict(sql.execute(conn, f"SELECT reason, COUNT(*) FROM archived_customers WHERE {_DUE} GROUP BY reason",
                     params, as_of=Date).all())
     if not due:
         return {}
-    rows = _sql(conn, f"SELECT customer_id, email, reason FROM archived_customers WHERE {_DUE} "
+    rows = sql.execute(conn, f"SELECT customer_id, email, reason FROM archived_customers WHERE {_DUE} "
                       "AND COALESCE(email, '') <> ''", params, as_of=Date).all()
     if rows:
         # HMAC with the deployment's key, which the database never sees: computed here, inserted in bulk.
@@ -508,7 +485,7 @@ def _purge(conn: Connection, cfg: Settings, as_of: date) -> dict[str, int]:
         bulk_insert(conn, "suppressions", ["email_hash", "customer_id", "reason", "created_at"], suppressions,
                     "ON CONFLICT (email_hash) DO NOTHING")
     redact_messages(conn, f"SELECT customer_id FROM archived_customers WHERE {_DUE}", params)
-    _sql(conn, f"UPDATE archived_customers SET status = 'purged', purged_on = :as_of, {_EMPTIED} WHERE {_DUE}",
+    sql.execute(conn, f"UPDATE archived_customers SET status = 'purged', purged_on = :as_of, {_EMPTIED} WHERE {_DUE}",
          params, as_of=Date)
     return {f"{PURGED}{reason}": int(n) for reason, n in due.items()}
 
@@ -530,13 +507,13 @@ def _record(conn: Connection, cfg: Settings, result: CleanupResult, before: int,
         archived_n, merged_n = sum(archived.values()), sum(merged.values())
     a = ArchivedCustomer
     totals = dict(conn.execute(select(a.status, func.count()).group_by(a.status)).all())
-    result.in_grace = _count(conn, "SELECT COUNT(*) FROM archived_customers WHERE status = 'archived' "
+    result.in_grace = sql.count(conn, "SELECT COUNT(*) FROM archived_customers WHERE status = 'archived' "
                                    "AND purge_after > :as_of", {"as_of": as_of}, as_of=Date)
     result.archived_total = sum(totals.values())
     result.restored_total = totals.get(ArchiveStatus.RESTORED, 0)
     result.purged_total = totals.get(ArchiveStatus.PURGED, 0)
     risk = start_of(months_before(as_of, cfg.cleanup.at_risk_months), cfg.timezone)
-    result.active = _count(conn, _ACTIVE, {"risk": risk, "epoch": EPOCH}, risk=UtcDateTime, epoch=UtcDateTime)
+    result.active = sql.count(conn, _ACTIVE, {"risk": risk, "epoch": EPOCH}, risk=UtcDateTime, epoch=UtcDateTime)
     result.at_risk = kept - result.active
     result.profiles_before, result.kept, result.archived, result.merged = before, kept, archived_n, merged_n
     result.restored, result.purged = restored, purged

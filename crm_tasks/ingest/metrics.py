@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import Connection, text
 
+from crm_tasks.store import sql
 from crm_tasks.store.bulk import bulk_insert
 from crm_tasks.store.types import timestamp_texts
 
@@ -155,12 +156,8 @@ ON CONFLICT (customer_id) DO UPDATE SET rebuild = excluded.rebuild
 """
 
 
-def _true(conn: Connection) -> str:
-    return "1" if conn.dialect.name == "sqlite" else "TRUE"
-
-
 def mark_batch_for_rebuild(conn: Connection, batch_id: int) -> None:
-    conn.execute(text(_MARK_BATCH.format(true=_true(conn))), {"batch_id": batch_id})
+    conn.execute(text(_MARK_BATCH.format(true=sql.true(conn))), {"batch_id": batch_id})
 
 
 def mark_for_rebuild(conn: Connection, customer_ids: set[str]) -> None:
@@ -171,7 +168,7 @@ def mark_for_rebuild(conn: Connection, customer_ids: set[str]) -> None:
 def mark_all_for_rebuild(conn: Connection) -> None:
     """Queue every customer with purchases for an exact rebuild (repair, or after a manual fix)."""
     conn.execute(text(
-        f"INSERT INTO metrics_dirty (customer_id, rebuild) SELECT DISTINCT customer_id, {_true(conn)} "
+        f"INSERT INTO metrics_dirty (customer_id, rebuild) SELECT DISTINCT customer_id, {sql.true(conn)} "
         "FROM purchases WHERE true ON CONFLICT (customer_id) DO UPDATE SET rebuild = excluded.rebuild"
     ))
 
@@ -224,31 +221,20 @@ FROM (
 ) agg
 """
 
-# Average basket = revenue / orders, rounded half away from zero to 4 decimals on
-# both dialects: PostgreSQL's ROUND(numeric) does that; on SQLite money is an
-# integer of 1/10000 units and integer division truncates, so add half first.
-_AVG = {
-    "postgresql": "ROUND(agg.revenue / NULLIF(agg.orders, 0), 4)",
-    "sqlite": (
-        "CASE WHEN agg.orders > 0 THEN (2 * agg.revenue + "
-        "(CASE WHEN agg.revenue >= 0 THEN agg.orders ELSE -agg.orders END)) / (2 * agg.orders) END"
-    ),
-}
-
-
 def refresh(conn: Connection) -> int:
     """Rebuild marked customers' category state, re-derive every queued customer's
     metrics, and empty the queue; returns how many customers were refreshed."""
     queued = conn.execute(text("SELECT COUNT(*) FROM metrics_dirty")).scalar_one()
     if not queued:
         return 0
-    true = _true(conn)
+    true = sql.true(conn)
     if conn.execute(text(f"SELECT COUNT(*) FROM metrics_dirty WHERE rebuild = {true}")).scalar_one():
         conn.execute(text(_REBUILD_DELETE.format(true=true)))
         conn.execute(text(_REBUILD_INSERT.format(true=true)))
     conn.execute(text(_DELETE_CUSTOMERS))
     # Ties go to the first category by code point on both dialects, whatever PostgreSQL's collation.
-    collate = ' COLLATE "C"' if conn.dialect.name == "postgresql" else ""
-    conn.execute(text(_DERIVE_CUSTOMERS.format(avg_basket=_AVG[conn.dialect.name], collate=collate)))
+    # Average basket = revenue / orders, rounded as money is everywhere (store.sql.money_per).
+    avg_basket = sql.money_per("agg.revenue", "agg.orders", conn.dialect.name)
+    conn.execute(text(_DERIVE_CUSTOMERS.format(avg_basket=avg_basket, collate=sql.byte_order(conn))))
     conn.execute(text("DELETE FROM metrics_dirty"))
     return queued

@@ -86,6 +86,7 @@ from crm_tasks.clock import Phases, cutoff_for
 from crm_tasks.errors import ConfigError, CrmError
 from crm_tasks.segments import rules
 from crm_tasks.settings import Settings
+from crm_tasks.store import sql
 from crm_tasks.store.models import (
     Customer,
     CustomerScore,
@@ -257,13 +258,6 @@ class RecomputeResult:
 # --- time -------------------------------------------------------------------------------------
 
 
-def _epoch(col: str, dialect: str) -> str:
-    """Whole seconds since 1970 of a timestamp column, the same on both dialects."""
-    if dialect == "sqlite":
-        return f"CAST(strftime('%s', {col}) AS INTEGER)"
-    return f"CAST(FLOOR(EXTRACT(EPOCH FROM {col})) AS BIGINT)"
-
-
 # --- SQL of a recompute ----------------------------------------------------------------------
 
 # Per customer and currency, from the totals ingest keeps current (the nightly case):
@@ -311,15 +305,6 @@ SELECT customer_id, CAST(SUM(orders) AS BIGINT) AS orders, MIN(first_at) AS firs
 FROM ({source}) per_currency
 GROUP BY customer_id
 """
-
-# Average basket rounded half away from zero to 4 decimals, as in metrics.py.
-_AVG_BASKET = {
-    "postgresql": "ROUND(pc.monetary / NULLIF(pc.frequency, 0), 4)",
-    "sqlite": (
-        "CASE WHEN pc.frequency > 0 THEN (2 * pc.monetary + "
-        "(CASE WHEN pc.monetary >= 0 THEN pc.frequency ELSE -pc.frequency END)) / (2 * pc.frequency) END"
-    ),
-}
 
 # Step 1, the base figures and the lifecycle stage of every profile existing at the cutoff,
 # into a scratch table (temporary: never in the database's journal).
@@ -729,17 +714,17 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
     params: dict = {}
     rates = _rate_cases(cfg, params)
     per_customer = _PER_CUSTOMER.format(
-        converted=_CONVERT[dialect].format(**rates), first_epoch=_epoch("first_at", dialect),
-        last_epoch=_epoch("last_at", dialect),
+        converted=_CONVERT[dialect].format(**rates), first_epoch=sql.epoch_seconds("first_at", dialect),
+        last_epoch=sql.epoch_seconds("last_at", dialect),
         source=_FROM_METRICS if source == "metrics" else _FROM_PURCHASES,
     )
     share = Fraction(str(seg.high_value_share))
     window_start = cutoff - timedelta(days=seg.window_days) if seg.window_days else datetime(1970, 1, 1, tzinfo=UTC)
-    on_commit = "ON COMMIT DROP" if dialect == "postgresql" else ""
-    sql = _BASE.format(
-        on_commit=on_commit, avg_basket=_AVG_BASKET[dialect], per_customer=per_customer, day=DAY,
+    base = _BASE.format(
+        on_commit=sql.on_commit_drop(conn), avg_basket=sql.money_per("pc.monetary", "pc.frequency", dialect),
+        per_customer=per_customer, day=DAY,
         fence=_FENCE[dialect],
-        previous_epoch=_epoch(_PREVIOUS_ORDER, dialect),
+        previous_epoch=sql.epoch_seconds(_PREVIOUS_ORDER, dialect),
     )
     params |= {
         "cutoff": cutoff, "window_start": window_start,
@@ -747,7 +732,7 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
         "at_risk_min_days": life.at_risk_min_days, "at_risk_factor": life.at_risk_factor,
         "single_gap": float(life.single_order_gap_days),
     }
-    stmt = text(sql).bindparams(
+    stmt = text(base).bindparams(
         bindparam("cutoff", type_=UtcDateTime()),
         *([bindparam("window_start", type_=UtcDateTime())] if source == "purchases" else []),
     )

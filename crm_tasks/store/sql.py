@@ -1,0 +1,64 @@
+"""The one way set-based SQL is written here, where Core cannot say it well on both dialects.
+
+Statements that move many rows at once (the recompute, metrics refresh, cleanup) are named
+module-level constants, each with a comment saying which rule it encodes and which index it
+relies on. The few spellings that differ between SQLite and PostgreSQL come from this module,
+never from an ``if dialect`` inside a stage, and statements run through ``execute`` so that
+dates and UTC instants are bound as each dialect stores them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, bindparam, text
+
+
+def true(conn: Connection) -> str:
+    """The literal TRUE (SQLite stores booleans as 1)."""
+    return "1" if conn.dialect.name == "sqlite" else "TRUE"
+
+
+def byte_order(conn: Connection) -> str:
+    """A COLLATE clause that sorts text by bytes, as SQLite does: ties break the same on both dialects."""
+    return ' COLLATE "C"' if conn.dialect.name == "postgresql" else ""
+
+
+def on_commit_drop(conn: Connection) -> str:
+    """How a scratch table ends with its transaction (SQLite's temporary tables live per connection)."""
+    return "ON COMMIT DROP" if conn.dialect.name == "postgresql" else ""
+
+
+def epoch_seconds(column: str, dialect: str) -> str:
+    """Whole seconds since 1970 of a timestamp expression, the same on both dialects."""
+    if dialect == "sqlite":
+        return f"CAST(strftime('%s', {column}) AS INTEGER)"
+    return f"CAST(FLOOR(EXTRACT(EPOCH FROM {column})) AS BIGINT)"
+
+
+def scratch(conn: Connection, name: str, columns: str, *indexes: str) -> None:
+    """An empty temporary table for this transaction: never in the database's journal or WAL."""
+    conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns}) {on_commit_drop(conn)}")
+    for index in indexes:
+        conn.exec_driver_sql(index)
+    conn.exec_driver_sql(f"DELETE FROM {name}")
+
+
+def execute(conn: Connection, sql: str, params: dict | None = None, **types):
+    """Execute ``sql`` with only the parameters it names, binding those given in ``types`` with that
+    SQLAlchemy type (dates and UTC instants stored as each dialect stores them)."""
+    stmt = text(sql)
+    used = {k for k in (params or {}) if f":{k}" in sql}
+    stmt = stmt.bindparams(*(bindparam(k, type_=t) for k, t in types.items() if k in used))
+    return conn.execute(stmt, {k: v for k, v in (params or {}).items() if k in used})
+
+
+def count(conn: Connection, sql: str, params: dict | None = None, **types) -> int:
+    """The single number a ``SELECT COUNT(*) ...`` returns (0 for NULL)."""
+    return int(execute(conn, sql, params, **types).scalar_one() or 0)
+
+
+def money_per(total: str, n: str, dialect: str) -> str:
+    """``total / n`` for money, rounded half away from zero to the 4 decimals money is stored with;
+    NULL when ``n`` is 0. SQLite keeps money as integer 1/10000 units, so integer division is exact."""
+    if dialect == "postgresql":
+        return f"ROUND({total} / NULLIF({n}, 0), 4)"
+    return f"CASE WHEN {n} > 0 THEN (2 * {total} + (CASE WHEN {total} >= 0 THEN {n} ELSE -{n} END)) / (2 * {n}) END"
