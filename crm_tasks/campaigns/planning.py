@@ -38,7 +38,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, text, u
 from crm_tasks.campaigns.audience import select_audience
 from crm_tasks.campaigns.coupons import unique_codes
 from crm_tasks.campaigns.definitions import Campaign
-from crm_tasks.clock import cutoff_for
+from crm_tasks.clock import Phases, cutoff_for
 from crm_tasks.delivery.suppression import email_hash, unsubscribe_token
 from crm_tasks.errors import CampaignBlocked, RenderError
 from crm_tasks.messages.mime import message_id_for
@@ -286,14 +286,7 @@ def plan_campaign(
     result = PlanResult(campaign.name, as_of, run_at, dry_run, record)
     renderer = renderer or renderer_for(cfg)
     renderer.check(campaign.template)
-    phases: dict[str, float] = {}
-    mark = time.perf_counter()
-
-    def phase(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        phases[name] = round(now - mark, 3)
-        mark = now
+    phases = Phases()
 
     with engine.connect() as conn:
         trans = conn.begin()
@@ -302,7 +295,7 @@ def plan_campaign(
         else:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"crm_campaign:{campaign.name}"})
         try:
-            blocked = _plan(conn, cfg, campaign, as_of, run_at, result, renderer, phase,
+            blocked = _plan(conn, cfg, campaign, as_of, run_at, result, renderer, phases,
                             dry_run=dry_run, record=record, audience_limit=audience_limit,
                             test_recipient=test_recipient, sample=sample)
             if record:
@@ -312,7 +305,7 @@ def plan_campaign(
         except BaseException:
             trans.rollback()
             raise
-    result.phases = phases
+    result.phases = dict(phases)
     result.seconds = round(time.perf_counter() - started, 3)
     log.info("campaign %s for %s: audience %d, recipients %d, holdout %d, excluded %s%s (%.1f s)",
              campaign.name, as_of, result.audience, result.recipients, result.holdout, result.reasons,
@@ -323,105 +316,47 @@ def plan_campaign(
 
 
 def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_at: datetime, result: PlanResult,
-          renderer: Renderer, phase, *, dry_run: bool, record: bool, audience_limit: int | None,
+          renderer: Renderer, phases: Phases, *, dry_run: bool, record: bool, audience_limit: int | None,
           test_recipient: str | None, sample: int) -> str | None:
+    """One planning run inside the caller's transaction: audience, exclusions, holdout, guardrails,
+    coupons, rendering, and (if ``record``) the stored run. Fills ``result``; returns why a guardrail
+    blocked the run, or None."""
     test = test_recipient is not None
     replaced = [] if test else _replaced_runs(conn, campaign.name, as_of, dry_run)
     real_replaced = replaced if not dry_run else _replaced_runs(conn, campaign.name, as_of, False)
     frame = select_audience(conn, campaign, as_of)
-    phase("audience")
-    n = len(frame)
-    result.audience = n
     frame["key"] = campaign.name + ":" + frame["customer_id"] + ":" + frame["occurrence"]
-    reason = pd.Series(None, index=frame.index, dtype=object)
+    result.audience = len(frame)
+    phases.done("audience")
 
-    def exclude(mask: pd.Series, why: str) -> None:
-        reason.loc[mask & reason.isna()] = why
-
-    email = frame["email"].fillna("")
-    exclude(~email.str.match(EMAIL_PATTERN), INVALID_EMAIL)
-    exclude(~frame["email_consent"], NO_CONSENT)
-    customers = frame["customer_id"].tolist()
-    has_email = reason.isna()
-    hashes = pd.Series("", index=frame.index)
-    hashes[has_email] = [email_hash(e, cfg.secret_key) for e in email[has_email]]
-    by_customer, by_hash = _suppressed(conn, customers, hashes[has_email].tolist())
-    exclude(frame["customer_id"].isin(by_customer) | hashes.isin(by_hash), SUPPRESSED)
-    if not test:
-        exclude(frame["key"].isin(_already(conn, frame["key"][reason.isna()].tolist(), real_replaced)), ALREADY_SENT)
-    cap = campaign.frequency_cap or cfg.campaigns.frequency_cap
     cutoff = cutoff_for(as_of, cfg.timezone)
-    recent = _recent_counts(conn, frame["customer_id"][reason.isna()].tolist(), cutoff - timedelta(days=cap.days),
-                            cutoff, real_replaced)
-    exclude(frame["customer_id"].map(recent).fillna(0) >= cap.messages, FREQUENCY_CAP)
-    send_at, local_at = send_times(frame, as_of, campaign, run_at)
-    exclude(send_at.isna(), OUTSIDE_WINDOW)
-    phase("exclusions")
+    reason, send_at, local_at = _exclusions(conn, cfg, campaign, frame, as_of, run_at, cutoff,
+                                            test=test, replaced=real_replaced)
+    phases.done("exclusions")
 
-    eligible = reason.isna()
-    scores = pd.Series(holdout_scores(campaign.name, frame["customer_id"]), index=frame.index, dtype=float)
-    held = eligible & (scores < campaign.holdout_share) & (not test)
-    outcome = pd.Series(EXCLUDED, index=frame.index, dtype=object)
-    outcome[held] = HOLDOUT
-    outcome[eligible & ~held] = SEND
-    if audience_limit is not None:
-        # The limit keeps a stable, unbiased slice: the lowest holdout scores above the share.
-        ranked = scores[outcome == SEND].sort_values(kind="stable")
-        over = ranked.index[audience_limit:]
-        outcome[over] = EXCLUDED
-        reason[over] = AUDIENCE_LIMIT
-    reason[outcome != EXCLUDED] = None
+    outcome = _outcomes(campaign, frame, reason, holdout=not test, audience_limit=audience_limit)
     frame["outcome"], frame["reason"] = outcome, reason
     frame["send_at"], frame["local_send_at"] = send_at.where(outcome == SEND), local_at.where(outcome == SEND)
     frame["lang"] = [language_of(loc, renderer.languages) for loc in frame["locale"]]
-    result.recipients = int((outcome == SEND).sum())
-    result.holdout = int((outcome == HOLDOUT).sum())
-    result.excluded = int((outcome == EXCLUDED).sum())
-    counts = Counter(reason.dropna())
-    result.reasons = {r: counts[r] for r in REASONS if counts.get(r)}
-    phase("holdout")
+    _count_outcomes(result, outcome, reason)
+    phases.done("holdout")
 
-    # Guardrails: a broken segment must not mail everyone.
-    blocked = None
     previous = None if test else _previous_run(conn, campaign.name, replaced + real_replaced)
-    if result.recipients > campaign.max_audience:
-        blocked = (f"campaign {campaign.name} on {as_of}: {result.recipients} recipients exceed max_audience "
-                   f"{campaign.max_audience}; nothing was planned for sending. Check the audience "
-                   f"(segment or trigger), or raise max_audience in campaigns/{campaign.name}.yaml")
-    elif previous is not None and result.recipients > max(campaign.growth_floor,
-                                                          previous.recipients * campaign.max_growth):
-        blocked = (f"campaign {campaign.name} on {as_of}: {result.recipients} recipients is more than "
-                   f"{campaign.max_growth:g} times the previous run's {previous.recipients} (on "
-                   f"{previous.as_of}); nothing was planned for sending. If the jump is expected, raise "
-                   f"max_growth in campaigns/{campaign.name}.yaml or run it with an audience limit")
+    blocked = _guardrail(campaign, as_of, result.recipients, previous)
     result.status = RunStatus.BLOCKED if blocked else RunStatus.PLANNED
     result.error = blocked
     sending = frame[outcome == SEND] if not blocked else frame.iloc[0:0]
     if previous is not None:
-        before = set(conn.execute(select(CampaignPlanRow.customer_id).where(
-            CampaignPlanRow.run_id == previous.id, CampaignPlanRow.outcome == SEND)).scalars())
-        now = set(frame["customer_id"][outcome == SEND])
-        result.diff = {"previous_run": previous.id, "previous_as_of": previous.as_of.isoformat(),
-                       "previous_recipients": previous.recipients, "added": len(now - before),
-                       "removed": len(before - now), "kept": len(now & before)}
+        result.diff = _diff_with(conn, previous, set(frame["customer_id"][outcome == SEND]))
 
-    # Coupons: the code of an occurrence planned before (and replaced now) is kept.
-    codes = pd.Series(None, index=frame.index, dtype=object)
-    if campaign.coupon is not None and len(sending):
-        existing = dict(rows_in(conn, select(Coupon.idempotency_key, Coupon.code), Coupon.idempotency_key,
-                                sending["key"].tolist()))
-        codes[sending.index] = sending["key"].map(existing)
-        missing = codes[sending.index].isna()
-        fresh = unique_codes(conn, int(missing.sum()))
-        codes[missing[missing].index] = fresh
-        result.coupons = len(sending)
-    frame["coupon_code"] = codes
-    phase("coupons")
+    frame["coupon_code"] = _coupon_codes(conn, campaign, frame, sending.index)
+    result.coupons = len(sending) if campaign.coupon is not None else 0
+    phases.done("coupons")
 
     # Render every message before any is recorded for delivery.
     contexts = build_contexts(conn, cfg, campaign, as_of, frame.loc[sending.index], renderer, cutoff)
     result.rendered = len(contexts)
-    phase("render")
+    phases.done("render")
 
     result.sample = [
         PlannedMessage(r.customer_id, r.key, r.lang, campaign.template, r.coupon_code,
@@ -432,8 +367,100 @@ def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_
         _record(conn, campaign, as_of, run_at, result, frame, sending.index, contexts, replaced,
                 domain=cfg.campaigns.sender.domain,
                 dry_run=dry_run, test_recipient=test_recipient, audience_limit=audience_limit)
-    phase("record")
+    phases.done("record")
     return blocked
+
+
+def _exclusions(conn: Connection, cfg: Settings, campaign: Campaign, frame: pd.DataFrame, as_of: date,
+                run_at: datetime, cutoff: datetime, *, test: bool, replaced: list[int]):
+    """Each audience member's exclusion reason (None: eligible), the first that applies in REASONS'
+    order, with the UTC and local send times. Returns (reason, send_at, local_send_at)."""
+    reason = pd.Series(None, index=frame.index, dtype=object)
+
+    def exclude(mask: pd.Series, why: str) -> None:
+        reason.loc[mask & reason.isna()] = why
+
+    email = frame["email"].fillna("")
+    exclude(~email.str.match(EMAIL_PATTERN), INVALID_EMAIL)
+    exclude(~frame["email_consent"], NO_CONSENT)
+    has_email = reason.isna()
+    hashes = pd.Series("", index=frame.index)
+    hashes[has_email] = [email_hash(e, cfg.secret_key) for e in email[has_email]]
+    by_customer, by_hash = _suppressed(conn, frame["customer_id"].tolist(), hashes[has_email].tolist())
+    exclude(frame["customer_id"].isin(by_customer) | hashes.isin(by_hash), SUPPRESSED)
+    if not test:
+        exclude(frame["key"].isin(_already(conn, frame["key"][reason.isna()].tolist(), replaced)), ALREADY_SENT)
+    cap = campaign.frequency_cap or cfg.campaigns.frequency_cap
+    recent = _recent_counts(conn, frame["customer_id"][reason.isna()].tolist(), cutoff - timedelta(days=cap.days),
+                            cutoff, replaced)
+    exclude(frame["customer_id"].map(recent).fillna(0) >= cap.messages, FREQUENCY_CAP)
+    send_at, local_at = send_times(frame, as_of, campaign, run_at)
+    exclude(send_at.isna(), OUTSIDE_WINDOW)
+    return reason, send_at, local_at
+
+
+def _outcomes(campaign: Campaign, frame: pd.DataFrame, reason: pd.Series, *, holdout: bool,
+              audience_limit: int | None) -> pd.Series:
+    """send, holdout or excluded per audience member. The holdout is drawn from the eligible by a
+    stable hash; an audience limit keeps the lowest scores above the holdout share (a stable,
+    unbiased slice) and excludes the rest with reason audience_limit. Clears the reason of the kept."""
+    eligible = reason.isna()
+    scores = pd.Series(holdout_scores(campaign.name, frame["customer_id"]), index=frame.index, dtype=float)
+    held = eligible & (scores < campaign.holdout_share) & holdout
+    outcome = pd.Series(EXCLUDED, index=frame.index, dtype=object)
+    outcome[held] = HOLDOUT
+    outcome[eligible & ~held] = SEND
+    if audience_limit is not None:
+        over = scores[outcome == SEND].sort_values(kind="stable").index[audience_limit:]
+        outcome[over] = EXCLUDED
+        reason[over] = AUDIENCE_LIMIT
+    reason[outcome != EXCLUDED] = None
+    return outcome
+
+
+def _count_outcomes(result: PlanResult, outcome: pd.Series, reason: pd.Series) -> None:
+    result.recipients = int((outcome == SEND).sum())
+    result.holdout = int((outcome == HOLDOUT).sum())
+    result.excluded = int((outcome == EXCLUDED).sum())
+    counts = Counter(reason.dropna())
+    result.reasons = {r: counts[r] for r in REASONS if counts.get(r)}
+
+
+def _guardrail(campaign: Campaign, as_of: date, recipients: int, previous) -> str | None:
+    """Why the run must not send (a broken segment must not mail everyone), or None."""
+    if recipients > campaign.max_audience:
+        return (f"campaign {campaign.name} on {as_of}: {recipients} recipients exceed max_audience "
+                f"{campaign.max_audience}; nothing was planned for sending. Check the audience "
+                f"(segment or trigger), or raise max_audience in campaigns/{campaign.name}.yaml")
+    if previous is not None and recipients > max(campaign.growth_floor, previous.recipients * campaign.max_growth):
+        return (f"campaign {campaign.name} on {as_of}: {recipients} recipients is more than "
+                f"{campaign.max_growth:g} times the previous run's {previous.recipients} (on "
+                f"{previous.as_of}); nothing was planned for sending. If the jump is expected, raise "
+                f"max_growth in campaigns/{campaign.name}.yaml or run it with an audience limit")
+    return None
+
+
+def _diff_with(conn: Connection, previous, now: set[str]) -> dict:
+    """This run's recipients against the previous run's: added, removed, kept."""
+    before = set(conn.execute(select(CampaignPlanRow.customer_id).where(
+        CampaignPlanRow.run_id == previous.id, CampaignPlanRow.outcome == SEND)).scalars())
+    return {"previous_run": previous.id, "previous_as_of": previous.as_of.isoformat(),
+            "previous_recipients": previous.recipients, "added": len(now - before),
+            "removed": len(before - now), "kept": len(now & before)}
+
+
+def _coupon_codes(conn: Connection, campaign: Campaign, frame: pd.DataFrame, sending: pd.Index) -> pd.Series:
+    """A coupon code per message to send: an occurrence planned before (and replaced now) keeps its code."""
+    codes = pd.Series(None, index=frame.index, dtype=object)
+    if campaign.coupon is None or sending.empty:
+        return codes
+    keys = frame.loc[sending, "key"]
+    existing = dict(rows_in(conn, select(Coupon.idempotency_key, Coupon.code), Coupon.idempotency_key,
+                            keys.tolist()))
+    codes[sending] = keys.map(existing)
+    missing = codes[sending].isna()
+    codes[missing[missing].index] = unique_codes(conn, int(missing.sum()))
+    return codes
 
 
 def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, rows: pd.DataFrame,
@@ -477,29 +504,45 @@ def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime,
     ``domain`` is the sender's: the Message-ID of each ledger row is fixed here, before any attempt."""
     now = datetime.now(UTC)
     if replaced:
-        old = select(Message.idempotency_key).where(Message.run_id.in_(replaced),
-                                                     Message.state == MessageState.PLANNED)
-        conn.execute(delete(Coupon).where(Coupon.idempotency_key.in_(old)))
-        result.replaced = conn.execute(delete(Message).where(Message.run_id.in_(replaced),
-                                                             Message.state == MessageState.PLANNED)).rowcount
-        # A run whose messages went out (or were tried) stays, marked replaced, so that its ledger
-        # rows keep naming a recorded run and `crm campaign status` shows them; the others go.
-        delivered = set(conn.execute(select(Message.run_id).where(Message.run_id.in_(replaced)).distinct())
-                        .scalars())
-        gone = [r for r in replaced if r not in delivered]
-        if gone:
-            conn.execute(delete(CampaignPlanRow).where(CampaignPlanRow.run_id.in_(gone)))
-            conn.execute(delete(CampaignRun).where(CampaignRun.id.in_(gone)))
-        if delivered:
-            conn.execute(update(CampaignRun).where(CampaignRun.id.in_(delivered)).values(status=RunStatus.REPLACED))
-    run_id = conn.execute(insert(CampaignRun).values(
+        result.replaced = _replace_runs(conn, replaced)
+    result.run_id = conn.execute(insert(CampaignRun).values(
         campaign=campaign.name, as_of=as_of, run_at=run_at, dry_run=dry_run, test_run=test_recipient is not None,
         status=result.status, audience=result.audience, recipients=result.recipients, holdout=result.holdout,
         excluded=result.excluded, reasons=result.reasons, diff=result.diff,
         parameters={"definition": campaign.model_dump(mode="json"), "audience_limit": audience_limit},
         error=result.error, created_at=now,
     ).returning(CampaignRun.id)).scalar_one()
-    result.run_id = run_id
+    _insert_plan(conn, campaign, result.run_id, frame)
+    if dry_run or result.status != RunStatus.PLANNED or sending.empty:
+        return
+    rows = frame.loc[sending]
+    # Test messages get keys of their own, so that they never use up a customer's occurrence.
+    prefix = f"test:{result.run_id}:" if test_recipient else ""
+    _insert_ledger(conn, campaign, result.run_id, rows, contexts, prefix, now, domain=domain,
+                   test_recipient=test_recipient)
+    if campaign.coupon is not None:
+        _insert_coupons(conn, campaign, result.run_id, rows, prefix, as_of)
+
+
+def _replace_runs(conn: Connection, replaced: list[int]) -> int:
+    """Remove the still-planned messages (and their coupons) of earlier runs of the same date; returns
+    how many. A run whose messages went out (or were tried) stays, marked replaced, so that its ledger
+    rows keep naming a recorded run and `crm campaign status` shows them; the others go."""
+    planned = (Message.run_id.in_(replaced), Message.state == MessageState.PLANNED)
+    conn.execute(delete(Coupon).where(Coupon.idempotency_key.in_(select(Message.idempotency_key).where(*planned))))
+    removed = conn.execute(delete(Message).where(*planned)).rowcount
+    delivered = set(conn.execute(select(Message.run_id).where(Message.run_id.in_(replaced)).distinct()).scalars())
+    gone = [r for r in replaced if r not in delivered]
+    if gone:
+        conn.execute(delete(CampaignPlanRow).where(CampaignPlanRow.run_id.in_(gone)))
+        conn.execute(delete(CampaignRun).where(CampaignRun.id.in_(gone)))
+    if delivered:
+        conn.execute(update(CampaignRun).where(CampaignRun.id.in_(delivered)).values(status=RunStatus.REPLACED))
+    return removed
+
+
+def _insert_plan(conn: Connection, campaign: Campaign, run_id: int, frame: pd.DataFrame) -> None:
+    """One plan row per audience member: outcome, reason, and for those to send the time and coupon."""
     plan_rows = [
         {"run_id": run_id, "customer_id": r.customer_id, "outcome": r.outcome,
          "reason": r.reason, "occurrence": r.occurrence, "idempotency_key": r.key, "locale": r.lang,
@@ -510,10 +553,11 @@ def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime,
     ]
     for chunk in _chunks(plan_rows, 5000):
         conn.execute(insert(CampaignPlanRow), chunk)
-    if dry_run or result.status != RunStatus.PLANNED or sending.empty:
-        return
-    rows = frame.loc[sending]
-    prefix = f"test:{run_id}:" if test_recipient else ""
+
+
+def _insert_ledger(conn: Connection, campaign: Campaign, run_id: int, rows: pd.DataFrame, contexts: list[dict],
+                   prefix: str, now: datetime, *, domain: str, test_recipient: str | None) -> None:
+    """The send ledger's rows, state planned, each with its allow-listed render context and Message-ID."""
     messages = [
         {"idempotency_key": prefix + r.key, "campaign": campaign.name, "customer_id": r.customer_id,
          "run_id": run_id, "occurrence": r.occurrence, "state": MessageState.PLANNED,
@@ -524,13 +568,17 @@ def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime,
     ]
     for chunk in _chunks(messages, 2000):
         conn.execute(insert(Message), chunk)
-    if campaign.coupon is not None:
-        c = campaign.coupon
-        coupons = [
-            {"code": r.coupon_code, "idempotency_key": prefix + r.key, "campaign": campaign.name,
-             "customer_id": r.customer_id, "value": c.value, "value_type": c.type, "currency": c.currency,
-             "issued_on": as_of, "expires_on": as_of + timedelta(days=c.valid_days), "run_id": run_id}
-            for r in rows.itertuples()
-        ]
-        for chunk in _chunks(coupons, 5000):
-            conn.execute(insert(Coupon), chunk)
+
+
+def _insert_coupons(conn: Connection, campaign: Campaign, run_id: int, rows: pd.DataFrame, prefix: str,
+                    as_of: date) -> None:
+    """The coupons the messages carry, valid from the occurrence day for the campaign's valid_days."""
+    c = campaign.coupon
+    coupons = [
+        {"code": r.coupon_code, "idempotency_key": prefix + r.key, "campaign": campaign.name,
+         "customer_id": r.customer_id, "value": c.value, "value_type": c.type, "currency": c.currency,
+         "issued_on": as_of, "expires_on": as_of + timedelta(days=c.valid_days), "run_id": run_id}
+        for r in rows.itertuples()
+    ]
+    for chunk in _chunks(coupons, 5000):
+        conn.execute(insert(Coupon), chunk)
