@@ -524,16 +524,10 @@ def recompute_range(engine: Engine, cfg: Settings, first: date, last: date) -> l
 
 
 def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None) -> RecomputeResult:
-    dialect = conn.dialect.name
+    """One recompute inside the caller's transaction: definitions, scores, the built-in and custom
+    history diffs, and the recorded sizes."""
     phases = Phases()
-    if dialect == "postgresql":
-        # One recompute at a time: two would diff against each other's half-written history.
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('crm_segments'))"))
-        # For this transaction only: the ranks and diffs sort and hash a million rows, which
-        # spill to disk at the default 4 MB; and JIT compiling these one-off statements
-        # costs more than it saves.
-        conn.execute(text("SET LOCAL work_mem = '256MB'"))
-        conn.execute(text("SET LOCAL jit = off"))
+    _serialise_and_tune(conn)
     cutoff = cutoff_for(as_of, cfg.timezone)
     fields = rule_fields(cfg)
     builtins = builtin_segments()
@@ -546,17 +540,69 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
     chosen = source or _choose_source(conn, cfg, cutoff)
     phases.done("checks")
     customers, scored = _compute_scores(conn, cfg, as_of, cutoff, chosen, phases)
-    # Profiles archived by cleanup (crm_tasks/cleanup/archive.py) are gone on purpose, not yet to arrive.
-    buyers_without_profile = conn.execute(text(
-        "SELECT COUNT(*) FROM customer_metrics m WHERE m.orders > 0 AND NOT EXISTS "
-        "(SELECT 1 FROM customers c WHERE c.customer_id = m.customer_id) AND NOT EXISTS "
-        "(SELECT 1 FROM archived_customers a WHERE a.customer_id = m.customer_id)"
-    )).scalar_one()
+    buyers_without_profile = _buyers_without_profile(conn)
     phases.done("checks")
 
+    entered, exited = _diff_builtin_history(conn, builtins, ids, as_of, phases)
+    failed = _stage_custom(conn, cfg, definitions, ids, as_of, cutoff, fields)
+    for name, message in failed.items():
+        problems.append(rules.DefinitionProblem(source=name, name=name, path="", message=message))
+        carried.add(ids[name])
+        conn.execute(update(Segment).where(Segment.id == ids[name])
+                     .values(status=SegmentStatus.INVALID, error=message))
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ANALYZE segment_stage"))
+    phases.done("stage_custom")
+    more_entered, more_exited = _diff_custom_history(conn, carried, as_of)
+    entered, exited = entered + more_entered, exited + more_exited
+    phases.done("history_custom")
+
+    counts = _record_sizes(conn, as_of)
+    memberships = sum(c.size for c in counts)
+    conn.execute(insert(SegmentRun).values(
+        as_of=as_of, cutoff=cutoff, computed_at=datetime.now(UTC), source=chosen, customers=customers,
+        scored=scored, buyers_without_profile=buyers_without_profile, memberships=memberships, entered=entered,
+        exited=exited, parameters=_parameters(cfg), problems=[str(p) for p in problems],
+    ))
+    phases.done("sizes")
+    return RecomputeResult(
+        as_of=as_of, source=chosen, customers=customers, scored=scored,
+        buyers_without_profile=buyers_without_profile, memberships=memberships, entered=entered, exited=exited,
+        segments=counts, problems=[str(p) for p in problems], cleared_dates=cleared, phases=dict(phases),
+    )
+
+
+def _serialise_and_tune(conn: Connection) -> None:
+    """On PostgreSQL: one recompute at a time (two would diff against each other's half-written
+    history), and settings for this transaction only: the ranks and diffs sort and hash a million
+    rows, which spill to disk at the default 4 MB; and JIT compiling these one-off statements costs
+    more than it saves. (SQLite's caller took the write lock already.)"""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('crm_segments'))"))
+        conn.execute(text("SET LOCAL work_mem = '256MB'"))
+        conn.execute(text("SET LOCAL jit = off"))
+
+
+# Buyers with purchases but no profile; profiles archived by cleanup (crm_tasks/cleanup/archive.py)
+# are gone on purpose, not yet to arrive.
+_BUYERS_WITHOUT_PROFILE = """
+SELECT COUNT(*) FROM customer_metrics m WHERE m.orders > 0
+  AND NOT EXISTS (SELECT 1 FROM customers c WHERE c.customer_id = m.customer_id)
+  AND NOT EXISTS (SELECT 1 FROM archived_customers a WHERE a.customer_id = m.customer_id)
+"""
+
+
+def _buyers_without_profile(conn: Connection) -> int:
+    return sql.count(conn, _BUYERS_WITHOUT_PROFILE)
+
+
+def _diff_builtin_history(conn: Connection, builtins: dict, ids: dict[str, int], as_of: date,
+                          phases: Phases) -> tuple[int, int]:
+    """Close and open the built-in families' memberships straight from the new scores; returns
+    (entered, exited)."""
     binds = [bindparam("as_of", type_=Date)]
     params = {"as_of": as_of}
-    if dialect == "postgresql":
+    if conn.dialect.name == "postgresql":
         # Plan the diff on the tables' real sizes: the scores were just rewritten, and the
         # history grows by millions of rows on a first run, long before autovacuum looks.
         conn.execute(text("ANALYZE customer_scores, segment_memberships"))
@@ -580,44 +626,28 @@ def _recompute(conn: Connection, cfg: Settings, as_of: date, source: str | None)
     entered = conn.execute(text(_OPEN_BUILTIN).bindparams(*binds), params).rowcount
     for index in indexes:
         index.create(conn)
-    if dialect == "postgresql" and entered + exited > 10_000:
+    if conn.dialect.name == "postgresql" and entered + exited > 10_000:
         # A first run writes millions of rows the statistics do not know about yet; planned
         # on an "empty" table, the custom-segment diff below would scan it once per row.
         conn.execute(text("ANALYZE segment_memberships"))
     phases.done("history_open")
-
     conn.execute(delete(SegmentStage))
-    failed = _stage_custom(conn, cfg, definitions, ids, as_of, cutoff, fields)
-    for name, message in failed.items():
-        problems.append(rules.DefinitionProblem(source=name, name=name, path="", message=message))
-        carried.add(ids[name])
-        conn.execute(update(Segment).where(Segment.id == ids[name])
-                     .values(status=SegmentStatus.INVALID, error=message))
-    if dialect == "postgresql":
-        conn.execute(text("ANALYZE segment_stage"))
-    phases.done("stage_custom")
-    # Every custom segment not carried forward: computed now, or retired (its file is gone).
+    return entered, exited
+
+
+def _diff_custom_history(conn: Connection, carried: set[int], as_of: date) -> tuple[int, int]:
+    """Close and open the memberships of every custom segment not carried forward (computed now into
+    segment_stage, or retired because its file is gone); returns (entered, exited)."""
+    binds = [bindparam("as_of", type_=Date)]
+    params = {"as_of": as_of}
     custom = conn.execute(select(Segment.id).where(Segment.family == "custom")).scalars().all()
     diffed = ", ".join(str(int(i)) for i in custom if i not in carried)
+    entered = exited = 0
     if diffed:
-        exited += conn.execute(text(_CLOSE_CUSTOM.format(ids=diffed)).bindparams(*binds), params).rowcount
-        entered += conn.execute(text(_OPEN_CUSTOM).bindparams(*binds), params).rowcount
+        exited = conn.execute(text(_CLOSE_CUSTOM.format(ids=diffed)).bindparams(*binds), params).rowcount
+        entered = conn.execute(text(_OPEN_CUSTOM).bindparams(*binds), params).rowcount
     conn.execute(delete(SegmentStage))
-    phases.done("history_custom")
-
-    counts = _record_sizes(conn, as_of)
-    memberships = sum(c.size for c in counts)
-    conn.execute(insert(SegmentRun).values(
-        as_of=as_of, cutoff=cutoff, computed_at=datetime.now(UTC), source=chosen, customers=customers,
-        scored=scored, buyers_without_profile=buyers_without_profile, memberships=memberships, entered=entered,
-        exited=exited, parameters=_parameters(cfg), problems=[str(p) for p in problems],
-    ))
-    phases.done("sizes")
-    return RecomputeResult(
-        as_of=as_of, source=chosen, customers=customers, scored=scored,
-        buyers_without_profile=buyers_without_profile, memberships=memberships, entered=entered, exited=exited,
-        segments=counts, problems=[str(p) for p in problems], cleared_dates=cleared, phases=dict(phases),
-    )
+    return entered, exited
 
 
 def _parameters(cfg: Settings) -> dict:
