@@ -3,7 +3,7 @@ name and rule validated, and a folder of them loaded in dependency order with cy
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -210,11 +210,29 @@ def load_definitions(folder: Path, fields: Mapping[str, FieldInfo], builtin_segm
     references an invalid one is invalid too. A missing folder means no custom segments.
     """
     builtin = set(builtin_segments)
+    order, parsed, owner, problems = _read_folder(Path(folder), fields, builtin, label)
+
+    def fail(name: str, path: str, message: str) -> None:
+        source = parsed[name].definition.source
+        problems[source].append(DefinitionProblem(source, name, path, message))
+
+    graph = {name: tuple(d for d in p.definition.depends_on if d in owner) for name, p in parsed.items()}
+    invalid = {name for name in owner if name not in parsed}
+    invalid |= _bad_references(parsed, owner, graph, builtin, fail)
+    _spread_invalidity(parsed, owner, graph, invalid, fail)
+    valid = [n for n in parsed if n not in invalid]  # file order: parsed was filled in it
+    return _dependency_order(valid, graph, parsed), [p for source in order for p in problems[source]]
+
+
+def _read_folder(folder: Path, fields: Mapping[str, FieldInfo], builtin: set[str], label: str):
+    """Every file parsed on its own. Returns the sources in order, the parsed definitions by name
+    (the first file in sorted order that claims a name), each name's owning source, and each
+    source's problems."""
     problems: dict[str, list[DefinitionProblem]] = {}
-    parsed: dict[str, _Parsed] = {}  # by name, the first file in sorted order that claims it
-    owner: dict[str, str] = {}  # segment name -> source of the first file with that name
+    parsed: dict[str, _Parsed] = {}
+    owner: dict[str, str] = {}
     order: list[str] = []
-    for path in _segment_files(Path(folder)):
+    for path in _segment_files(folder):
         source = f"{label}/{path.name}"
         order.append(source)
         text, unreadable = _read(path, source)
@@ -233,13 +251,13 @@ def load_definitions(folder: Path, fields: Mapping[str, FieldInfo], builtin_segm
         owner[name] = source
         if result is not None:
             parsed[name] = result
+    return order, parsed, owner, problems
 
-    def fail(name: str, path: str, message: str) -> None:
-        source = parsed[name].definition.source
-        problems[source].append(DefinitionProblem(source, name, path, message))
 
-    graph = {name: tuple(d for d in p.definition.depends_on if d in owner) for name, p in parsed.items()}
-    invalid = {name for name in owner if name not in parsed}
+def _bad_references(parsed: dict[str, _Parsed], owner: dict[str, str], graph: Mapping[str, tuple[str, ...]],
+                    builtin: set[str], fail: Callable[[str, str, str], None]) -> set[str]:
+    """The segments that name an unknown segment or sit on an in_segment cycle, each problem reported."""
+    invalid = set()
     for name, p in parsed.items():
         for ref, path in p.references:
             if ref not in builtin and ref not in owner:
@@ -254,7 +272,12 @@ def load_definitions(folder: Path, fields: Mapping[str, FieldInfo], builtin_segm
                                                      "include itself, directly or through others; remove one of "
                                                      "these references")
             invalid.add(name)
-    # Invalidity spreads to every segment built on an invalid one, however indirectly.
+    return invalid
+
+
+def _spread_invalidity(parsed: dict[str, _Parsed], owner: dict[str, str], graph: Mapping[str, tuple[str, ...]],
+                       invalid: set[str], fail: Callable[[str, str, str], None]) -> None:
+    """Invalidity spreads to every segment built on an invalid one, however indirectly."""
     changed = True
     while changed:
         changed = False
@@ -267,9 +290,6 @@ def load_definitions(folder: Path, fields: Mapping[str, FieldInfo], builtin_segm
                                                     "that file first")
             invalid.add(name)
             changed = True
-
-    valid = [n for n in parsed if n not in invalid]  # file order: parsed was filled in it
-    return _dependency_order(valid, graph, parsed), [p for source in order for p in problems[source]]
 
 
 def _dependency_order(names: list[str], graph: Mapping[str, tuple[str, ...]],
