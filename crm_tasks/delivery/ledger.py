@@ -19,7 +19,7 @@ import secrets
 import socket
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, case, func, or_, select, update
 
 from crm_tasks.errors import IllegalTransition
 from crm_tasks.store.bulk import IN_CHUNK
@@ -161,12 +161,13 @@ def _released_state():
 def assign_batches(conn: Connection, run_id: int, batch_size: int) -> None:
     """Number the run's messages into send batches once, in key order, so that a retried task
     claims the same messages. Set-based: one UPDATE joined to a ROW_NUMBER() over the run."""
-    conn.execute(text(
-        "UPDATE messages SET batch_no = n.b FROM ("
-        "  SELECT idempotency_key AS k, (ROW_NUMBER() OVER (ORDER BY idempotency_key) - 1) / :size AS b"
-        "  FROM messages WHERE run_id = :run) AS n"
-        " WHERE messages.idempotency_key = n.k AND messages.batch_no IS NULL"
-    ), {"size": int(batch_size), "run": int(run_id)})
+    position = func.row_number().over(order_by=Message.idempotency_key) - 1
+    # Integers on both dialects: a plain "/" divides as integers (Core's // would add FLOOR, which
+    # SQLite builds without the math functions lack).
+    numbered = (select(Message.idempotency_key.label("k"), position.self_group().op("/")(int(batch_size)).label("b"))
+                .where(Message.run_id == int(run_id)).subquery("n"))
+    conn.execute(update(Message).where(Message.idempotency_key == numbered.c.k, Message.batch_no.is_(None))
+                 .values(batch_no=numbered.c.b))
 
 
 def state_counts(conn: Connection, where: list) -> dict[str, int]:

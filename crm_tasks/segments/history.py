@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import date
 
-from sqlalchemy import Connection, Date, Engine, String, bindparam, func, select, text
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.orm import aliased
 
 from crm_tasks.errors import CrmError
 from crm_tasks.store.models import CustomerScore, Segment, SegmentMembership, SegmentSize, SegmentStatus
@@ -122,48 +123,42 @@ class TransitionList:
         return asdict(self)
 
 
-# Each entry since a date, paired with the exit on the same day from another segment of
-# the same family (RFM, lifecycle and value tiers are exclusive within a family, so there
-# is at most one). The pairing seeks ix_segment_memberships_closed per entry.
-_TRANSITIONS = """
-SELECT (SELECT f.name FROM segments f JOIN segment_memberships x ON x.segment_id = f.id
-        WHERE f.family = t.family AND f.family <> 'custom' AND f.id <> t.id
-          AND x.valid_to = e.valid_from AND x.customer_id = e.customer_id) AS from_segment,
-       t.name AS to_segment, e.customer_id, e.valid_from AS moved_on
-FROM segment_memberships e JOIN segments t ON t.id = e.segment_id
-WHERE e.valid_from >= :since AND e.valid_from <= :until
-"""
+def _moves(since: date, until: date):
+    """Each entry between two dates, paired with the exit on the same day from another segment of
+    the same family (RFM, lifecycle and value tiers are exclusive within a family, so there is at
+    most one): from_segment (None for a first entry), to_segment, customer_id, moved_on. The pairing
+    seeks ix_segment_memberships_closed per entry."""
+    entry, to = aliased(SegmentMembership, name="e"), aliased(Segment, name="t")
+    exit_, left = aliased(SegmentMembership, name="x"), aliased(Segment, name="f")
+    from_segment = (select(left.name).join(exit_, exit_.segment_id == left.id)
+                    .where(left.family == to.family, left.family != "custom", left.id != to.id,
+                           exit_.valid_to == entry.valid_from, exit_.customer_id == entry.customer_id)
+                    .scalar_subquery())
+    return (select(from_segment.label("from_segment"), to.name.label("to_segment"), entry.customer_id,
+                   entry.valid_from.label("moved_on"))
+            .join_from(entry, to, to.id == entry.segment_id)
+            .where(entry.valid_from >= since, entry.valid_from <= until)
+            .subquery("moves"))
 
 
 def transitions(engine: Engine, since: date, until: date | None = None, from_segment: str | None = None,
                 to_segment: str | None = None, limit: int = 100) -> TransitionList:
     """Who moved from which segment to which since a date: counts per pair, and with a
     from or to segment named, the customers (ids only)."""
-    params = {"since": since, "until": until or date(9999, 12, 31)}
-    binds = [bindparam("since", type_=Date), bindparam("until", type_=Date)]
+    moves = _moves(since, until or date(9999, 12, 31))
     with engine.connect() as conn:
         for name in (from_segment, to_segment):
             if name:
                 _segment_id(conn, name)
-        base = f"({_TRANSITIONS}) moves"
-        pairs = [Transition(f, t, n) for f, t, n in conn.execute(text(
-            f"SELECT from_segment, to_segment, COUNT(*) FROM {base} GROUP BY from_segment, to_segment "
-            "ORDER BY COUNT(*) DESC, to_segment"
-        ).bindparams(*binds), params)]
+        n = func.count()
+        pairs = [Transition(f, t, k) for f, t, k in conn.execute(
+            select(moves.c.from_segment, moves.c.to_segment, n).group_by(moves.c.from_segment, moves.c.to_segment)
+            .order_by(n.desc(), moves.c.to_segment))]
         who: list[dict] = []
         if from_segment or to_segment:
-            conditions, extra = [], {}
-            if from_segment:
-                conditions.append("from_segment = :from_segment")
-                extra["from_segment"] = from_segment
-            if to_segment:
-                conditions.append("to_segment = :to_segment")
-                extra["to_segment"] = to_segment
-            rows = conn.execute(text(
-                f"SELECT from_segment, to_segment, customer_id, moved_on FROM {base} "
-                f"WHERE {' AND '.join(conditions)} ORDER BY moved_on, customer_id LIMIT :limit"
-            ).bindparams(*binds).columns(from_segment=String, to_segment=String, customer_id=String,
-                                         moved_on=Date), params | extra | {"limit": limit})
+            named = [c == v for c, v in ((moves.c.from_segment, from_segment), (moves.c.to_segment, to_segment)) if v]
+            rows = conn.execute(select(moves).where(*named).order_by(moves.c.moved_on, moves.c.customer_id)
+                                .limit(limit))
             who = [dict(r._mapping) for r in rows]
     if from_segment or to_segment:
         pairs = [p for p in pairs if (not from_segment or p.from_segment == from_segment)
