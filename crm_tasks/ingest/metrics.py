@@ -25,10 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, delete, func, select, text, true
 
 from crm_tasks.store import sql
-from crm_tasks.store.bulk import bulk_insert
+from crm_tasks.store.bulk import bulk_insert, dialect_insert
+from crm_tasks.store.models import CustomerCategoryMetrics, CustomerMetrics, MetricsDirty, Purchase
 from crm_tasks.store.types import timestamp_texts
 
 KEYS = ["customer_id", "currency", "category"]
@@ -148,16 +149,18 @@ def _money(col: pa.ChunkedArray, dialect: str) -> list:
     return units_to_decimal_text(units).tolist()
 
 
-# Marks a (replaced) batch's customers for an exact rebuild.
-_MARK_BATCH = """
-INSERT INTO metrics_dirty (customer_id, rebuild)
-SELECT DISTINCT customer_id, {true} FROM purchases WHERE batch_id = :batch_id
-ON CONFLICT (customer_id) DO UPDATE SET rebuild = excluded.rebuild
-"""
+def _mark_from_purchases(conn: Connection, *where) -> None:
+    """Queue the customers of the matching purchases for an exact rebuild (an existing mark is upgraded)."""
+    # SQLite reads "ON CONFLICT" after a SELECT as a join constraint unless the SELECT has a WHERE.
+    buyers = select(Purchase.customer_id, true()).where(true(), *where).distinct()
+    stmt = dialect_insert(conn)(MetricsDirty).from_select(["customer_id", "rebuild"], buyers)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["customer_id"],
+                                            set_={"rebuild": stmt.excluded.rebuild}))
 
 
 def mark_batch_for_rebuild(conn: Connection, batch_id: int) -> None:
-    conn.execute(text(_MARK_BATCH.format(true=sql.true(conn))), {"batch_id": batch_id})
+    """Queue a (replaced) batch's customers for an exact rebuild."""
+    _mark_from_purchases(conn, Purchase.batch_id == batch_id)
 
 
 def mark_for_rebuild(conn: Connection, customer_ids: set[str]) -> None:
@@ -167,16 +170,8 @@ def mark_for_rebuild(conn: Connection, customer_ids: set[str]) -> None:
 
 def mark_all_for_rebuild(conn: Connection) -> None:
     """Queue every customer with purchases for an exact rebuild (repair, or after a manual fix)."""
-    conn.execute(text(
-        f"INSERT INTO metrics_dirty (customer_id, rebuild) SELECT DISTINCT customer_id, {sql.true(conn)} "
-        "FROM purchases WHERE true ON CONFLICT (customer_id) DO UPDATE SET rebuild = excluded.rebuild"
-    ))
+    _mark_from_purchases(conn)
 
-
-_REBUILD_DELETE = """
-DELETE FROM customer_category_metrics
-WHERE customer_id IN (SELECT customer_id FROM metrics_dirty WHERE rebuild = {true})
-"""
 
 # The exact path: rebuild the category state of marked customers from their own purchases.
 # CROSS JOIN makes SQLite start from the few marked customers and seek into
@@ -197,8 +192,6 @@ FROM metrics_dirty d CROSS JOIN purchases p
 WHERE p.customer_id = d.customer_id AND d.rebuild = {true}
 GROUP BY p.customer_id, p.currency, p.category
 """
-
-_DELETE_CUSTOMERS = "DELETE FROM customer_metrics WHERE customer_id IN (SELECT customer_id FROM metrics_dirty)"
 
 # Per-customer metrics from the category state; the primary key's order serves the
 # GROUP BY, and the favourite category is one index seek per customer and currency.
@@ -224,17 +217,17 @@ FROM (
 def refresh(conn: Connection) -> int:
     """Rebuild marked customers' category state, re-derive every queued customer's
     metrics, and empty the queue; returns how many customers were refreshed."""
-    queued = conn.execute(text("SELECT COUNT(*) FROM metrics_dirty")).scalar_one()
+    queued = conn.execute(select(func.count()).select_from(MetricsDirty)).scalar_one()
     if not queued:
         return 0
-    true = sql.true(conn)
-    if conn.execute(text(f"SELECT COUNT(*) FROM metrics_dirty WHERE rebuild = {true}")).scalar_one():
-        conn.execute(text(_REBUILD_DELETE.format(true=true)))
-        conn.execute(text(_REBUILD_INSERT.format(true=true)))
-    conn.execute(text(_DELETE_CUSTOMERS))
+    rebuild = select(MetricsDirty.customer_id).where(MetricsDirty.rebuild)
+    if conn.execute(select(func.count()).select_from(rebuild.subquery())).scalar_one():
+        conn.execute(delete(CustomerCategoryMetrics).where(CustomerCategoryMetrics.customer_id.in_(rebuild)))
+        conn.execute(text(_REBUILD_INSERT.format(true=sql.true(conn))))
+    conn.execute(delete(CustomerMetrics).where(CustomerMetrics.customer_id.in_(select(MetricsDirty.customer_id))))
     # Ties go to the first category by code point on both dialects, whatever PostgreSQL's collation.
     # Average basket = revenue / orders, rounded as money is everywhere (store.sql.money_per).
     avg_basket = sql.money_per("agg.revenue", "agg.orders", conn.dialect.name)
     conn.execute(text(_DERIVE_CUSTOMERS.format(avg_basket=avg_basket, collate=sql.byte_order(conn))))
-    conn.execute(text("DELETE FROM metrics_dirty"))
+    conn.execute(delete(MetricsDirty))
     return queued
