@@ -29,8 +29,6 @@ airflow: install
 	@mkdir -p var/airflow
 	@echo "Airflow UI: http://localhost:8080  user: admin  password: see var/airflow/simple_auth_manager_passwords.json.generated"
 	@$(AIRFLOW_ENV) $(BIN)/airflow db migrate > var/airflow/db-migrate.log 2>&1
-	@# The send tasks of every campaign share this pool: its slots bound the batches sending at once.
-	@$(AIRFLOW_ENV) $(BIN)/airflow pools set smtp 4 "SMTP sends of all campaigns" > /dev/null
 	$(AIRFLOW_ENV) $(BIN)/airflow standalone
 
 ## bench: ingest benchmark (1M customers, 10M purchases) on SQLite and PostgreSQL

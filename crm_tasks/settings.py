@@ -135,7 +135,12 @@ class DeliverySettings(BaseModel):
     soft_bounce_limit: int = Field(3, ge=1)  # temporary recipient failures in a row that suppress an address
     # A claim older than this, by a sender that cannot be seen to be alive, is taken over.
     claim_timeout_seconds: float = Field(900, ge=1)
-    pool: str = "smtp"  # the Airflow pool the send tasks share
+    # Send tasks of one campaign running at once (Airflow's max_active_tis_per_dag, across its runs).
+    parallel_sends: int = Field(4, ge=1, le=64)
+    # An Airflow pool shared by every campaign's send tasks, to cap SMTP concurrency across campaigns;
+    # None: Airflow's default_pool, which exists everywhere. A named pool that does not exist yet is
+    # created with parallel_sends slots when the scheduler starts (the CRM plugin), never waited on.
+    pool: str | None = None
     unsubscribe_mailto: str | None = "unsubscribe@example.com"  # List-Unsubscribe's mailto address
 
 

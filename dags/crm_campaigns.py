@@ -7,7 +7,7 @@ plans the campaign for its date: who receives which message when, who is left
 out and why (no consent, suppressed, no valid address, frequency cap, holdout,
 outside the send window, already sent), issues coupons and renders every
 message. Then `send` delivers the plan over SMTP in batches (one mapped task per
-batch, sharing the `smtp` pool with every other campaign), each message at most
+batch, at most `delivery.parallel_sends` at once, in the pool `delivery.pool` if one is set), each message at most
 once; a batch whose messages are due later (send window, retry backoff) is
 rescheduled, not held. `report` checks every message ended in a final state:
 sent, failed, suppressed or unknown (see `crm campaign status`).
@@ -84,7 +84,7 @@ def campaign_dag(campaign: Campaign) -> DAG:
 
             return tasks.send_batches(campaign.name, planned)
 
-        @task(pool=settings().delivery.pool, max_active_tis_per_dagrun=4)
+        @task(pool=settings().delivery.pool, max_active_tis_per_dag=settings().delivery.parallel_sends)
         def send(batch: dict) -> dict:
             """Deliver one batch; rescheduled (no worker held) until its remaining messages are due."""
             from crm_tasks.airflow import tasks

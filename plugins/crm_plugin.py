@@ -3,6 +3,9 @@
 ``/crm/unsubscribe/<token>`` is the one-click unsubscribe endpoint of the campaign e-mails
 (``crm_tasks.delivery.unsubscribe``). It is deliberately outside Airflow's login: mail clients post to
 it without credentials, and the signed token is the proof. It shows no customer data.
+
+Its listener (``crm_tasks.airflow.pools``) creates the send pool named in crm.yaml, if any, when a
+scheduler starts: a campaign never waits on a pool nobody created.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from typing import ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
+from crm_tasks.airflow import pools
 from crm_tasks.delivery.unsubscribe import create_app
 
 
 class CrmPlugin(AirflowPlugin):
     name = "crm"
     fastapi_apps: ClassVar[list[dict]] = [{"app": create_app(), "url_prefix": "/crm", "name": "CRM one-click unsubscribe"}]
+    listeners: ClassVar[list] = [pools]

@@ -39,6 +39,10 @@ def test_every_shipped_campaign_is_a_dag_with_a_trigger_form(monkeypatch):
     assert set(dag.params) == {"dry_run", "as_of", "audience_limit", "test_recipient"}
     assert dag.params["dry_run"] is True
     assert "campaign" in dag.tags and dag.timetable.summary == "0 6 * * *"
+    # No pool to create first: Airflow's default_pool, which every installation has, with the
+    # campaign's own sends bounded by delivery.parallel_sends.
+    send = dag.get_task("send")
+    assert send.pool is None and send.max_active_tis_per_dag == 4  # no pool named: default_pool
 
 
 def test_a_broken_campaign_file_is_an_import_error_for_that_campaign_only(tmp_path, monkeypatch):

@@ -1,0 +1,127 @@
+"""A campaign through the real Airflow: `airflow standalone` (scheduler, dag-processor, api-server,
+triggerer) on a fresh AIRFLOW_HOME with this repository's dags/ and plugins/, triggered through the
+REST API, delivering to a local SMTP sink. dag.test() ignores pools and the scheduler; this does not."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from sqlalchemy import select
+
+from crm_tasks.store.models import Message
+from tests.conftest import REPO
+from tests.factories import add_customers
+from tests.smtp_servers import SmtpServer, free_port
+
+DAG_ID = "crm_campaign_birthday"
+POOL = "crm_smtp_e2e"  # named in crm.yaml and created by nobody but the CRM plugin
+AS_OF = "2026-03-01"
+
+
+def _wait(what: str, check, timeout: float, log: Path):
+    """Poll ``check`` until it returns something truthy; fail with the server log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except httpx.HTTPError:
+            found = None
+        if found:
+            return found
+        time.sleep(1)
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else "(no log)"
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; airflow standalone said:\n{tail}")
+
+
+@pytest.fixture
+def standalone(tmp_path, db_url):
+    """A fresh Airflow on free ports whose crm.yaml names a send pool that does not exist."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    config = yaml.safe_load((REPO / "crm.yaml").read_text(encoding="utf-8"))
+    config["delivery"]["pool"] = POOL
+    (tmp_path / "crm.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    port = free_port()
+    with SmtpServer() as sink:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "CRM_CONFIG": str(tmp_path / "crm.yaml"),
+            "CRM_DATABASE_URL": db_url,
+            "CRM_SMTP_URL": sink.url,
+            "CRM_LANDING_DIR": str(tmp_path / "landing"),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        log = tmp_path / "standalone.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait("the api-server", lambda: httpx.get(f"{base}/api/v2/monitor/health", timeout=5).is_success,
+                  180, log)
+            passwords = home / "simple_auth_manager_passwords.json.generated"
+            _wait("the admin password", passwords.exists, 60, log)
+            password = json.loads(passwords.read_text())["admin"]
+            token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password},
+                               timeout=10).json()["access_token"]
+            client = httpx.Client(base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token}"},
+                                  timeout=10)
+            yield client, sink, log
+            client.close()
+        finally:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, engine):
+    client, sink, log = standalone
+    add_customers(engine, *[{"customer_id": f"B{i}", "birthday": date(1990, 3, 1)} for i in range(6)])
+
+    _wait(f"{DAG_ID} to be parsed", lambda: client.get(f"/dags/{DAG_ID}").is_success, 120, log)
+    assert client.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).is_success
+    created = client.post(f"/dags/{DAG_ID}/dagRuns",
+                          json={"logical_date": None, "conf": {"dry_run": False, "as_of": AS_OF}})
+    assert created.is_success, created.text
+    run_id = created.json()["dag_run_id"]
+
+    def finished():
+        state = client.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"]
+        return state if state in ("success", "failed") else None
+
+    assert _wait("the DAG run to finish", finished, 240, log) == "success"
+
+    # The pool crm.yaml names was created by the plugin (with parallel_sends slots), not waited on.
+    pool = client.get(f"/pools/{POOL}")
+    assert pool.is_success and pool.json()["slots"] == 4
+    tasks = client.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    pools = {(t["task_id"], t["pool"]) for t in tasks}
+    assert pools == {("plan", "default_pool"), ("batches", "default_pool"), ("send", POOL), ("report", "default_pool")}
+
+    # Every message the ledger calls sent arrived exactly once, and nothing else did.
+    with engine.connect() as conn:
+        ledger = conn.execute(select(Message.message_id, Message.state).where(~Message.test)).all()
+    assert len(ledger) >= 5 and {state for _, state in ledger} == {"sent"}  # 6 birthdays less the ~5% holdout
+    received = sorted(str(m["Message-ID"]) for m in sink.handler.parsed())
+    assert received == sorted(m for m, _ in ledger)
