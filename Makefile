@@ -22,7 +22,7 @@ demo: install
 
 ## test: the whole test suite, on SQLite and on PostgreSQL (127.0.0.1:5432, database test)
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --numprocesses=auto --maxprocesses=4
 
 ## airflow: airflow standalone with this repo's dags/ and plugins/ on http://localhost:8080
 airflow: install
