@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from crm_tasks.cli.common import emit, engine, fail, parse_date, reported, settings, store
+from crm_tasks.cli.common import emit, engine, fail, json_output, parse_date, reported, settings, store
 from crm_tasks.errors import CrmError
 
 
@@ -16,7 +16,7 @@ def campaign_group() -> None:
 
 
 @campaign_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def campaign_list(as_json) -> None:
     """Every campaign file: kind, schedule, template, and the problem if it is broken.
 
@@ -56,7 +56,7 @@ def _plan_lines(r: dict) -> list[str]:
                                  "default: the schedule's time that day.")
 @click.option("--limit", "audience_limit", type=click.IntRange(1), help="At most this many recipients.")
 @click.option("--show", default=20, show_default=True, type=click.IntRange(0), help="Recipients to list.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def campaign_plan(name, as_of, at, audience_limit, show, as_json) -> None:
     """Who would receive what, and who not and why, on any date. Stores and sends nothing.
 
@@ -106,7 +106,7 @@ def _state_line(states: dict) -> str:
 @click.option("--as-of", "as_of", required=True, callback=parse_date, help="The day the messages are for.")
 @click.option("--limit", "audience_limit", type=click.IntRange(1), help="At most this many recipients.")
 @click.option("--test-recipient", help="Send every message to this address instead (test keys only).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
     """Plan a campaign for a date and deliver it now, with the same code the DAG runs; prints the
     ledger's final states. The SMTP server is CRM_SMTP_URL. Messages not yet due (send window,
@@ -151,7 +151,7 @@ def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
 @campaign_group.command("status")
 @click.argument("name")
 @click.option("--as-of", "as_of", required=True, callback=parse_date, help="The day the messages were for.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def campaign_status_command(name, as_of, as_json) -> None:
     """The ledger of a campaign's runs for a date: messages by state and the most common problems.
 
@@ -172,7 +172,7 @@ def campaign_status_command(name, as_of, as_json) -> None:
 
 @click.command("coupons")
 @click.option("--campaign", help="Only this campaign.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def coupons_report(campaign, as_json) -> None:
     """Coupons issued and redeemed per campaign, matched from purchases' coupon_code.
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import click
 
-from crm_tasks.cli.common import emit, engine, fail, parse_date, reported, settings, store
+from crm_tasks.cli.common import emit, engine, fail, json_output, parse_date, reported, settings, store
 from crm_tasks.errors import CrmError
 
 
 @click.group("cleanup", invoke_without_command=True)
 @click.option("--as-of", "as_of", callback=parse_date, help="Business date to clean as of (YYYY-MM-DD).")
 @click.option("--dry-run", is_flag=True, help="Report what a real run would archive, merge and purge; store nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 @click.pass_context
 def cleanup_group(ctx, as_of, dry_run, as_json) -> None:
     """Archive stale profiles, merge duplicates, purge archived ones after the grace period.
@@ -42,7 +42,7 @@ def cleanup_group(ctx, as_of, dry_run, as_json) -> None:
 
 @cleanup_group.command("restore")
 @click.argument("customer_id")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def cleanup_restore(customer_id, as_json) -> None:
     """Put an archived profile back, as it was, until it is purged after its grace period.
 
@@ -63,7 +63,7 @@ def cleanup_restore(customer_id, as_json) -> None:
               help="Folder of rendered previews (default: var/preview).")
 @click.option("--mail-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the local SMTP sink's .eml files (default: var/mail).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def erase_command(email, customer_id, preview_dir, mail_dir, as_json) -> None:
     """Erase a person's personal data everywhere the CRM keeps it; keep the suppression hash and aggregates.
 

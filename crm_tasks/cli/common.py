@@ -18,7 +18,10 @@ from sqlalchemy import Engine
 from crm_tasks.errors import CrmError
 from crm_tasks.settings import settings
 
-__all__ = ["emit", "engine", "fail", "parse_date", "reported", "settings", "store"]
+__all__ = ["emit", "engine", "fail", "json_output", "parse_date", "reported", "settings", "store"]
+
+# Every reporting command takes it; then it prints exactly one JSON object: the library's result.
+json_output = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 
 
 def engine() -> Engine:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crm_tasks.cli.common import emit, engine, reported, settings
+from crm_tasks.cli.common import emit, engine, json_output, reported, settings
 
 
 @click.group()
@@ -13,7 +13,7 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def db_upgrade(as_json: bool) -> None:
     """Create or migrate the CRM database to the latest schema.
 

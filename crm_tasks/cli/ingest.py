@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from crm_tasks.cli.common import emit, fail, parse_date, settings, store
+from crm_tasks.cli.common import emit, fail, json_output, parse_date, settings, store
 from crm_tasks.errors import CrmError, IngestFailed
 
 
@@ -16,7 +16,7 @@ from crm_tasks.errors import CrmError, IngestFailed
 @click.option("--from", "start", callback=parse_date, help="First date of a range (with --to).")
 @click.option("--to", "end", callback=parse_date, help="Last date of a range, inclusive.")
 @click.option("--all", "everything", is_flag=True, help="Every partition in the landing folder.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def ingest(day, start, end, everything, as_json) -> None:
     """Load landing files into the CRM database and print each batch's reconciliation.
 
@@ -52,7 +52,7 @@ def ingest(day, start, end, everything, as_json) -> None:
 @click.option("--from", "start", callback=parse_date, help="First partition date.")
 @click.option("--to", "end", callback=parse_date, help="Last partition date, inclusive.")
 @click.option("--quiet", is_flag=True, help="Only the totals, not one line per file.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def batches(start, end, quiet, as_json) -> None:
     """Show the stored reconciliation of loaded, rejected and unreadable files.
 
@@ -75,7 +75,7 @@ def batches(start, end, quiet, as_json) -> None:
               help="Share of rows to damage (bad emails, dates, amounts, duplicates, truncated lines).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Landing folder to write (default: the configured landing folder).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def generate_data(customers, days, start, seed, bad_rows, out, as_json) -> None:
     """Write demo landing partitions: a multi-locale customer base and its purchases.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from crm_tasks.cli.common import emit, engine, parse_date, reported, settings
+from crm_tasks.cli.common import emit, engine, json_output, parse_date, reported, settings
 
 
 @click.group("templates")
@@ -16,7 +16,7 @@ def templates_group() -> None:
 
 
 @templates_group.command("check")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def templates_check(as_json) -> None:
     """Render every template in every language against sample customers; fail on any error.
 
@@ -43,7 +43,7 @@ def templates_check(as_json) -> None:
 @click.option("--as-of", "as_of", callback=parse_date, help="Occasion date (default: today in crm.yaml's zone).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("var/preview"),
               show_default=True, help="Folder for the .eml and .html files.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def preview(campaign, customer_id, locale, as_of, out, as_json) -> None:
     """Write one customer's message of a campaign as .eml and .html files, to look at.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from crm_tasks.cli.common import emit, engine, parse_date, reported, settings, store
+from crm_tasks.cli.common import emit, engine, json_output, parse_date, reported, settings, store
 
 
 @click.group("segments")
@@ -29,7 +29,7 @@ def _sizes_table(rows: list[dict], title: str) -> str:
 @click.option("--from", "start", callback=parse_date, help="Backfill: first date of a range (with --to).")
 @click.option("--to", "end", callback=parse_date, help="Backfill: last date, inclusive.")
 @click.option("--dry-run", is_flag=True, help="Compute and report, store nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def segments_recompute(as_of, start, end, dry_run, as_json) -> None:
     """Recompute every segment as of a date and record the history.
 
@@ -69,7 +69,7 @@ def segments_recompute(as_of, start, end, dry_run, as_json) -> None:
 
 
 @segments_group.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def segments_list(as_json) -> None:
     """Every segment with its size and the change since the previous recompute.
 
@@ -93,7 +93,7 @@ def segments_list(as_json) -> None:
 @click.argument("name")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(0), help="Members to list.")
 @click.option("--as-of", "as_of", callback=parse_date, help="Members on an earlier date (from the history).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def segments_show(name, limit, as_of, as_json) -> None:
     """A segment's members: customer ids with their scores (no contact data), highest value first.
 
@@ -118,7 +118,7 @@ def segments_show(name, limit, as_of, as_json) -> None:
 @click.option("--from-segment", "from_segment", help="Only moves out of this segment; lists the customers.")
 @click.option("--to-segment", "to_segment", help="Only moves into this segment; lists the customers.")
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(0), help="Customers to list.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_output
 def segments_transitions(since, until, from_segment, to_segment, limit, as_json) -> None:
     """Who moved from which segment to which since a date (RFM, lifecycle and value tiers).
 
