@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
+
+from crm_tasks.clock import cleanup_as_of, months_before
 
 
 def test_segment_dates_follow_the_triggering_run():
@@ -25,3 +27,14 @@ def test_segment_dates_follow_the_triggering_run():
         segment_dates("2026-03-02", "2026-03-01", [], None, None)
     with pytest.raises(ConfigError, match="nothing has been ingested"):
         segment_dates(None, None, [], None, None)
+
+
+def test_the_as_of_date_of_a_dag_run_is_the_last_complete_day():
+    # Scheduled: the week's interval ends on Monday 04:00 in Kolkata: cleaned as of Sunday.
+    end = datetime(2026, 3, 29, 22, 30, tzinfo=UTC)  # Monday 30 March, 04:00 in Kolkata
+    assert cleanup_as_of(end, end + timedelta(seconds=5), "Asia/Kolkata") == date(2026, 3, 29)
+    # Manual, without an interval: the day before it was triggered.
+    assert cleanup_as_of(None, datetime(2026, 4, 2, 12, 0, tzinfo=UTC), "Asia/Kolkata") == date(2026, 4, 1)
+    assert months_before(date(2026, 3, 31), 1) == date(2026, 2, 28)
+    assert months_before(date(2028, 3, 31), 1) == date(2028, 2, 29)
+    assert months_before(date(2026, 3, 31), 24) == date(2024, 3, 31)

@@ -1,4 +1,5 @@
-"""Keeping the customer base clean: stale profiles archived, then purged; duplicates merged.
+"""The weekly cleanup run: stale profiles archived, then purged; duplicates merged (``merge``);
+profiles that came back restored (``restore``).
 
 A cleanup runs *as of* one business day, in one transaction, set-based SQL on
 SQLite and PostgreSQL alike:
@@ -51,14 +52,14 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Date, Engine, func, select, text
 
+from crm_tasks.cleanup.merge import MERGE_RULES, merge_duplicates
+from crm_tasks.cleanup.restore import EMPTIED, PROFILE_COLUMNS, move_back
 from crm_tasks.clock import Phases, months_before, start_of
 from crm_tasks.delivery.suppression import email_hash
-from crm_tasks.errors import CleanupBlocked, CrmError, RestoreRefused
-from crm_tasks.ingest import metrics
+from crm_tasks.errors import CleanupBlocked, CrmError
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.bulk import bulk_insert
@@ -72,13 +73,7 @@ INACTIVE = "inactive"
 HARD_BOUNCE = "hard_bounce"
 NO_CONTACT = "no_contact"
 ARCHIVE_REASONS = (INACTIVE, HARD_BOUNCE, NO_CONTACT)
-DUPLICATE_EMAIL = "duplicate_email"
-DUPLICATE_PHONE = "duplicate_phone"
-MERGE_RULES = {DUPLICATE_EMAIL: "email", DUPLICATE_PHONE: "phone"}
 PURGED = "purged:"  # purged profiles are counted by the reason they were archived for: purged:inactive
-# The personal columns of a profile: copied into the archive, emptied there on restore and purge.
-PROFILE_COLUMNS = ("first_name", "last_name", "email", "phone", "birthday", "locale", "timezone", "country",
-                   "email_consent", "attributes", "created_at", "updated_at", "batch_id")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -143,17 +138,6 @@ class CleanupResult:
         return self.summary() | {"examples": self.examples}
 
 
-@dataclass
-class RestoreResult:
-    customer_id: str
-    reason: str
-    archived_on: date
-    restored_on: date
-
-    def to_dict(self) -> dict:
-        return {k: v.isoformat() if isinstance(v, date) else v for k, v in asdict(self).items()}
-
-
 # --- dates ------------------------------------------------------------------------------------
 
 
@@ -182,59 +166,6 @@ _BOUGHT_AGAIN = """
 SELECT a.id FROM archived_customers a
 WHERE a.status = 'archived' AND a.reason = 'inactive'
   AND (SELECT MAX(m.last_purchase_at) FROM customer_metrics m WHERE m.customer_id = a.customer_id) >= :threshold
-"""
-
-# Step 2: duplicate groups by one key column. The column is indexed (ix_customers_email,
-# ix_customers_phone), so the groups with more than one profile are found on the index;
-# only their members are ranked. Survivor: the most recently updated, then the lowest id
-# (by code point on both dialects).
-_GROUPS = """
-INSERT INTO cleanup_groups (key_value, n)
-SELECT {key}, COUNT(*) FROM customers WHERE {key} IS NOT NULL AND {key} <> '' GROUP BY {key} HAVING COUNT(*) > 1
-"""
-_DUPLICATES = """
-INSERT INTO cleanup_merge (merged_id, survivor_id)
-SELECT customer_id, survivor_id FROM (
-    SELECT c.customer_id,
-           FIRST_VALUE(c.customer_id) OVER (PARTITION BY c.{key} ORDER BY c.updated_at DESC, c.customer_id{collate})
-               AS survivor_id
-    FROM customers c
-    WHERE c.{key} IN (SELECT key_value FROM cleanup_groups WHERE n <= :max_group)
-) ranked
-WHERE customer_id <> survivor_id
-"""
-# The survivor takes the fields it lacks from the most recently updated merged profile that has them.
-_FILL = """(SELECT d.{col} FROM cleanup_merge x JOIN customers d ON d.customer_id = x.merged_id
-    WHERE x.survivor_id = customers.customer_id AND d.{col} IS NOT NULL
-    ORDER BY d.updated_at DESC, d.customer_id{collate} LIMIT 1)"""
-_FILLED = ("first_name", "last_name", "email", "phone", "birthday")
-# Everything that names the merged id moves to the survivor (ix_purchases_customer, ix_messages_customer
-# and ix_suppressions_customer_id find the rows).
-_REPOINT = """
-UPDATE {table} SET customer_id = (SELECT x.survivor_id FROM cleanup_merge x WHERE x.merged_id = {table}.customer_id)
-WHERE customer_id IN (SELECT merged_id FROM cleanup_merge)
-"""
-_REPOINTED = ("purchases", "coupons", "messages", "suppressions")
-# A plan has one row per run and customer: a merged id's row moves unless the survivor (or another
-# merged id of the same survivor, listed first) already has one in that run. Rows left behind keep
-# the merged id, which customer_merges traces to the survivor.
-_REPOINT_PLAN = """
-UPDATE campaign_plan SET customer_id = (SELECT x.survivor_id FROM cleanup_merge x
-                                        WHERE x.merged_id = campaign_plan.customer_id)
-WHERE customer_id IN (SELECT merged_id FROM cleanup_merge)
-  AND NOT EXISTS (SELECT 1 FROM campaign_plan p JOIN cleanup_merge x ON x.merged_id = campaign_plan.customer_id
-                  WHERE p.run_id = campaign_plan.run_id
-                    AND (p.customer_id = x.survivor_id
-                         OR (p.customer_id < campaign_plan.customer_id
-                             AND p.customer_id IN (SELECT y.merged_id FROM cleanup_merge y
-                                                   WHERE y.survivor_id = x.survivor_id))))
-"""
-# Both sides of every merge are rebuilt exactly from their purchases by metrics.refresh.
-_MARK_MERGED = """
-INSERT INTO metrics_dirty (customer_id, rebuild)
-SELECT customer_id, {true} FROM (SELECT merged_id AS customer_id FROM cleanup_merge
-                                  UNION SELECT survivor_id FROM cleanup_merge) ids WHERE true
-ON CONFLICT (customer_id) DO UPDATE SET rebuild = excluded.rebuild
 """
 
 # Step 3a: hard-bounce candidates (few: one per bounced address). The hash of the profile's
@@ -267,11 +198,6 @@ INSERT INTO archived_customers (customer_id, reason, status, archived_on, purge_
 SELECT c.customer_id, s.reason, 'archived', :as_of, :purge_after, {', '.join('c.' + col for col in PROFILE_COLUMNS)}
 FROM cleanup_stale s JOIN customers c ON c.customer_id = s.customer_id
 """
-_RESTORE = f"""
-INSERT INTO customers (customer_id, {', '.join(PROFILE_COLUMNS)})
-SELECT customer_id, {', '.join(PROFILE_COLUMNS)} FROM archived_customers WHERE {{where}}
-"""
-_EMPTIED = ", ".join(f"{c} = NULL" for c in PROFILE_COLUMNS)
 
 # Step 5: the archived profiles whose grace period is over (ix_archived_customers_purge).
 _DUE = "status = 'archived' AND purge_after <= :as_of"
@@ -356,7 +282,7 @@ def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
     merged: dict[str, int] = {}
     if c.rules.duplicates:
         for rule, key in MERGE_RULES.items():
-            n, skipped = _merge(conn, key, rule, as_of, c.max_duplicate_group)
+            n, skipped = merge_duplicates(conn, key, rule, as_of, c.max_duplicate_group)
             merged[rule] = n
             result.skipped_groups += skipped
         phases.done("merge")
@@ -401,49 +327,8 @@ def _run(conn: Connection, cfg: Settings, as_of: date) -> CleanupResult:
 def _returned(conn: Connection, as_of: date, threshold: datetime) -> int:
     """Restore the archived profiles that came back; returns how many."""
     n = sql.execute(conn, _RETURNED, {"as_of": as_of}, as_of=Date).rowcount
-    return n + _move_back(conn, f"id IN ({_BOUGHT_AGAIN})", {"threshold": threshold}, as_of,
+    return n + move_back(conn, f"id IN ({_BOUGHT_AGAIN})", {"threshold": threshold}, as_of,
                           threshold=UtcDateTime)
-
-
-def _move_back(conn: Connection, where: str, params: dict, day: date, **types) -> int:
-    """The archived rows ``where`` selects back into customers (the archive keeps their ids, reason
-    and dates); returns how many."""
-    where = f"status = 'archived' AND {where}"
-    moved = sql.execute(conn, _RESTORE.format(where=where), params, **types).rowcount
-    if moved:
-        sql.execute(conn, f"UPDATE archived_customers SET status = 'restored', restored_on = :day, {_EMPTIED} "
-                   f"WHERE {where}", params | {"day": day}, day=Date, **types)
-    return moved
-
-
-def _merge(conn: Connection, key: str, rule: str, as_of: date, max_group: int) -> tuple[int, int]:
-    """Merge the duplicates by one key column; returns (profiles merged away, groups skipped as too large)."""
-    collate = sql.byte_order(conn)
-    conn.exec_driver_sql("DELETE FROM cleanup_merge")
-    conn.exec_driver_sql("DELETE FROM cleanup_groups")
-    conn.exec_driver_sql(_GROUPS.format(key=key))
-    skipped = sql.count(conn, "SELECT COUNT(*) FROM cleanup_groups WHERE n > :max_group", {"max_group": max_group})
-    n = sql.execute(conn, _DUPLICATES.format(key=key, collate=collate), {"max_group": max_group}).rowcount
-    if not n:
-        return 0, skipped
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE cleanup_merge")  # temporary tables are never auto-analyzed
-    fills = ", ".join(f"{col} = COALESCE({col}, {_FILL.format(col=col, collate=collate)})" for col in _FILLED)
-    conn.exec_driver_sql(f"UPDATE customers SET {fills} "
-                         "WHERE customer_id IN (SELECT survivor_id FROM cleanup_merge)")
-    sql.execute(conn, "INSERT INTO customer_merges (merged_id, survivor_id, rule, merged_on) "
-               "SELECT merged_id, survivor_id, :rule, :as_of FROM cleanup_merge",
-         {"rule": rule, "as_of": as_of}, as_of=Date)
-    for table in _REPOINTED:
-        conn.exec_driver_sql(_REPOINT.format(table=table))
-    conn.exec_driver_sql(_REPOINT_PLAN)
-    conn.exec_driver_sql(_MARK_MERGED.format(true=sql.true(conn)))
-    metrics.refresh(conn)
-    deleted = conn.exec_driver_sql(
-        "DELETE FROM customers WHERE customer_id IN (SELECT merged_id FROM cleanup_merge)").rowcount
-    if deleted != n:
-        raise CrmError(f"cleanup: {n} duplicates found by {key} but {deleted} removed; nothing was changed")
-    return n, skipped
 
 
 def _find_stale(conn: Connection, cfg: Settings, as_of: date, threshold: datetime) -> dict[str, int]:
@@ -485,7 +370,7 @@ def _purge(conn: Connection, cfg: Settings, as_of: date) -> dict[str, int]:
         bulk_insert(conn, "suppressions", ["email_hash", "customer_id", "reason", "created_at"], suppressions,
                     "ON CONFLICT (email_hash) DO NOTHING")
     redact_messages(conn, f"SELECT customer_id FROM archived_customers WHERE {_DUE}", params)
-    sql.execute(conn, f"UPDATE archived_customers SET status = 'purged', purged_on = :as_of, {_EMPTIED} WHERE {_DUE}",
+    sql.execute(conn, f"UPDATE archived_customers SET status = 'purged', purged_on = :as_of, {EMPTIED} WHERE {_DUE}",
          params, as_of=Date)
     return {f"{PURGED}{reason}": int(n) for reason, n in due.items()}
 
@@ -557,40 +442,6 @@ def _examples(conn: Connection, as_of: date, limit: int) -> dict[str, list[str]]
         if ids:
             out[PURGED + reason] = list(ids)
     return out
-
-
-# --- restore ----------------------------------------------------------------------------------
-
-
-def restore(engine: Engine, cfg: Settings, customer_id: str, on: date | None = None) -> RestoreResult:
-    """Put an archived profile back into ``customers``, as it was when archived.
-
-    Possible until the profile is purged (the first run on or after its grace period's end).
-    ``on`` is the day recorded as the restore (default: today in the configured time zone).
-    """
-    on = on or datetime.now(ZoneInfo(cfg.timezone)).date()
-    a = ArchivedCustomer
-    with engine.begin() as conn:
-        rows = conn.execute(select(a.id, a.status, a.reason, a.archived_on, a.purge_after, a.purged_on)
-                            .where(a.customer_id == customer_id).order_by(a.id.desc())).all()
-        current = conn.execute(text("SELECT 1 FROM customers WHERE customer_id = :c"), {"c": customer_id}).first()
-        live = next((r for r in rows if r.status == ArchiveStatus.ARCHIVED), None)
-        if live is None:
-            if current is not None:
-                raise RestoreRefused(f"{customer_id} is a current profile, not archived: nothing to restore")
-            purged = next((r for r in rows if r.status == ArchiveStatus.PURGED), None)
-            if purged is not None:
-                raise RestoreRefused(
-                    f"{customer_id} was archived on {purged.archived_on} ({purged.reason}) and purged on "
-                    f"{purged.purged_on}, after its grace period ended on {purged.purge_after}: its personal "
-                    "data is gone and cannot be restored; a new import of the profile starts it again")
-            raise RestoreRefused(f"no archived profile with id {customer_id!r}")
-        if current is not None:
-            raise RestoreRefused(f"{customer_id} was loaded again since it was archived; the next cleanup run "
-                                 "marks its archived copy restored")
-        _move_back(conn, "id = :id", {"id": live.id}, on)
-    log.info("cleanup: restored %s (archived on %s, %s)", customer_id, live.archived_on, live.reason)
-    return RestoreResult(customer_id, live.reason, live.archived_on, on)
 
 
 # --- reading ----------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def cleanup_restore(customer_id, as_json) -> None:
 
     Example: crm cleanup restore C0000042
     """
-    from crm_tasks.cleanup.archive import restore
+    from crm_tasks.cleanup.restore import restore
 
     with reported(as_json):
         result = restore(engine(), settings(), customer_id)

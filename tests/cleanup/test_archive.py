@@ -3,92 +3,29 @@ suppression after a re-import, and the freshness record — on SQLite and Postgr
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
 from crm_tasks.campaigns.planning import plan_campaign
-from crm_tasks.cleanup.archive import format_report, restore, run_cleanup
-from crm_tasks.clock import cleanup_as_of, months_before
+from crm_tasks.cleanup.archive import format_report, run_cleanup
+from crm_tasks.cleanup.restore import restore
 from crm_tasks.delivery.suppression import email_hash
 from crm_tasks.errors import CleanupBlocked, RestoreRefused
 from crm_tasks.ingest.batches import ingest_dates
 from crm_tasks.store.models import (
     ArchivedCustomer,
-    CampaignPlanRow,
-    CampaignRun,
     CleanupRun,
-    Coupon,
-    Customer,
-    CustomerCategoryMetrics,
-    CustomerMerge,
     CustomerMetrics,
-    Message,
     Purchase,
     Suppression,
 )
-from tests.factories import add_customers, buy, campaign
+from tests.cleanup.support import AS_OF, STALE, archive_rows, ids, permissive
+from tests.factories import campaign
 from tests.helpers import customer, write_csv
-
-AS_OF = date(2026, 3, 31)
-RECENT = datetime(2026, 3, 1, tzinfo=UTC)
-LONG_AGO = datetime(2023, 6, 1, tzinfo=UTC)  # more than 24 months before AS_OF
-OLDISH = datetime(2024, 9, 1, tzinfo=UTC)  # 19 months before: at risk, not stale
-
-
-def permissive(cfg, **cleanup):
-    """Settings whose guardrail lets a small test base be cleaned (a handful is a large share of 10)."""
-    return cfg.model_copy(update={"cleanup": cfg.cleanup.model_copy(update={"max_archive_share": 1.0, **cleanup})})
-
-
-def ids(engine, model=Customer) -> set[str]:
-    with engine.connect() as conn:
-        return set(conn.execute(select(model.customer_id)).scalars())
-
-
-def archive_rows(engine) -> dict[str, tuple]:
-    a = ArchivedCustomer
-    with engine.connect() as conn:
-        return {r.customer_id: (r.reason, r.status) for r in conn.execute(select(a))}
-
-
-def hard_bounce(engine, cfg, customer_id: str, address: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(insert(Suppression).values(email_hash=email_hash(address, cfg.secret_key),
-                                                customer_id=customer_id, reason="hard_bounce",
-                                                created_at=RECENT))
-
-
-@pytest.fixture
-def base(engine, cfg):
-    """Ten profiles; five of them stale, one for each rule (and one stale by two)."""
-    add_customers(
-        engine,
-        {"customer_id": "ACTIVE", "updated_at": RECENT},
-        {"customer_id": "BUYER", "updated_at": LONG_AGO},  # old profile, recent purchase: kept
-        {"customer_id": "EDITED", "updated_at": RECENT},  # bought long ago, profile updated lately: kept
-        {"customer_id": "SILENT", "updated_at": LONG_AGO, "birthday": date(1990, 3, 31)},  # never bought
-        {"customer_id": "GONE", "updated_at": LONG_AGO, "phone": "+919876543210"},  # last bought long ago
-        {"customer_id": "BOUNCED", "updated_at": RECENT},  # address bounced, no phone
-        {"customer_id": "BOUNCEPH", "updated_at": RECENT, "phone": "+919812345678"},  # bounced but has a phone
-        {"customer_id": "MOVED", "updated_at": RECENT, "email": "new@example.com"},  # bounce of an old address
-        {"customer_id": "NOBODY", "updated_at": RECENT, "email": None},  # no contact data at all
-        {"customer_id": "OLDISH", "updated_at": OLDISH},  # at risk of going stale
-    )
-    buy(engine, "BUYER", RECENT)
-    buy(engine, "EDITED", LONG_AGO)
-    buy(engine, "GONE", LONG_AGO, "250")
-    buy(engine, "ACTIVE", RECENT, "40")
-    hard_bounce(engine, cfg, "BOUNCED", "bounced@example.com")
-    hard_bounce(engine, cfg, "BOUNCEPH", "bounceph@example.com")
-    hard_bounce(engine, cfg, "MOVED", "old@example.com")
-    return engine
-
-
-STALE = {"SILENT": "inactive", "GONE": "inactive", "BOUNCED": "hard_bounce", "NOBODY": "no_contact"}
 
 
 def test_each_rule_archives_with_its_reason_and_the_rest_is_kept(base, cfg):
@@ -184,26 +121,6 @@ def test_freshness_is_recorded_per_run(base, cfg):
     assert row.parameters["inactive_months"] == 24
 
 
-def test_restore_within_the_grace_period_puts_the_profile_back(base, cfg):
-    run_cleanup(base, permissive(cfg), AS_OF)
-    restored = restore(base, cfg, "GONE", on=AS_OF + timedelta(days=3))
-    assert (restored.reason, restored.archived_on) == ("inactive", AS_OF)
-    with base.connect() as conn:
-        row = conn.execute(select(Customer).where(Customer.customer_id == "GONE")).one()
-        archived = conn.execute(select(ArchivedCustomer).where(ArchivedCustomer.customer_id == "GONE")).one()
-    assert (row.email, row.phone, row.updated_at) == ("gone@example.com", "+919876543210", LONG_AGO)
-    assert (archived.status, archived.email) == ("restored", None)
-    # Restored by hand: the next weekly run leaves it alone, and the archive still reconciles.
-    later = run_cleanup(base, permissive(cfg), AS_OF + timedelta(days=7))
-    assert "GONE" in ids(base)
-    assert (later.archived_total, later.restored_total, later.purged_total, later.in_grace) == (4, 1, 0, 3)
-    assert later.reconciles
-    with pytest.raises(RestoreRefused, match="current profile"):
-        restore(base, cfg, "GONE")
-    with pytest.raises(RestoreRefused, match="no archived profile"):
-        restore(base, cfg, "NEVER")
-
-
 def test_after_the_grace_period_the_purge_keeps_only_pseudonymous_aggregates(base, cfg):
     def sales(conn):
         return (conn.execute(select(func.sum(Purchase.amount))).scalar_one(),
@@ -255,190 +172,6 @@ def test_a_purged_person_imported_again_is_not_mailed(base, cfg, landing):
     assert (result.audience, result.recipients, result.reasons) == (1, 0, {"suppressed": 1})
 
 
-def test_profiles_that_come_back_are_restored(base, cfg):
-    run_cleanup(base, permissive(cfg), AS_OF)
-    add_customers(base, {"customer_id": "SILENT", "updated_at": datetime(2026, 4, 2, tzinfo=UTC)})  # loaded again
-    buy(base, "GONE", datetime(2026, 4, 3, tzinfo=UTC))  # bought again
-    result = run_cleanup(base, permissive(cfg), AS_OF + timedelta(days=7))
-    assert result.restored == 2 and {"SILENT", "GONE"} <= ids(base)
-    assert archive_rows(base)["SILENT"] == ("inactive", "restored")
-    with base.connect() as conn:
-        gone = conn.execute(select(Customer).where(Customer.customer_id == "GONE")).one()
-    assert gone.phone == "+919876543210"
-    assert (result.profiles_before, result.kept, result.archived) == (8, 8, 0) and result.reconciles
-
-
-def test_duplicates_are_merged_into_one_survivor_with_everything_re_pointed(engine, cfg):
-    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
-    add_customers(
-        engine,
-        {"customer_id": "OLD", "email": "asha@example.com", "updated_at": early, "phone": "+919800000001"},
-        {"customer_id": "NEW", "email": "asha@example.com", "updated_at": late, "first_name": "Asha R."},
-        {"customer_id": "PH1", "email": "p1@example.com", "phone": "+919800000002", "updated_at": late},
-        {"customer_id": "PH2", "email": "p2@example.com", "phone": "+919800000002", "updated_at": late},
-        *({"customer_id": f"SHARED{i:02d}", "email": "info@example.com", "updated_at": late} for i in range(11)),
-    )
-    buy(engine, "OLD", datetime(2025, 5, 1, tzinfo=UTC), "300")
-    buy(engine, "NEW", datetime(2026, 2, 2, tzinfo=UTC), "100")
-    # OLD has ledger history, a coupon and a plan row; NEW has a plan row in the same run.
-    with engine.begin() as conn:
-        run_id = conn.execute(insert(CampaignRun).values(
-            campaign="birthday", as_of=AS_OF, run_at=RECENT, dry_run=False, test_run=False, status="planned",
-            audience=2, recipients=1, holdout=0, excluded=1, reasons={}, diff={}, parameters={}, created_at=RECENT,
-        ).returning(CampaignRun.id)).scalar_one()
-        for cid in ("OLD", "NEW"):
-            conn.execute(insert(CampaignPlanRow).values(
-                run_id=run_id, customer_id=cid, outcome="send", occurrence="2026", idempotency_key=f"k:{cid}",
-                locale="en", template="birthday"))
-        conn.execute(insert(Message).values(
-            idempotency_key="birthday:OLD:2025", campaign="birthday", customer_id="OLD", run_id=run_id,
-            occurrence="2025", state="sent", test=False, recipient="asha@example.com", locale="en",
-            template="birthday", send_at=RECENT, context={"customer": {"first_name": "Asha"}}, created_at=RECENT,
-            updated_at=RECENT))
-        conn.execute(insert(Coupon).values(
-            code="K1", idempotency_key="birthday:OLD:2025", campaign="birthday", customer_id="OLD", value=15,
-            value_type="percent", issued_on=AS_OF, expires_on=AS_OF, run_id=run_id))
-
-    result = run_cleanup(engine, permissive(cfg), AS_OF)
-    assert result.reasons == {"duplicate_email": 1, "duplicate_phone": 1}
-    assert result.skipped_groups == 1  # eleven profiles on info@: a shared address, not one person
-    assert result.examples["duplicate_email"] == ["OLD -> NEW"]
-    assert result.examples["duplicate_phone"] == ["PH2 -> PH1"]  # same update time: the lowest id survives
-    assert (result.profiles_before, result.kept, result.merged, result.archived) == (15, 13, 2, 0)
-    assert result.reconciles
-    assert {"OLD", "PH2"}.isdisjoint(ids(engine)) and {"NEW", "PH1", "SHARED00"} <= ids(engine)
-    with engine.connect() as conn:
-        survivor = conn.execute(select(Customer).where(Customer.customer_id == "NEW")).one()
-        assert (survivor.first_name, survivor.phone) == ("Asha R.", "+919800000001")  # its own name, OLD's phone
-        assert conn.execute(select(Purchase.customer_id).distinct().where(Purchase.amount == 300)).scalar_one() \
-            == "NEW"
-        (orders, revenue, first) = conn.execute(select(CustomerMetrics.orders, CustomerMetrics.revenue,
-                                                       CustomerMetrics.first_purchase_at)
-                                                .where(CustomerMetrics.customer_id == "NEW")).one()
-        assert (orders, revenue, first) == (2, Decimal("400.0000"), datetime(2025, 5, 1, tzinfo=UTC))
-        for model in (CustomerMetrics, CustomerCategoryMetrics):
-            assert conn.execute(select(func.count()).select_from(model).where(model.customer_id == "OLD")
-                                ).scalar_one() == 0
-        assert conn.execute(select(Message.customer_id)).scalar_one() == "NEW"
-        assert conn.execute(select(Coupon.customer_id)).scalar_one() == "NEW"
-        # NEW already had a row in that run: OLD's stays under its id, traceable through the merge record.
-        assert set(conn.execute(select(CampaignPlanRow.customer_id)).scalars()) == {"OLD", "NEW"}
-        merges = conn.execute(select(CustomerMerge.merged_id, CustomerMerge.survivor_id, CustomerMerge.rule,
-                                     CustomerMerge.merged_on).order_by(CustomerMerge.merged_id)).all()
-    assert merges == [("OLD", "NEW", "duplicate_email", AS_OF), ("PH2", "PH1", "duplicate_phone", AS_OF)]
-    again = run_cleanup(engine, permissive(cfg), AS_OF)
-    assert again.to_dict() | {"seconds": 0, "phases": {}} == result.to_dict() | {"seconds": 0, "phases": {}}
-
-
-def test_the_as_of_date_of_a_dag_run_is_the_last_complete_day():
-    # Scheduled: the week's interval ends on Monday 04:00 in Kolkata: cleaned as of Sunday.
-    end = datetime(2026, 3, 29, 22, 30, tzinfo=UTC)  # Monday 30 March, 04:00 in Kolkata
-    assert cleanup_as_of(end, end + timedelta(seconds=5), "Asia/Kolkata") == date(2026, 3, 29)
-    # Manual, without an interval: the day before it was triggered.
-    assert cleanup_as_of(None, datetime(2026, 4, 2, 12, 0, tzinfo=UTC), "Asia/Kolkata") == date(2026, 4, 1)
-    assert months_before(date(2026, 3, 31), 1) == date(2026, 2, 28)
-    assert months_before(date(2028, 3, 31), 1) == date(2028, 2, 29)
-    assert months_before(date(2026, 3, 31), 24) == date(2024, 3, 31)
-
-
-def test_the_cleanup_commands_print_the_report_and_one_json_object(base, use_settings, monkeypatch, tmp_path):
-    import json
-
-    from click.testing import CliRunner
-
-    from crm_tasks.cli import main
-
-    runner = CliRunner()
-    blocked = runner.invoke(main, ["cleanup", "--as-of", "2026-03-31"])
-    assert blocked.exit_code == 1 and "max_archive_share 10%" in blocked.output
-    dry = runner.invoke(main, ["cleanup", "--as-of", "2026-03-31", "--dry-run"])
-    assert dry.exit_code == 0 and "a real run would fail" in dry.output
-    monkeypatch.setenv("CRM_CONFIG", _config_with_share(tmp_path / "crm.yaml"))
-    from crm_tasks.settings import settings
-
-    settings.cache_clear()
-    out = runner.invoke(main, ["cleanup", "--as-of", "2026-03-31", "--json"])
-    assert out.exit_code == 0, out.output
-    payload = json.loads(out.output)
-    assert payload["reasons"] == {"inactive": 2, "hard_bounce": 1, "no_contact": 1} and payload["reconciles"]
-    assert payload["examples"]["no_contact"] == ["NOBODY"]
-    text = runner.invoke(main, ["cleanup", "--as-of", "2026-03-31"]).output
-    assert "profiles before 10 = kept 6 + archived 4 + merged away 0" in text
-    assert "archived, inactive: 2  e.g. GONE, SILENT" in text
-    restored = runner.invoke(main, ["cleanup", "restore", "GONE", "--json"])
-    assert json.loads(restored.output)["customer_id"] == "GONE"
-    again = runner.invoke(main, ["cleanup", "restore", "GONE"])
-    assert again.exit_code == 1 and "current profile" in again.output
-    assert runner.invoke(main, ["cleanup"]).exit_code == 2
-
-
-def _config_with_share(path) -> str:
-    """A copy of crm.yaml with the guardrail opened (the CLI reads its settings from the file)."""
-    import yaml
-
-    from tests.conftest import REPO
-
-    data = yaml.safe_load((REPO / "crm.yaml").read_text(encoding="utf-8"))
-    data["cleanup"] = {**(data.get("cleanup") or {}), "max_archive_share": 1.0}
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return str(path)
-
-
 # --- the crm_cleanup DAG -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cleanup_dag_bag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tests.conftest import REPO
-
-    return DagBag(dag_folder=str(REPO / "dags" / "crm_cleanup.py"))
-
-
-def test_the_dag_runs_weekly_as_of_the_last_day_of_its_interval(cleanup_dag_bag):
-    import pendulum
-    from airflow.serialization.decoders import decode_timetable
-    from airflow.serialization.encoders import encode_timetable
-    from airflow.timetables.base import TimeRestriction
-
-    dag = cleanup_dag_bag.dags["crm_cleanup"]
-    assert cleanup_dag_bag.import_errors == {} and dag.catchup is False and "cleanup" in dag.tags
-    assert dag.params["dry_run"] is True and dag.params.get_param("dry_run").schema["type"] == "boolean"
-    timetable = decode_timetable(encode_timetable(dag.timetable))
-    info = timetable.next_dagrun_info(
-        last_automated_data_interval=None,
-        restriction=TimeRestriction(earliest=pendulum.datetime(2026, 3, 25, tz="UTC"), latest=None, catchup=True))
-    assert info.run_after == datetime(2026, 3, 29, 22, 30, tzinfo=UTC)  # Monday 30 March, 04:00 in Kolkata
-    assert info.data_interval.end - info.data_interval.start == timedelta(days=7)
-    assert cleanup_as_of(info.data_interval.end, info.run_after, "Asia/Kolkata") == date(2026, 3, 29)
-
-
-@pytest.fixture
-def cleanup_dag(cleanup_dag_bag, airflow_db, use_settings, monkeypatch):
-    dag = cleanup_dag_bag.dags["crm_cleanup"]
-    for t in dag.tasks:
-        monkeypatch.setattr(t, "retries", 0)  # dag.test() would wait out the retry delay
-    return dag
-
-
-@pytest.mark.airflow
-def test_the_dag_cleans_for_real_and_a_blocked_run_fails(cleanup_dag, base, monkeypatch, tmp_path):
-    from crm_tasks.settings import settings
-
-    # The default guardrail (10%) blocks this small base: the run fails and nothing changes.
-    run = cleanup_dag.test(run_conf={"dry_run": False})
-    assert run.state == "failed"
-    assert len(ids(base)) == 10 and ids(base, ArchivedCustomer) == set()
-    # A manual dry run succeeds and stores nothing.
-    assert cleanup_dag.test(run_conf={"dry_run": True}).state == "success"
-    with base.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(CleanupRun)).scalar_one() == 0
-    monkeypatch.setenv("CRM_CONFIG", _config_with_share(tmp_path / "crm.yaml"))
-    settings.cache_clear()
-    run = cleanup_dag.test(run_conf={"dry_run": False})
-    assert run.state == "success"
-    with base.connect() as conn:
-        (as_of,) = conn.execute(select(CleanupRun.as_of)).one()
-    assert as_of == cleanup_as_of(None, run.run_after, "Asia/Kolkata")
-    assert {"SILENT", "GONE", "BOUNCED", "NOBODY"} <= ids(base, ArchivedCustomer)
