@@ -14,14 +14,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 AttributeType = Literal["date", "number", "text", "boolean"]
 
-
 # Names of the contract's own columns: a custom attribute may not shadow them.
 CUSTOMER_COLUMNS = (
     "customer_id", "first_name", "last_name", "email", "phone", "birthday", "locale",
     "timezone", "country", "email_consent", "created_at", "updated_at",
 )
-
-
 PURCHASE_COLUMNS = (
     "transaction_id", "customer_id", "purchased_at", "amount", "currency", "store_id",
     "sku", "category", "quantity", "coupon_code",

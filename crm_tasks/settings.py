@@ -24,6 +24,7 @@ from crm_tasks.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 
+
 class LifecycleRules(BaseModel):
     """Thresholds of the lifecycle stages, in days (see crm_tasks/segments/compute.py)."""
 

@@ -214,6 +214,7 @@ FROM (
 ) agg
 """
 
+
 def refresh(conn: Connection) -> int:
     """Rebuild marked customers' category state, re-derive every queued customer's
     metrics, and empty the queue; returns how many customers were refreshed."""

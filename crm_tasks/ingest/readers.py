@@ -283,7 +283,6 @@ def _parquet_chunks(path: Path, header: list[str], chunk_rows: int) -> Iterator[
         first += n
 
 
-
 _DONE = object()
 
 

@@ -291,7 +291,6 @@ class SegmentStage(Base):
     customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
-
 class CampaignRun(Base):
     """One planning run of a campaign for a date: its counts, exclusions by reason and guardrail verdict."""
 
@@ -427,6 +426,7 @@ class Suppression(Base):
     customer_id: Mapped[str | None] = mapped_column(String(64), index=True)
     reason: Mapped[str] = mapped_column(String(32))  # unsubscribed | hard_bounce | complaint | manual
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
 
 class AddressBounce(Base):
     """Soft bounces per address (keyed hash) since its last accepted message; enough of them suppress it."""
