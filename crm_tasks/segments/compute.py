@@ -412,9 +412,14 @@ SELECT x.segment_id, x.customer_id, :as_of FROM (
     UNION ALL
     SELECT g.id, s.customer_id FROM customer_scores s JOIN segments g ON g.name = 'value:' || s.value_tier
 ) x
-WHERE NOT EXISTS (SELECT 1 FROM segment_memberships m
-                  WHERE m.valid_to IS NULL AND m.segment_id = x.segment_id AND m.customer_id = x.customer_id)
+{not_open}
 """
+_NOT_OPEN = """WHERE NOT EXISTS (SELECT 1 FROM segment_memberships m
+                  WHERE m.valid_to IS NULL AND m.segment_id = x.segment_id AND m.customer_id = x.customer_id)"""
+# On a first run nothing is open, so every membership is new and the probe is left out: with the
+# history's indexes dropped for the bulk write and statistics that call the table empty, PostgreSQL
+# planned the probe as a nested loop scanning the growing table once per row (24 minutes for 200k
+# customers). Without it the statement has no plan that can go quadratic.
 _FAMILY_COLUMNS = {"rfm": "rfm_segment", "lifecycle": "lifecycle", "value": "value_tier"}
 
 # Custom segments are staged (segment_stage) and diffed the same way, for the segments
@@ -426,11 +431,15 @@ WHERE valid_to IS NULL AND segment_id IN ({ids})
                   WHERE s.segment_id = segment_memberships.segment_id
                     AND s.customer_id = segment_memberships.customer_id)
 """
+# The new members are a set difference, not a probe per staged row: EXCEPT is a hash or a sort on
+# both dialects and has no plan that rescans the history per row, whatever its statistics say.
 _OPEN_CUSTOM = """
 INSERT INTO segment_memberships (segment_id, customer_id, valid_from)
-SELECT s.segment_id, s.customer_id, :as_of FROM segment_stage s
-WHERE NOT EXISTS (SELECT 1 FROM segment_memberships m
-                  WHERE m.valid_to IS NULL AND m.segment_id = s.segment_id AND m.customer_id = s.customer_id)
+SELECT n.segment_id, n.customer_id, :as_of FROM (
+    SELECT segment_id, customer_id FROM segment_stage WHERE segment_id IN ({ids})
+    EXCEPT
+    SELECT segment_id, customer_id FROM segment_memberships WHERE valid_to IS NULL AND segment_id IN ({ids})
+) n
 """
 
 
@@ -620,10 +629,11 @@ def _diff_builtin_history(conn: Connection, builtins: dict, ids: dict[str, int],
     indexes = sorted(SegmentMembership.__table__.indexes, key=lambda i: i.name) if first_run else []
     for index in indexes:
         index.drop(conn)
-    exited = conn.execute(text(_CLOSE_BUILTIN.format(ids=ids_sql, whens=" ".join(whens))).bindparams(*binds),
-                          params | values).rowcount
+    exited = 0 if first_run else conn.execute(
+        text(_CLOSE_BUILTIN.format(ids=ids_sql, whens=" ".join(whens))).bindparams(*binds), params | values).rowcount
     phases.done("history_close")
-    entered = conn.execute(text(_OPEN_BUILTIN).bindparams(*binds), params).rowcount
+    opened = _OPEN_BUILTIN.format(not_open="" if first_run else _NOT_OPEN)
+    entered = conn.execute(text(opened).bindparams(*binds), params).rowcount
     for index in indexes:
         index.create(conn)
     if conn.dialect.name == "postgresql" and entered + exited > 10_000:
@@ -645,7 +655,7 @@ def _diff_custom_history(conn: Connection, carried: set[int], as_of: date) -> tu
     entered = exited = 0
     if diffed:
         exited = conn.execute(text(_CLOSE_CUSTOM.format(ids=diffed)).bindparams(*binds), params).rowcount
-        entered = conn.execute(text(_OPEN_CUSTOM).bindparams(*binds), params).rowcount
+        entered = conn.execute(text(_OPEN_CUSTOM.format(ids=diffed)).bindparams(*binds), params).rowcount
     conn.execute(delete(SegmentStage))
     return entered, exited
 
