@@ -14,30 +14,71 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import lru_cache
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from crm_tasks.delivery.suppression import add_suppressions, email_hash, verify_unsubscribe_token
 from crm_tasks.errors import InvalidToken
 from crm_tasks.settings import Settings, settings
-from crm_tasks.store.models import Customer
+from crm_tasks.store.models import ArchivedCustomer, ArchiveStatus, Customer, CustomerMerge, Suppression
 
 NO_STORE = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex", "Referrer-Policy": "no-referrer"}
+# The one-click body is "List-Unsubscribe=One-Click": a public route reads no more than this.
+MAX_BODY_BYTES = 1024
 
 
-def unsubscribe(engine: Engine, cfg: Settings, customer_id: str, reason: str = "unsubscribed") -> bool:
-    """Suppress the customer's address for marketing mail; True if a new suppression was recorded.
-    Idempotent: a second click changes nothing."""
+class Outcome(StrEnum):
+    """What an unsubscribe did, for the page and the tests."""
+
+    RECORDED = "recorded"  # a new suppression now stops every later plan and send
+    ALREADY = "already"  # the address was suppressed before (an earlier click, a purge, an erasure)
+    UNKNOWN = "unknown"  # the CRM keeps no trace of the customer: nothing could be recorded
+
+
+# A merged-away profile names its survivor; a survivor may itself be merged later.
+MAX_MERGE_HOPS = 10
+
+
+def _address(conn: Connection, customer_id: str) -> str | None:
+    """The customer's address: the live profile's, else the archived copy's (in its grace period)."""
+    live = conn.execute(select(Customer.email).where(Customer.customer_id == customer_id)).scalar()
+    if live:
+        return live
+    a = ArchivedCustomer
+    return conn.execute(select(a.email).where(a.customer_id == customer_id, a.status == ArchiveStatus.ARCHIVED,
+                                              a.email.is_not(None)).order_by(a.id.desc()).limit(1)).scalar()
+
+
+def _current_id(conn: Connection, customer_id: str) -> str:
+    """The profile a customer id lives on now: itself, or the survivor it was merged into."""
+    for _ in range(MAX_MERGE_HOPS):
+        survivor = conn.execute(select(CustomerMerge.survivor_id).where(CustomerMerge.merged_id == customer_id)
+                                .order_by(CustomerMerge.id.desc()).limit(1)).scalar()
+        if survivor is None:
+            break
+        customer_id = survivor
+    return customer_id
+
+
+def unsubscribe(engine: Engine, cfg: Settings, customer_id: str, reason: str = "unsubscribed") -> Outcome:
+    """Suppress the customer's address for marketing mail, whatever state the profile is in: live,
+    archived (in its grace period), merged into another profile, purged or erased (their address is
+    suppressed by hash already). Idempotent: a second click changes nothing."""
     with engine.begin() as conn:
-        email = conn.execute(select(Customer.email).where(Customer.customer_id == customer_id)).scalar()
-        if not email:
-            return False  # no profile or no address: there is nothing to mail
-        return add_suppressions(conn, [{"email_hash": email_hash(email, cfg.secret_key), "customer_id": customer_id,
-                                        "reason": reason, "created_at": datetime.now(UTC)}]) == 1
+        current = _current_id(conn, customer_id)
+        email = _address(conn, current)
+        if email:
+            new = add_suppressions(conn, [{"email_hash": email_hash(email, cfg.secret_key), "customer_id": current,
+                                           "reason": reason, "created_at": datetime.now(UTC)}])
+            return Outcome.RECORDED if new else Outcome.ALREADY
+        known = conn.execute(select(Suppression.email_hash).where(Suppression.customer_id.in_({customer_id, current}))
+                             .limit(1)).first()
+        return Outcome.ALREADY if known else Outcome.UNKNOWN
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -84,11 +125,31 @@ def create_app(get_settings=settings, get_engine=None) -> FastAPI:
         customer_id = customer_for(token)
         if customer_id is None:
             return _page(*invalid)
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        body = await _bounded_body(request, MAX_BODY_BYTES)
+        if body is None:
+            return _page("Request too large", "<p>Nothing was changed.</p>", 413)
+        form = parse_qs(body.decode("utf-8", "replace"))
         if form.get("List-Unsubscribe") != ["One-Click"]:
             return _page("Unsubscribe", "<p>Nothing was changed: the request did not ask to unsubscribe "
                                         "(List-Unsubscribe=One-Click).</p>", 400)
-        unsubscribe(engine(), get_settings(), customer_id)
+        if unsubscribe(engine(), get_settings(), customer_id) is Outcome.UNKNOWN:
+            return _page("Address not found", "<p>We keep no e-mail address for this link, so there was nothing "
+                                              "to unsubscribe. If you still get e-mails from us, reply to one "
+                                              "asking to be removed.</p>", 404)
         return _page("You are unsubscribed", "<p>You will get no more marketing e-mails from us.</p>")
 
     return app
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is (or says it will be) longer than ``limit`` bytes:
+    an anonymous sender must not make the server hold a large body in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)

@@ -83,3 +83,64 @@ def test_the_airflow_plugin_mounts_the_app_under_crm():
     assert app["url_prefix"] == "/crm"
     paths = {route.path for route in app["app"].routes}
     assert "/unsubscribe/{token}" in paths
+
+
+def _plan_birthday(engine, cfg) -> set[str]:
+    result = plan_campaign(engine, cfg, campaign(), date(2026, 5, 10), datetime(2026, 5, 10, 0, 30, tzinfo=UTC),
+                           record=False)
+    return {m.customer_id for m in result.sample}
+
+
+def test_an_opt_out_during_the_grace_period_survives_a_restore(engine, cfg, client):
+    from crm_tasks.cleanup.archive import run_cleanup
+    from crm_tasks.cleanup.restore import restore
+    from tests.cleanup.support import LONG_AGO, permissive
+
+    add_customers(engine, {"customer_id": "OLD", "birthday": date(1990, 5, 10), "updated_at": LONG_AGO},
+                  {"customer_id": "NEW", "birthday": date(1990, 5, 10)})
+    assert run_cleanup(engine, permissive(cfg), date(2026, 3, 31)).archived == 1
+    done = client.post(f"/unsubscribe/{unsubscribe_token('OLD', cfg.secret_key)}", **ONE_CLICK)
+    assert done.status_code == 200 and "You are unsubscribed" in done.text
+    assert suppressions(engine) == 1
+    restore(engine, cfg, "OLD", on=date(2026, 4, 2))
+    assert _plan_birthday(engine, cfg) == {"NEW"}  # back, and still not mailed
+
+
+def test_a_merged_away_profile_unsubscribes_the_profile_it_lives_on(engine, cfg, client):
+    from crm_tasks.cleanup.archive import run_cleanup
+    from tests.cleanup.support import permissive
+
+    twin = {"birthday": date(1990, 5, 10), "email": "twin@example.com"}
+    add_customers(engine, {"customer_id": "A", **twin, "updated_at": datetime(2026, 1, 1, tzinfo=UTC)},
+                  {"customer_id": "B", **twin, "updated_at": datetime(2026, 2, 1, tzinfo=UTC)})
+    assert run_cleanup(engine, permissive(cfg), date(2026, 3, 31)).merged == 1  # A merged into B
+    assert _plan_birthday(engine, cfg) == {"B"}
+    assert client.post(f"/unsubscribe/{unsubscribe_token('A', cfg.secret_key)}", **ONE_CLICK).status_code == 200
+    assert _plan_birthday(engine, cfg) == set()
+
+
+def test_purged_erased_and_unknown_ids_are_answered_truthfully(engine, cfg, client):
+    from crm_tasks.delivery.suppression import email_hash
+
+    with engine.begin() as conn:  # what a purge leaves: the address's hash under the pseudonymous id
+        conn.execute(Suppression.__table__.insert().values(
+            email_hash=email_hash("gone@example.com", cfg.secret_key), customer_id="PURGED",
+            reason="purged:inactive", created_at=datetime(2026, 1, 1, tzinfo=UTC)))
+    purged = client.post(f"/unsubscribe/{unsubscribe_token('PURGED', cfg.secret_key)}", **ONE_CLICK)
+    assert purged.status_code == 200 and "You are unsubscribed" in purged.text
+    unknown = client.post(f"/unsubscribe/{unsubscribe_token('NEVER', cfg.secret_key)}", **ONE_CLICK)
+    assert unknown.status_code == 404 and "unsubscribed" not in unknown.text  # no pretended success
+    assert suppressions(engine) == 1
+
+
+def test_the_public_route_reads_no_large_body(engine, cfg, client):
+    add_customers(engine, {"customer_id": "C1"})
+    url = f"/unsubscribe/{unsubscribe_token('C1', cfg.secret_key)}"
+    big = b"List-Unsubscribe=One-Click&pad=" + b"x" * 5_000_000
+    said = client.post(url, content=big, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert said.status_code == 413
+    streamed = client.post(url, content=iter([big[i:i + 4096] for i in range(0, len(big), 4096)]),
+                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert streamed.status_code == 413  # no Content-Length to trust: the stream is cut off
+    assert suppressions(engine) == 0
+    assert client.post(url, **ONE_CLICK).status_code == 200
