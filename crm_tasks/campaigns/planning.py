@@ -451,7 +451,7 @@ def _diff_with(conn: Connection, previous, now: set[str]) -> dict:
 
 def _coupon_codes(conn: Connection, campaign: Campaign, frame: pd.DataFrame, sending: pd.Index) -> pd.Series:
     """A coupon code per message to send: an occurrence planned before (and replaced now) keeps its code."""
-    codes = pd.Series(None, index=frame.index, dtype=object)
+    codes = pd.Series([None] * len(frame), index=frame.index, dtype=object)  # None, not NaN, where no coupon
     if campaign.coupon is None or sending.empty:
         return codes
     keys = frame.loc[sending, "key"]

@@ -150,18 +150,19 @@ def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
 
 @campaign_group.command("status")
 @click.argument("name")
-@click.option("--as-of", "as_of", required=True, callback=parse_date, help="The day the messages were for.")
+@click.option("--as-of", "as_of", callback=parse_date,
+              help="The day the messages were for (default: the latest day the campaign ran for).")
 @json_output
 def campaign_status_command(name, as_of, as_json) -> None:
     """The ledger of a campaign's runs for a date: messages by state and the most common problems.
 
-    Example: crm campaign status birthday --as-of 2026-10-30
+    Examples: crm campaign status birthday    crm campaign status birthday --as-of 2026-10-30
     """
     from crm_tasks.delivery.send import campaign_status
 
     with reported(as_json):
-        status = campaign_status(engine(), name, as_of)
-    lines = [f"{name} for {as_of}:"]
+        status = campaign_status(engine(), settings(), name, as_of)
+    lines = [f"{name} for {status['as_of']}:"]
     for run in status["runs"]:
         kind = " [dry run]" if run["dry_run"] else " [test]" if run["test_run"] else ""
         lines.append(f"  run {run['run_id']}{kind} ({run['status']}, {run['recipients']} recipients): "

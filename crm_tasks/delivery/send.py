@@ -441,10 +441,19 @@ def deliver(engine: Engine, cfg: Settings, campaign: str, run_id: int | None, *,
     return result
 
 
-def campaign_status(engine: Engine, campaign: str, as_of: date) -> dict:
-    """The runs of ``campaign`` for ``as_of`` with their ledger by state and the most common failures."""
+def campaign_status(engine: Engine, cfg: Settings, campaign: str, as_of: date | None = None) -> dict:
+    """The runs of ``campaign`` for ``as_of`` (default: the latest date it ran for) with their ledger by
+    state and the most common failures. An unknown name gets the same error as everywhere else."""
+    from crm_tasks.campaigns.definitions import get_campaign
+
     r, m = CampaignRun, Message
     with engine.connect() as conn:
+        latest = conn.execute(select(func.max(r.as_of)).where(r.campaign == campaign)).scalar()
+        if latest is None:
+            get_campaign(cfg, campaign)  # a name that is no campaign: "no campaign ..., Known: ..."
+            raise CrmError(f"campaign {campaign} has no recorded run yet; plan or run it first "
+                           f"(crm campaign run {campaign} --as-of YYYY-MM-DD)")
+        as_of = as_of or latest
         runs = conn.execute(select(r.id, r.dry_run, r.test_run, r.status, r.recipients, r.created_at)
                             .where(r.campaign == campaign, r.as_of == as_of).order_by(r.id)).all()
         out = []
@@ -457,8 +466,8 @@ def campaign_status(engine: Engine, campaign: str, as_of: date) -> dict:
                         "states": ledger.state_counts(conn, [m.run_id == run.id]),
                         "problems": [{"state": s, "error": e, "messages": n} for s, e, n in errors]})
     if not out:
-        raise CrmError(f"campaign {campaign} has no recorded run for {as_of}; plan or run it first "
-                       f"(crm campaign run {campaign} --as-of {as_of})")
+        raise CrmError(f"campaign {campaign} has no recorded run for {as_of}; its latest is for {latest} "
+                       f"(crm campaign status {campaign} --as-of {latest})")
     return {"campaign": campaign, "as_of": as_of.isoformat(), "runs": out}
 
 

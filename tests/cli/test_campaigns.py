@@ -42,3 +42,18 @@ def test_campaign_list_and_templates_check(use_settings):
     assert json.loads(checked.stdout)["errors"] == []
 
 
+
+
+def test_a_campaign_without_coupons_lists_no_coupon(use_settings, engine):
+    from datetime import UTC, datetime
+
+    from tests.factories import add_first_purchase
+
+    add_customers(engine, {"customer_id": "C1"})
+    add_first_purchase(engine, "C1", datetime(2026, 3, 1, 10, tzinfo=UTC))
+    out = CliRunner().invoke(main, ["campaign", "plan", "thank_you", "--as-of", "2026-03-02"])
+    assert out.exit_code == 0, out.output
+    assert "C1" in out.output and "coupon" not in out.output and "nan" not in out.output.lower()
+    payload = json.loads(CliRunner().invoke(main, ["campaign", "plan", "thank_you", "--as-of", "2026-03-02",
+                                                   "--json"]).stdout)
+    assert payload["recipients"] == 1

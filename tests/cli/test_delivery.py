@@ -43,6 +43,15 @@ def test_run_plans_delivers_and_prints_the_ledger_then_status_shows_it(use_setti
         assert "failed x1: 550 5.1.1 <address>: no such user" in status.output
     missing = CliRunner().invoke(main, ["campaign", "status", "birthday", "--as-of", "2026-05-11"])
     assert missing.exit_code == 1 and "no recorded run" in missing.output
+    assert "its latest is for 2026-05-10" in missing.output
+    latest = CliRunner().invoke(main, ["campaign", "status", "birthday", "--json"])  # no date: the latest run's
+    assert latest.exit_code == 0 and json.loads(latest.stdout)["as_of"] == "2026-05-10"
+    # A name that is no campaign gets the message every command gives, not advice to run it.
+    nosuch = CliRunner().invoke(main, ["campaign", "status", "birthdy"])
+    assert nosuch.exit_code == 1 and "no campaign 'birthdy'" in nosuch.output and "Did you mean 'birthday'" in nosuch.output
+    assert "crm campaign run birthdy" not in nosuch.output
+    never = CliRunner().invoke(main, ["campaign", "status", "thank_you"])
+    assert never.exit_code == 1 and "no recorded run yet" in never.output
 
 
 def test_run_without_an_smtp_server_fails_before_planning(use_settings, engine, monkeypatch):

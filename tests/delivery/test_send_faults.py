@@ -122,6 +122,6 @@ def test_re_running_the_same_date_after_delivery_sends_nothing_again(engine, cfg
     # The first run, whose messages went out, is kept (replaced) so that its ledger stays visible.
     from crm_tasks.delivery.send import campaign_status
 
-    runs = campaign_status(engine, c.name, AS_OF)["runs"]
+    runs = campaign_status(engine, cfg, c.name, AS_OF)["runs"]
     assert [(r["run_id"], r["status"], r["states"]) for r in runs] == [
         (first.run_id, "replaced", {"sent": 6}), (again.run_id, "planned", {})]
