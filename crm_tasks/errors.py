@@ -58,13 +58,17 @@ class BatchRejected(CrmError):
         )
 
 
+class MissingPartition(CrmError):
+    """A source has had no partition for more nights in a row than missing_partition_grace allows."""
+
+
 class IngestFailed(CrmError):
-    """One or more files of a run failed; the others were processed."""
+    """One or more files (or partitions) of a run failed; the others were processed."""
 
     def __init__(self, failures: list[CrmError]) -> None:
         self.failures = failures
         lines = "\n".join(f"- {f}" for f in failures)
-        super().__init__(f"{len(failures)} file(s) failed:\n{lines}")
+        super().__init__(f"{len(failures)} file(s) or partition(s) failed:\n{lines}")
 
 
 class CleanupBlocked(CrmError):

@@ -191,6 +191,9 @@ class Settings(BaseModel):
     # A handful of bad rows in a tiny file is not a broken export: below this many
     # rejected rows a file is never rejected as a whole.
     reject_min_rows: int = Field(10, ge=0)
+    # A night with no partition of any source did nothing: an ingest error, unless exports may skip
+    # this many nights in a row (weekends, holidays), which are then warnings in the report.
+    missing_partition_grace: int = Field(0, ge=0)
     default_locale: str = "en-IN"
     chunk_rows: int = Field(100_000, ge=1_000)
     custom_attributes: list[CustomAttribute] = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from crm_tasks.cli.common import emit, fail, json_output, parse_date, settings, store
+from crm_tasks.cli.common import emit, fail, json_output, parse_date, reported, settings, store
 from crm_tasks.errors import CrmError, IngestFailed
 
 
@@ -28,13 +28,14 @@ def ingest(day, start, end, everything, as_json) -> None:
     if chosen != 1 or (start is None) != (end is None):
         raise click.UsageError("give exactly one of --date DATE, --from DATE --to DATE, or --all")
     cfg = settings()
+    db = store(as_json)
     if everything:
-        dates = all_dates(Path(cfg.landing_dir))
+        with reported(as_json):
+            dates = all_dates(Path(cfg.landing_dir))
     elif day:
         dates = [day]
     else:
         dates = [start + timedelta(days=i) for i in range((end - start).days + 1)]
-    db = store(as_json)
     try:
         report = ingest_dates(db, cfg, dates)
     except IngestFailed as exc:

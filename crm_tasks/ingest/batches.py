@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -26,7 +27,15 @@ from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from crm_tasks.contracts import CUSTOMER_COLUMNS, PURCHASE_COLUMNS
-from crm_tasks.errors import BatchRejected, CrmError, DatabaseError, IngestFailed, UnreadableFile
+from crm_tasks.errors import (
+    BatchRejected,
+    ConfigError,
+    CrmError,
+    DatabaseError,
+    IngestFailed,
+    MissingPartition,
+    UnreadableFile,
+)
 from crm_tasks.ingest import metrics
 from crm_tasks.ingest.readers import (
     Chunk,
@@ -95,6 +104,9 @@ class BatchReport:
 @dataclass
 class IngestReport:
     batches: list[BatchReport]
+    # Nights without any partition: {"date", "nights", "last_loaded"} (a warning within
+    # missing_partition_grace nights in a row, past it a MissingPartition failure).
+    missing: list[dict] = field(default_factory=list)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -114,6 +126,7 @@ class IngestReport:
             "totals": self.totals,
             "files": len(self.batches),
             "failed_files": len(self.failed),
+            "missing_partitions": self.missing,
             "reconciles": self.reconciles,
         }
 
@@ -123,7 +136,7 @@ class IngestReport:
         for b in self.batches:
             statuses[str(b.status)] = statuses.get(str(b.status), 0) + 1
         return {"files": len(self.batches), "by_status": statuses, "totals": self.totals,
-                "reconciles": self.reconciles}
+                "missing_partitions": len(self.missing), "reconciles": self.reconciles}
 
 
 def combine_summaries(*summaries: dict) -> dict:
@@ -181,6 +194,9 @@ def format_report(payload: dict) -> str:
         lines.append(f"withheld (good rows of rejected files, not loaded): {t['rows_withheld']}")
     verdict = "reconciles" if payload["reconciles"] else "DOES NOT RECONCILE"
     lines.append(f"read = loaded + quarantined + duplicates + withheld: {verdict}")
+    for m in payload.get("missing_partitions", []):
+        since = f" (last loaded: {m['last_loaded']})" if m["last_loaded"] else ""
+        lines.append(f"WARNING: no partition for {m['date']}: {m['nights']} night(s) in a row without input{since}")
     return "\n".join(lines)
 
 
@@ -205,8 +221,26 @@ def landing_files(landing_dir: Path, source: str, day: date) -> list[LandingFile
     return [LandingFile(source, day, p, p.relative_to(landing_dir).as_posix()) for p in paths]
 
 
+def landing_folder(landing_dir: Path) -> Path:
+    """The landing folder, which must exist and be readable: a night pointed at the wrong path must
+    fail, not load nothing and report green."""
+    folder = Path(landing_dir)
+    if not folder.is_dir():
+        raise ConfigError(f"the landing folder {folder} does not exist or is not a folder; set CRM_LANDING_DIR "
+                          "(or landing_dir in crm.yaml) to the folder the exports land in")
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise ConfigError(f"the landing folder {folder} cannot be read by this process; fix its permissions")
+    return folder
+
+
 def all_dates(landing_dir: Path) -> list[date]:
-    return sorted({d for s in SOURCES for d in partitions(landing_dir, s)})
+    """Every partition date of every source; a landing folder with none is an error (nothing to load)."""
+    folder = landing_folder(landing_dir)
+    dates = sorted({d for s in SOURCES for d in partitions(folder, s)})
+    if not dates:
+        raise ConfigError(f"the landing folder {folder} holds no partition (customers/dt=YYYY-MM-DD or "
+                          "purchases/dt=YYYY-MM-DD): nothing to load")
+    return dates
 
 
 # --- entry points -------------------------------------------------------------------
@@ -220,11 +254,26 @@ def ingest_dates(
     Every file is attempted; if any was rejected or unreadable, IngestFailed is
     raised at the end (its ``report`` attribute holds the full report).
     """
+    folder = landing_folder(settings.landing_dir)
     batches: list[BatchReport] = []
     failures: list[CrmError] = []
+    missing: list[dict] = []
     for day in sorted(set(dates)):
-        for source in sources:
-            for lf in landing_files(Path(settings.landing_dir), source, day):
+        found = {source: landing_files(folder, source, day) for source in sources}
+        # A night without input has no partition of any source (a night with purchases and no profile
+        # changes is normal), whichever sources this call loads.
+        if not any(found.values()) and not any(landing_files(folder, s, day) for s in SOURCES if s not in found):
+            night = _missing_night(engine, settings, day)
+            missing.append(night)
+            if night["nights"] > settings.missing_partition_grace:
+                failures.append(MissingPartition(
+                    f"{folder}: no partition of {' or '.join(SOURCES)} for {day}, {night['nights']} night(s) in a row "
+                    f"without input (last loaded: {night['last_loaded'] or 'never'}), more than "
+                    f"missing_partition_grace ({settings.missing_partition_grace}); check the export and the "
+                    "landing folder"))
+            log.warning("no partition for %s in %s (%d night(s) in a row)", day, folder, night["nights"])
+        for source, files in found.items():
+            for lf in files:
                 try:
                     batch = ingest_file(engine, settings, lf)
                 except (BatchRejected, UnreadableFile) as exc:
@@ -237,12 +286,22 @@ def ingest_dates(
                     batch.file, batch.status, batch.rows_read, batch.rows_loaded,
                     batch.rows_quarantined, batch.rows_duplicate,
                 )
-    report = IngestReport(batches)
+    report = IngestReport(batches, missing)
     if failures:
         err = IngestFailed(failures)
         err.report = report  # type: ignore[attr-defined]
         raise err
     return report
+
+
+def _missing_night(engine: Engine, settings: Settings, day: date) -> dict:
+    """A night without input: how many nights in a row by ``day`` (since the latest partition of any
+    source loaded before it; 1 when there is none yet)."""
+    with engine.connect() as conn:
+        last = conn.execute(select(func.max(IngestBatch.partition_date)).where(IngestBatch.partition_date < day)
+                            ).scalar()
+    return {"date": day.isoformat(), "nights": (day - last).days if last else 1,
+            "last_loaded": last.isoformat() if last else None}
 
 
 def ingest_file(engine: Engine, settings: Settings, lf: LandingFile) -> BatchReport:

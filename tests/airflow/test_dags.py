@@ -76,7 +76,9 @@ def test_ingest_schedule_is_nightly_over_the_previous_local_day(dagbag):
 
 @pytest.fixture
 def ingest_dag(dagbag, airflow_db, use_settings, monkeypatch):
-    """crm_ingest without retries: dag.test() waits out retry delays, and a test must fail, not stall."""
+    """crm_ingest without retries: dag.test() waits out retry delays, and a test must fail, not stall.
+    Each test names both dates: a run_conf given to dag.test() stays in the DAG object's params
+    for later calls in the same process."""
     dag = dagbag.dags["crm_ingest"]
     for t in dag.tasks:
         monkeypatch.setattr(t, "retries", 0)
@@ -106,7 +108,7 @@ def test_crm_ingest_runs_through_airflow(ingest_dag, engine, landing):
 @pytest.mark.airflow
 def test_crm_ingest_fails_on_a_rejected_file(ingest_dag, engine, landing):
     write_csv(landing, "purchases", "2026-03-01", [purchase(f"B{i}", amount="?") for i in range(20)])
-    run = ingest_dag.test(run_conf={"start_date": "2026-03-01"})
+    run = ingest_dag.test(run_conf={"start_date": "2026-03-01", "end_date": "2026-03-01"})
     assert run.state == "failed"
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Purchase)).scalar_one() == 0
@@ -132,7 +134,7 @@ def test_crm_ingest_uses_the_airflow_connection_crm_db(ingest_dag, engine, landi
     monkeypatch.setenv("AIRFLOW_CONN_CRM_DB", json.dumps(conn))
     settings.cache_clear()
     write_csv(landing, "purchases", "2026-03-01", [purchase("T1")])
-    run = ingest_dag.test(run_conf={"start_date": "2026-03-01"})
+    run = ingest_dag.test(run_conf={"start_date": "2026-03-01", "end_date": "2026-03-01"})
     assert run.state == "success"
     with engine.connect() as c:
         assert c.execute(select(func.count()).select_from(Purchase)).scalar_one() == 1
@@ -157,7 +159,8 @@ def test_ingest_then_segments_through_airflow(dagbag, airflow_db, use_settings, 
             monkeypatch.setattr(t, "retries", 0)
     write_csv(landing, "customers", "2026-03-01", [customer("C1"), customer("C2")])
     write_csv(landing, "purchases", "2026-03-01", [purchase("T1", amount="10")])
-    assert dagbag.dags["crm_ingest"].test(run_conf={"start_date": "2026-03-01"}).state == "success"
+    ingest = dagbag.dags["crm_ingest"].test(run_conf={"start_date": "2026-03-01", "end_date": "2026-03-01"})
+    assert ingest.state == "success"
     # A manual run without dates computes as of the latest loaded partition.
     run = dagbag.dags["crm_segments"].test(run_conf={"as_of": None, "through": None})
     assert run.state == "success"
@@ -169,3 +172,17 @@ def test_ingest_then_segments_through_airflow(dagbag, airflow_db, use_settings, 
     assert run.state == "success"
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(SegmentRun)).scalar_one() == 4
+
+
+@pytest.mark.airflow
+def test_a_missing_landing_folder_or_an_empty_night_fails_the_dag(ingest_dag, engine, landing, monkeypatch, tmp_path):
+    from crm_tasks.settings import settings
+
+    # Nothing landed for the night: the run fails (missing_partition_grace is 0 by default).
+    assert ingest_dag.test(run_conf={"start_date": "2026-03-05", "end_date": "2026-03-05"}).state == "failed"
+    monkeypatch.setenv("CRM_LANDING_DIR", str(tmp_path / "wrong-path"))
+    settings.cache_clear()
+    write_csv(landing, "purchases", "2026-03-01", [purchase("T1")])
+    assert ingest_dag.test(run_conf={"start_date": "2026-03-01", "end_date": "2026-03-01"}).state == "failed"
+    with engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(Purchase)).scalar_one() == 0

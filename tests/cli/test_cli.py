@@ -63,6 +63,18 @@ def test_ingest_refuses_an_unmigrated_database(tmp_path, monkeypatch):
     assert "run `crm db upgrade` first" in result.stderr
 
 
+def test_ingest_from_a_missing_landing_folder_exits_1_naming_it(use_settings, tmp_path, monkeypatch):
+    from crm_tasks.settings import settings
+
+    monkeypatch.setenv("CRM_LANDING_DIR", str(tmp_path / "does-not-exist"))
+    settings.cache_clear()
+    for args in (["ingest", "--all"], ["ingest", "--date", "2026-03-01"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, args
+        assert "the landing folder" in result.stderr and "does-not-exist" in result.stderr
+        assert "reconciles" not in result.stdout  # no green report of nothing
+
+
 def test_ingest_needs_exactly_one_selection():
     result = CliRunner().invoke(main, ["ingest", "--date", "2026-03-01", "--all"])
     assert result.exit_code == 2 and "exactly one of" in result.output

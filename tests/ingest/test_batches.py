@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from crm_tasks.errors import IngestFailed
-from crm_tasks.ingest.batches import ingest_dates
+from crm_tasks.ingest.batches import format_report, ingest_dates
 from crm_tasks.store.models import Customer, CustomerMetrics, IngestBatch, Purchase, QuarantinedRow
 from tests.helpers import CUSTOMER_HEADER, customer, purchase, rows, write_csv
 
@@ -368,3 +368,33 @@ def test_a_file_without_header_row_does_not_echo_customer_data(engine, cfg, land
     message = str(err.value)
     assert "does not look like a header row" in message
     assert "asha" not in message.lower() and "9876543210" not in message
+
+
+def test_a_missing_landing_folder_is_an_error_naming_it(engine, cfg, tmp_path):
+    from crm_tasks.errors import ConfigError
+    from crm_tasks.ingest.batches import all_dates
+
+    wrong = cfg.model_copy(update={"landing_dir": tmp_path / "does-not-exist"})
+    with pytest.raises(ConfigError, match="does-not-exist.*CRM_LANDING_DIR"):
+        ingest_dates(engine, wrong, [D])
+    with pytest.raises(ConfigError, match="does-not-exist"):
+        all_dates(wrong.landing_dir)
+    with pytest.raises(ConfigError, match="holds no partition"):
+        all_dates(cfg.landing_dir)  # exists, but nothing ever landed
+
+
+def test_a_night_without_input_fails_past_the_grace_and_warns_within_it(engine, cfg, landing):
+    write_csv(landing, "purchases", DAY, [purchase("T1")])
+    ingest_dates(engine, cfg, [D])
+    # Purchases without profile changes is an ordinary night, not a missing one.
+    write_csv(landing, "purchases", "2026-03-02", [purchase("T2", at="2026-03-02T09:00:00Z")])
+    assert ingest_dates(engine, cfg, [date(2026, 3, 2)]).missing == []
+    with pytest.raises(IngestFailed, match="no partition of customers or purchases for 2026-03-03, 1 night"):
+        ingest_dates(engine, cfg, [date(2026, 3, 3)])
+    lenient = cfg.model_copy(update={"missing_partition_grace": 2})
+    report = ingest_dates(engine, lenient, [date(2026, 3, 3), date(2026, 3, 4)])
+    assert [(m["date"], m["nights"], m["last_loaded"]) for m in report.missing] == [
+        ("2026-03-03", 1, "2026-03-02"), ("2026-03-04", 2, "2026-03-02")]
+    assert "WARNING: no partition for 2026-03-04: 2 night(s) in a row" in format_report(report.to_dict())
+    with pytest.raises(IngestFailed, match="2026-03-05, 3 night"):
+        ingest_dates(engine, lenient, [date(2026, 3, 5)])
