@@ -183,7 +183,8 @@ class CleanupSettings(BaseModel):
 
 
 class Settings(BaseModel):
-    database_url: str | None = None
+    # These three may hold passwords or keys: never in a repr, a log line or a traceback.
+    database_url: str | None = Field(None, repr=False)
     landing_dir: Path = REPO_ROOT / "var" / "landing"
     timezone: str = "Asia/Kolkata"
     ingest_hour: int = Field(2, ge=0, le=23)
@@ -203,11 +204,11 @@ class Settings(BaseModel):
     delivery: DeliverySettings = DeliverySettings()
     # The SMTP server: smtp[s]://user:password@host:port (see crm_tasks/delivery/smtp.py). Environment only
     # (CRM_SMTP_URL), since it holds a password; inside Airflow the connection smtp_default also works.
-    smtp_url: str | None = None
+    smtp_url: str | None = Field(None, repr=False)
     # Signs unsubscribe links and keys suppression hashes. Only from the environment
     # (CRM_SECRET_KEY), never from crm.yaml; the development default is refused when
     # CRM_ENV=production.
-    secret_key: str = DEV_SECRET_KEY
+    secret_key: str = Field(DEV_SECRET_KEY, repr=False)
     environment: Literal["development", "production"] = "development"
 
     @model_validator(mode="after")

@@ -44,3 +44,17 @@ def test_airflow_style_urls_get_the_psycopg_driver():
     assert normalise_url("sqlite:////x/crm.db") == "sqlite:////x/crm.db"
 
 
+
+
+def test_secrets_never_appear_in_a_repr():
+    from crm_tasks.delivery.smtp import parse_smtp_url
+
+    cfg = load_settings(env={"CRM_SECRET_KEY": "k" * 40,
+                             "CRM_SMTP_URL": "smtp://mailer:hunter2-secret@smtp.example.com:587",
+                             "CRM_DATABASE_URL": "postgresql+psycopg://crm:db-password-9@db/crm"})
+    shown = repr(cfg) + str(cfg)
+    for secret in ("k" * 40, "hunter2-secret", "db-password-9"):
+        assert secret not in shown
+    target = parse_smtp_url(cfg.smtp_url)
+    assert target.password == "hunter2-secret"  # still there to log in with
+    assert "hunter2-secret" not in repr(target) and "hunter2-secret" not in target.describe()

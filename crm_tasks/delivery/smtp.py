@@ -14,7 +14,7 @@ import hashlib
 import re
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Self
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -35,7 +35,7 @@ class SmtpTarget:
     host: str
     port: int
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a repr, a log or a traceback
     tls: str = "auto"
     validate_certs: bool = True
 
