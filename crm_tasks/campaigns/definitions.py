@@ -130,6 +130,14 @@ class Campaign(_Strict):
     growth_floor: int = Field(1_000, ge=0)
     tags: list[str] = []
 
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", v):
+            raise ValueError(f"'{v}' must be the name of a folder in templates/email/ (lower-case letters, digits, "
+                             "'_' or '-'), not a path")
+        return v
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:

@@ -23,8 +23,17 @@ import yaml
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
 from babel.numbers import format_currency, format_percent
-from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, pass_context, select_autoescape
+from jinja2 import (
+    FileSystemLoader,
+    StrictUndefined,
+    Template,
+    TemplateError,
+    TemplateNotFound,
+    pass_context,
+    select_autoescape,
+)
 from jinja2.environment import TemplateModule
+from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
@@ -37,6 +46,11 @@ PARTS = ("subject.txt", "body.html", "body.txt")
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 # What a macro library imported without context (_ui.html, _ui.txt) sees of the message.
 LAYOUT_KEYS = ("lang", "dir", "brand_color")
+# Bounds of one message: a template may not build a huge value or page (a typo or a hostile edit
+# must fail that campaign's run, not exhaust the worker's memory).
+MAX_VALUE_CHARS = 1_000_000  # a string or list a single "*" may build
+MAX_MESSAGE_CHARS = 2_000_000  # subject + HTML + text of one message
+MAX_RANGE = 1_000  # items of range(): templates loop over a handful of recommendations, not more
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,23 @@ _DICT_ATTRIBUTES = frozenset(dir(dict))
 _MODULE_EXPORTS = (str, Markup, Macro)  # what _ui.html exports: style strings and macros
 
 
+class _TemplateLoader(FileSystemLoader):
+    """Only the e-mail templates themselves (.html and .txt): an include of a catalog, a key file
+    or anything else in the folder is "not found"; paths outside it never resolve (FileSystemLoader)."""
+
+    def get_source(self, environment, template: str):
+        if not template.endswith((".html", ".txt")):
+            raise TemplateNotFound(template)
+        return super().get_source(environment, template)
+
+
+def _bounded_range(*args) -> range:
+    items = range(*args)
+    if len(items) > MAX_RANGE:
+        raise SecurityError(f"range() of {len(items)} items; at most {MAX_RANGE} in a template")
+    return items
+
+
 class _EmailEnvironment(ImmutableSandboxedEnvironment):
     """The immutable sandbox, minus checks that cannot fail, on the paths every message takes.
 
@@ -132,6 +163,17 @@ class _EmailEnvironment(ImmutableSandboxedEnvironment):
 
     template_class = _EmailTemplate
     t_function: object = _MISSING  # the renderer's t(), set by Renderer
+    # The operators that can build an unbounded value are checked (see call_binop); others are not.
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Context, operator: str, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_VALUE_CHARS:
+                    raise SecurityError(f"a value of {len(seq) * n} items; at most {MAX_VALUE_CHARS} in a template")
+        elif operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+            raise SecurityError(f"an exponent of {right}; at most 64 in a template")
+        return super().call_binop(context, operator, left, right)
 
     def call(self, context: Context, obj, /, *args, **kwargs):
         if obj is self.t_function and not kwargs.get("_loop_vars") and not kwargs.get("_block_vars"):
@@ -169,7 +211,7 @@ class Renderer:
         self._texts = {lang: {**english, **catalog} for lang, catalog in self.catalogs.items()}
         self._english = english
         self.env = _EmailEnvironment(
-            loader=FileSystemLoader(str(self.folder)),
+            loader=_TemplateLoader(str(self.folder)),
             undefined=StrictUndefined,
             autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
             trim_blocks=True,
@@ -178,6 +220,7 @@ class Renderer:
             cache_size=-1,
         )
         self.env.globals["t"] = self.env.t_function = self._t
+        self.env.globals["range"] = _bounded_range
 
     def _catalog(self, lang: str) -> dict[str, str]:
         path = self.folder / "locales" / f"{lang}.yaml"
@@ -226,6 +269,10 @@ class Renderer:
             raise
         except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError) as exc:
             raise RenderError(f"template {template} ({context.get('lang')}): {exc.__class__.__name__}: {exc}") from None
+        size = len(subject) + len(html) + len(text)
+        if size > MAX_MESSAGE_CHARS:
+            raise RenderError(f"template {template} ({context.get('lang')}): the message has {size} characters; "
+                              f"at most {MAX_MESSAGE_CHARS}")
         return RenderedMessage(subject, html, text)
 
     def check(self, template: str) -> None:

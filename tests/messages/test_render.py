@@ -187,3 +187,48 @@ def test_t_errors_inside_macros_and_loops(folder):
                                  "{{ t('nope') }}{% endmacro %}", "{{ ui.items(['a', 'b']) }}")
     with pytest.raises(RenderError, match="no text for 'nope'"):
         renderer.render("x", {"lang": "hi", "dir": "ltr", "brand_color": "#000000", "customer": {"first_name": "A"}})
+
+
+@pytest.mark.parametrize("html", [
+    "{{ 'x' * 300000000 }}",  # 300 MB in one value
+    "{{ 300000000 * ['x'] }}",
+    "{{ 10 ** 100000000 }}",  # a number that takes minutes to compute
+    "{% for i in range(100000) %}{% for j in range(100000) %}.{% endfor %}{% endfor %}",
+])
+def test_a_template_cannot_build_a_huge_value_or_loop_for_ever(folder, html):
+    import resource
+    import time
+
+    renderer = write_template(folder, html=html)
+    started, peak = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RenderError, match="SecurityError.*at most"):
+        renderer.render("x", {"lang": "en", "customer": {"first_name": "A"}})
+    assert time.perf_counter() - started < 2  # refused before the work, not after
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000  # KiB: no 300 MB on the way
+
+
+def test_a_message_larger_than_the_bound_is_refused(folder):
+    renderer = write_template(folder, html="{% for i in range(900) %}{{ 'x' * 5000 }}{% endfor %}")
+    with pytest.raises(RenderError, match="the message has 45000.. characters; at most 2000000"):
+        renderer.render("x", {"lang": "en", "customer": {"first_name": "A"}})
+
+
+def test_only_template_files_can_be_included(folder):
+    (folder / "secret.key").write_text("k" * 40, encoding="utf-8")
+    for target in ("locales/en.yaml", "secret.key", "../outside.html", "/etc/passwd"):
+        renderer = write_template(folder, html="{% include '" + target + "' %}")
+        with pytest.raises(RenderError, match="TemplateNotFound"):
+            renderer.render("x", {"lang": "en", "customer": {"first_name": "A"}})
+
+
+def test_a_campaign_names_a_template_folder_never_a_path(tmp_path):
+    from crm_tasks.campaigns.definitions import parse_campaign
+    from crm_tasks.errors import ConfigError
+    from tests.conftest import REPO
+
+    text = (REPO / "campaigns" / "birthday.yaml").read_text(encoding="utf-8")
+    for bad in ("../../etc", "/etc/passwd", "birthday/../offer"):
+        (tmp_path / "birthday.yaml").write_text(text.replace("template: birthday", f"template: '{bad}'"),
+                                                encoding="utf-8")
+        with pytest.raises(ConfigError, match="template: .*must be the name of a folder in templates/email/"):
+            parse_campaign(tmp_path / "birthday.yaml", REPO_CFG)
