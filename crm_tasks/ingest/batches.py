@@ -320,27 +320,34 @@ def ingest_file(engine: Engine, settings: Settings, lf: LandingFile) -> BatchRep
     report = BatchReport(lf.rel_path, lf.source, lf.partition_date.isoformat(), BatchStatus.LOADING)
     started = datetime.now(UTC)
     try:
-        if scan.problem:
-            raise UnreadableFile(lf.rel_path, scan.problem)
-        header = (read_csv_header if text_file else read_parquet_header)(lf.path, lf.rel_path)
-        _check_header(lf, header)
-        keep = [c for c in header if c in CONTRACT[lf.source] or c in _declared(settings, lf.source)]
-        report.dropped_columns = [c for c in header if c not in keep]
-        chunks = (
-            iter_csv(lf.path, header, scan, settings.chunk_rows, lf.rel_path)
-            if text_file
-            else iter_parquet(lf.path, keep, settings.chunk_rows, lf.rel_path)
-        )
         try:
-            return _load(engine, settings, lf, scan, chunks, keep, report, started)
-        except (DBAPIError, psycopg.Error, sqlite3.Error) as exc:
-            # The driver's message may quote row values (personal data): keep only its kind.
-            orig = exc.orig if isinstance(exc, DBAPIError) else exc
-            code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
-            raise DatabaseError(
-                f"{lf.rel_path}: the CRM database failed the batch ({type(orig).__name__}"
-                f"{', ' + code if code else ''}); nothing of this file was loaded"
-            ) from None
+            if scan.problem:
+                raise UnreadableFile(lf.rel_path, scan.problem)
+            header = (read_csv_header if text_file else read_parquet_header)(lf.path, lf.rel_path)
+            _check_header(lf, header)
+            keep = [c for c in header if c in CONTRACT[lf.source] or c in _declared(settings, lf.source)]
+            report.dropped_columns = [c for c in header if c not in keep]
+            chunks = (
+                iter_csv(lf.path, header, scan, settings.chunk_rows, lf.rel_path)
+                if text_file
+                else iter_parquet(lf.path, keep, settings.chunk_rows, lf.rel_path)
+            )
+            try:
+                return _load(engine, settings, lf, scan, chunks, keep, report, started)
+            except (DBAPIError, psycopg.Error, sqlite3.Error) as exc:
+                # The driver's message may quote row values (personal data): keep only its kind.
+                orig = exc.orig if isinstance(exc, DBAPIError) else exc
+                code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+                raise DatabaseError(
+                    f"{lf.rel_path}: the CRM database failed the batch ({type(orig).__name__}"
+                    f"{', ' + code if code else ''}); nothing of this file was loaded"
+                ) from None
+        except (pa.ArrowException, OSError) as exc:
+            # The reader gave up (a line longer than a block, a truncated Parquet footer, ...): the
+            # file is unreadable, recorded with a reason like any other, and the partition goes on.
+            # Arrow's message can quote the line, so only its kind is kept.
+            raise UnreadableFile(lf.rel_path, f"the file could not be read ({type(exc).__name__}): a line longer "
+                                 "than 16 MiB, or a damaged file; export it again") from None
     except UnreadableFile as exc:
         report.status = BatchStatus.UNREADABLE
         report.error = exc.problem

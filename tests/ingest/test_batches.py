@@ -135,6 +135,38 @@ def test_other_files_still_load_when_one_fails(engine, cfg, landing):
     assert count(engine, Purchase) == 1
 
 
+def test_a_reader_that_gives_up_mid_file_leaves_an_unreadable_batch_and_the_partition_goes_on(
+        engine, cfg, landing, monkeypatch):
+    """A 200 MB line once made Arrow raise out of the reader: no batch row, and the partition's next
+    file never loaded. Such a file is too large for the suite, so the reader fails here on cue, after
+    its first chunk, with a message quoting a row as Arrow's do."""
+    import pyarrow as pa
+
+    from crm_tasks.ingest import batches
+
+    real = batches.iter_csv
+
+    def fails_after_a_chunk(path, *args, **kwargs):
+        chunks = real(path, *args, **kwargs)
+        if path.name.startswith("a-"):
+            yield next(chunks)
+            raise pa.ArrowInvalid("CSV parse error: row 'T9,C9,s3cret-value' straddles two blocks")
+        yield from chunks
+
+    monkeypatch.setattr(batches, "iter_csv", fails_after_a_chunk)
+    write_csv(landing, "purchases", DAY, [purchase("T8"), purchase("T9")], name="a-huge.csv")
+    write_csv(landing, "purchases", DAY, [purchase("T1")], name="b-good.csv")
+    with pytest.raises(IngestFailed) as err:
+        ingest_dates(engine, cfg, [D])
+    assert "a-huge.csv: the file could not be read (ArrowInvalid)" in str(err.value)
+    assert "s3cret" not in str(err.value)
+    report = err.value.report
+    assert [(b.file.rsplit("/", 1)[-1], b.status) for b in report.batches] == [
+        ("a-huge.csv", "unreadable"), ("b-good.csv", "loaded")]
+    assert report.batches[0].batch_id is not None and report.reconciles
+    assert count(engine, Purchase) == 1  # nothing of the broken file, all of the next one
+
+
 @pytest.mark.parametrize(
     "content, problem",
     [
