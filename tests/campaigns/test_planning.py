@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from crm_tasks.campaigns.coupons import ALPHABET
+from crm_tasks.campaigns.planning import plan_campaign
 from crm_tasks.delivery.suppression import email_hash
 from crm_tasks.errors import CampaignBlocked
 from crm_tasks.store.models import CampaignPlanRow, CampaignRun, Coupon, Message, Suppression
@@ -170,3 +171,31 @@ def test_messages_are_rendered_in_the_customers_language_with_personalisation(en
     assert "@" not in str(ctx)  # the address is the ledger's, never the template's
     html = renderer_for(cfg).render("birthday", ctx).html
     assert "<script>x" not in html and "&lt;script&gt;x" in html and 'dir="rtl"' in html
+
+
+def test_one_profile_that_breaks_rendering_fails_the_run_before_anything_is_sent(engine, cfg, tmp_path):
+    """Every message is rendered at planning, before any is recorded for delivery: one profile a
+    template cannot render (here: no first name, which the edited template indexes) stops the run."""
+    import shutil
+
+    from crm_tasks.errors import RenderError
+    from tests.conftest import REPO
+
+    templates = tmp_path / "email"
+    shutil.copytree(REPO / "templates" / "email", templates)
+    body = templates / "birthday" / "body.txt"
+    body.write_text(body.read_text(encoding="utf-8").replace(
+        "{% block content %}", "{% block content %}{{ customer.first_name[0] }}", 1), encoding="utf-8")
+    risky = cfg.model_copy(update={"campaigns": cfg.campaigns.model_copy(update={"templates": templates})})
+    add_customers(engine, {"customer_id": "C1", "birthday": date(1990, 5, 10)},
+                  {"customer_id": "C2", "birthday": date(1990, 5, 10), "first_name": None})
+    with pytest.raises(RenderError, match="campaign birthday, customer C2: .*nothing was planned for sending"):
+        plan_campaign(engine, risky, campaign(), date(2026, 5, 10), datetime(2026, 5, 10, 0, 30, tzinfo=UTC))
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Message)).scalar_one() == 0  # nothing to send
+        assert conn.execute(select(func.count()).select_from(Coupon)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(CampaignRun)).scalar_one() == 0
+    # The same template renders everyone who has a first name.
+    add_customers(engine, {"customer_id": "C3", "birthday": date(1990, 5, 11)})
+    assert plan_campaign(engine, risky, campaign(), date(2026, 5, 11), datetime(2026, 5, 11, 0, 30, tzinfo=UTC)
+                         ).recipients == 1
