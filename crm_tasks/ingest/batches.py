@@ -259,11 +259,11 @@ def ingest_dates(
     failures: list[CrmError] = []
     missing: list[dict] = []
     for day in sorted(set(dates)):
-        found = {source: landing_files(folder, source, day) for source in sources}
         # A night without input has no partition of any source (a night with purchases and no profile
         # changes is normal), whichever sources this call loads.
-        if not any(found.values()) and not any(landing_files(folder, s, day) for s in SOURCES if s not in found):
-            night = _missing_night(engine, settings, day)
+        found = {source: landing_files(folder, source, day) for source in SOURCES}
+        if not any(found.values()):
+            night = _missing_night(engine, day)
             missing.append(night)
             if night["nights"] > settings.missing_partition_grace:
                 failures.append(MissingPartition(
@@ -272,8 +272,8 @@ def ingest_dates(
                     f"missing_partition_grace ({settings.missing_partition_grace}); check the export and the "
                     "landing folder"))
             log.warning("no partition for %s in %s (%d night(s) in a row)", day, folder, night["nights"])
-        for source, files in found.items():
-            for lf in files:
+        for source in sources:
+            for lf in found[source]:
                 try:
                     batch = ingest_file(engine, settings, lf)
                 except (BatchRejected, UnreadableFile) as exc:
@@ -294,7 +294,7 @@ def ingest_dates(
     return report
 
 
-def _missing_night(engine: Engine, settings: Settings, day: date) -> dict:
+def _missing_night(engine: Engine, day: date) -> dict:
     """A night without input: how many nights in a row by ``day`` (since the latest partition of any
     source loaded before it; 1 when there is none yet)."""
     with engine.connect() as conn:

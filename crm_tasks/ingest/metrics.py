@@ -222,7 +222,7 @@ def refresh(conn: Connection) -> int:
     if not queued:
         return 0
     rebuild = select(MetricsDirty.customer_id).where(MetricsDirty.rebuild)
-    if conn.execute(select(func.count()).select_from(rebuild.subquery())).scalar_one():
+    if conn.execute(rebuild.limit(1)).first():
         conn.execute(delete(CustomerCategoryMetrics).where(CustomerCategoryMetrics.customer_id.in_(rebuild)))
         conn.execute(text(_REBUILD_INSERT.format(true=sql.true(conn))))
     conn.execute(delete(CustomerMetrics).where(CustomerMetrics.customer_id.in_(select(MetricsDirty.customer_id))))
