@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import time
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
@@ -49,3 +52,30 @@ def write_csv(landing: Path, source: str, day: str, rows, header=None, name: str
 def rows(engine, model, *where):
     with engine.connect() as conn:
         return conn.execute(select(model).where(*where)).all()
+
+
+def clock_from(moment: datetime):
+    """A clock that starts at ``moment`` and runs at the speed of real time: delivery of a plan for a
+    fixed past date, at a time when its messages are due and not yet stale, with real retry waits."""
+    start = time.monotonic()
+    return lambda: moment + timedelta(seconds=time.monotonic() - start)
+
+
+def recent_day(days_ago: int = 2, tz: str = "Asia/Kolkata") -> date:
+    """A day ``days_ago`` before today in the CRM's time zone: a run for it is due now, whatever the hour."""
+    return datetime.now(ZoneInfo(tz)).date() - timedelta(days=days_ago)
+
+
+def born_on(day: date, year: int = 1990) -> date:
+    """A birthday that falls on ``day``'s month and day (29 February in a leap year)."""
+    return day.replace(year=1992 if (day.month, day.day) == (2, 29) else year)
+
+
+def lenient_campaigns(folder: Path, days: int = 7) -> Path:
+    """The repository's campaigns with ``max_lateness_days: days``: a test that really sends, on the real
+    clock, a run for ``recent_day()`` (whose messages would otherwise be stale by default)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in sorted((Path(__file__).parents[1] / "campaigns").glob("*.yaml")):
+        (folder / src.name).write_text(src.read_text(encoding="utf-8") + f"\nmax_lateness_days: {days}\n",
+                                       encoding="utf-8")
+    return folder

@@ -37,6 +37,9 @@ TIMESTAMP_FIELDS = ("first_purchase", "created")  # instants, read as dates in t
 DATE_FIELDS = ("birthday",)
 
 
+OFFER_LATENESS_DAYS = 3  # an offer (segment, transition) may still go out up to 3 days late
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -128,6 +131,10 @@ class Campaign(_Strict):
     max_growth: float = Field(5.0, ge=1)
     # ...unless they are at most this many (small runs move a lot from day to day).
     growth_floor: int = Field(1_000, ge=0)
+    # Lateness: a message not sent by the end of its send day plus this many local days is expired,
+    # never sent. Default: 0 for a date trigger (a birthday e-mail is stale the next day), OFFER_LATENESS_DAYS
+    # for an offer. A coupon's expiry caps it either way.
+    max_lateness_days: int | None = Field(None, ge=0, le=90)
     tags: list[str] = []
 
     @field_validator("template")
@@ -164,6 +171,12 @@ class Campaign(_Strict):
     def segment_names(self) -> list[str]:
         a = self.audience
         return [n for n in (a.segment, a.from_segment, a.to_segment) if n]
+
+    @property
+    def lateness_days(self) -> int:
+        if self.max_lateness_days is not None:
+            return self.max_lateness_days
+        return 0 if self.kind == "date_trigger" else OFFER_LATENESS_DAYS
 
     def occurrence_unit(self) -> str:
         """What one occurrence is, for the idempotency key: a year, a date, or a segment entry."""

@@ -71,7 +71,7 @@ REASONS = (INVALID_EMAIL, NO_CONSENT, SUPPRESSED, ALREADY_SENT, FREQUENCY_CAP, O
 SEND, HOLDOUT, EXCLUDED = "send", "holdout", "excluded"
 
 # Messages that no longer count against the frequency cap: they never reached anyone.
-NOT_DELIVERED = ("failed", "suppressed")
+NOT_DELIVERED = ("failed", "suppressed", "expired")
 # A plausible address; ingest validated it already, this guards hand-edited rows.
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 TEST_AUDIENCE_LIMIT = 5
@@ -164,6 +164,29 @@ def send_times(frame: pd.DataFrame, as_of: date, campaign: Campaign, run_at: dat
         send.loc[idx] = at.tz_convert(UTC)
         local.loc[idx] = at.tz_convert(zone).isoformat(timespec="minutes")
     return send, local
+
+
+def lateness_limit(campaign: Campaign, as_of: date) -> tuple[date, str]:
+    """The last local day a message of ``campaign`` for ``as_of`` may go out, and what makes it stale
+    after that: the campaign's lateness, capped by its coupon's last valid day."""
+    days = campaign.lateness_days
+    last = as_of + timedelta(days=days)
+    why = (f"stale: not sent on its day, {as_of} (max_lateness_days: 0)" if days == 0 else
+           f"stale: not sent within {days} days of {as_of} (max_lateness_days: {days})")
+    coupon = campaign.coupon
+    if coupon is not None and as_of + timedelta(days=coupon.valid_days) <= last:
+        last = as_of + timedelta(days=coupon.valid_days)
+        why = f"stale: its coupon expired after {last}"
+    return last, why
+
+
+def expiry_times(frame: pd.DataFrame, last_day: date) -> pd.Series:
+    """When each customer's ``last_day`` ends in their own time zone, in UTC."""
+    out = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[ns, UTC]")
+    for tz, idx in frame.groupby("timezone").groups.items():
+        end = datetime.combine(last_day + timedelta(days=1), datetime.min.time(), tzinfo=ZoneInfo(tz))
+        out.loc[idx] = pd.Timestamp(end).tz_convert(UTC)
+    return out
 
 
 def _chunks(values: list, size: int):
@@ -519,7 +542,7 @@ def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime,
     # Test messages get keys of their own, so that they never use up a customer's occurrence.
     prefix = f"test:{result.run_id}:" if test_recipient else ""
     _insert_ledger(conn, campaign, result.run_id, rows, contexts, prefix, now, domain=domain,
-                   test_recipient=test_recipient)
+                   test_recipient=test_recipient, lateness=lateness_limit(campaign, as_of))
     if campaign.coupon is not None:
         _insert_coupons(conn, campaign, result.run_id, rows, prefix, as_of)
 
@@ -556,15 +579,21 @@ def _insert_plan(conn: Connection, campaign: Campaign, run_id: int, frame: pd.Da
 
 
 def _insert_ledger(conn: Connection, campaign: Campaign, run_id: int, rows: pd.DataFrame, contexts: list[dict],
-                   prefix: str, now: datetime, *, domain: str, test_recipient: str | None) -> None:
-    """The send ledger's rows, state planned, each with its allow-listed render context and Message-ID."""
+                   prefix: str, now: datetime, *, domain: str, test_recipient: str | None,
+                   lateness: tuple[date, str]) -> None:
+    """The send ledger's rows, state planned, each with its allow-listed render context, Message-ID and
+    lateness limit (none for a test message: a tester wants it whenever they ask)."""
+    test = test_recipient is not None
+    last_day, why = lateness
+    expires = [None] * len(rows) if test else [t.to_pydatetime() for t in expiry_times(rows, last_day)]
     messages = [
         {"idempotency_key": prefix + r.key, "campaign": campaign.name, "customer_id": r.customer_id,
          "run_id": run_id, "occurrence": r.occurrence, "state": MessageState.PLANNED,
          "test": test_recipient is not None, "recipient": test_recipient or r.email, "locale": r.lang,
          "template": campaign.template, "coupon_code": r.coupon_code, "send_at": r.send_at.to_pydatetime(),
-         "context": ctx, "created_at": now, "updated_at": now, "message_id": message_id_for(prefix + r.key, domain)}
-        for r, ctx in zip(rows.itertuples(), contexts, strict=True)
+         "context": ctx, "created_at": now, "updated_at": now, "message_id": message_id_for(prefix + r.key, domain),
+         "expires_at": at, "expiry_reason": None if test else why}
+        for r, ctx, at in zip(rows.itertuples(), contexts, expires, strict=True)
     ]
     for chunk in _chunks(messages, 2000):
         conn.execute(insert(Message), chunk)

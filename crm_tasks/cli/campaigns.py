@@ -139,7 +139,7 @@ def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
     lines = _plan_lines(payload["plan"])
     lines.append(f"delivered over {target.describe()} in {result.batches} batch(es), {result.seconds:.1f} s: "
                  f"sent {result.sent}, deferred {result.deferred}, failed {result.failed}, "
-                 f"unknown {result.unknown}, suppressed {result.suppressed}")
+                 f"unknown {result.unknown}, suppressed {result.suppressed}, expired {result.expired}")
     total = sum(result.states.values())
     lines.append(f"  ledger of run {plan.run_id}: {_state_line(result.states)}; recipients {plan.recipients} "
                  f"= {total} messages: {'reconciles' if total == plan.recipients else 'DOES NOT RECONCILE'}")

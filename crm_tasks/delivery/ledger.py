@@ -27,15 +27,16 @@ from crm_tasks.store.models import Message
 from crm_tasks.store.models import MessageState as S
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    S.PLANNED: frozenset({S.CLAIMED, S.SUPPRESSED}),
+    S.PLANNED: frozenset({S.CLAIMED, S.SUPPRESSED, S.EXPIRED}),
     # Released (back to planned or deferred) by a takeover; failed when it cannot even be built.
     S.CLAIMED: frozenset({S.SENDING, S.SUPPRESSED, S.FAILED, S.PLANNED, S.DEFERRED}),
     S.SENDING: frozenset({S.SENT, S.DEFERRED, S.FAILED, S.UNKNOWN}),
-    S.DEFERRED: frozenset({S.CLAIMED, S.SUPPRESSED, S.FAILED}),
+    S.DEFERRED: frozenset({S.CLAIMED, S.SUPPRESSED, S.FAILED, S.EXPIRED}),
     S.SENT: frozenset(),
     S.FAILED: frozenset(),
     S.UNKNOWN: frozenset(),
     S.SUPPRESSED: frozenset(),
+    S.EXPIRED: frozenset(),
 }
 FINAL = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 PENDING = frozenset(TRANSITIONS) - FINAL
@@ -106,16 +107,33 @@ def move_each(conn: Connection, rows: list[dict], source: str, token: str) -> No
     conn.execute(stmt.execution_options(synchronize_session=False), rows)
 
 
+def _fresh(now: datetime):
+    return or_(Message.expires_at.is_(None), Message.expires_at > now)
+
+
+def expire(conn: Connection, where: list, now: datetime) -> int:
+    """Move the planned and deferred messages among ``where`` that are past their lateness limit to
+    ``expired``, each with the reason planning gave it; returns how many. A stale message is never sent:
+    a birthday e-mail a week late, or a coupon that no longer works, does more harm than none."""
+    m = Message
+    check_transition([S.PLANNED, S.DEFERRED], S.EXPIRED)
+    return conn.execute(
+        update(m).where(*where, m.state.in_([S.PLANNED, S.DEFERRED]), m.expires_at <= now)
+        .values(state=S.EXPIRED, updated_at=now, next_attempt_at=None,
+                last_error=func.coalesce(m.expiry_reason, "past its lateness limit"))).rowcount
+
+
 def claim(conn: Connection, run_id: int, batch_no: int, token: str, now: datetime) -> list[str]:
-    """Claim the batch's messages that are due: planned with their send time reached (test messages at
-    once), or deferred with their retry time reached. Atomic per row on both dialects: a second sender
-    gets none of them."""
+    """Claim the batch's messages that are due and not stale: planned with their send time reached (test
+    messages at once), or deferred with their retry time reached. Atomic per row on both dialects: a
+    second sender gets none of them."""
     m = Message
     check_transition([S.PLANNED, S.DEFERRED], S.CLAIMED)
     due = or_(m.state == S.PLANNED,
               and_(m.state == S.DEFERRED, or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now)))
     # A test recipient wants to see the messages now, whatever the customers' send window.
-    stmt = (update(m).where(m.run_id == run_id, m.batch_no == batch_no, or_(m.test, m.send_at <= now), due)
+    stmt = (update(m).where(m.run_id == run_id, m.batch_no == batch_no, or_(m.test, m.send_at <= now), due,
+                            _fresh(now))
             .values(state=S.CLAIMED, claimed_by=token, claimed_at=now, updated_at=now)
             .returning(m.idempotency_key))
     return sorted(conn.execute(stmt).scalars().all())

@@ -5,8 +5,10 @@ into batches once; each batch is one Airflow mapped task (or one step of
 ``crm campaign run``). A batch:
 
 1. takes over the claims of senders that died (``ledger.recover``);
-2. claims its due messages (planned with the send time reached, or deferred
-   with the retry time reached);
+2. expires what is past its lateness limit (``expired``, with planning's
+   reason: its day passed, its coupon expired), then claims its due messages
+   (planned with the send time reached, or deferred with the retry time
+   reached);
 3. checks consent and suppression again, at send time: a customer who opted
    out, was suppressed or removed since planning is ``suppressed``, not mailed;
 4. renders and builds every message of a checkpoint (``delivery.checkpoint``,
@@ -78,9 +80,10 @@ class Outcomes:
     failed: int = 0
     unknown: int = 0
     suppressed: int = 0
+    expired: int = 0  # past its lateness limit before it could be sent
 
     def add(self, other: Outcomes) -> None:
-        for name in ("sent", "deferred", "failed", "unknown", "suppressed"):
+        for name in ("sent", "deferred", "failed", "unknown", "suppressed", "expired"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def summary(self) -> dict:
@@ -190,9 +193,9 @@ def send_batch(engine: Engine, cfg: Settings, run_id: int, batch_no: int, *, tar
     else:
         asyncio.run(batch.run(sender))
     result.seconds = round(time.perf_counter() - started, 3)
-    log.info("campaign run %d batch %d: claimed %d, sent %d, deferred %d, failed %d, unknown %d, suppressed %d "
-             "(%.1f s)", run_id, batch_no, result.claimed, result.sent, result.deferred, result.failed,
-             result.unknown, result.suppressed, result.seconds)
+    log.info("campaign run %d batch %d: claimed %d, sent %d, deferred %d, failed %d, unknown %d, suppressed %d, "
+             "expired %d (%.1f s)", run_id, batch_no, result.claimed, result.sent, result.deferred, result.failed,
+             result.unknown, result.suppressed, result.expired, result.seconds)
     return result
 
 
@@ -221,6 +224,7 @@ class _Batch:
                 for k, v in got.items():
                     self.result.recovered[k] = self.result.recovered.get(k, 0) + v
                 with _write(conn):
+                    self.result.expired += ledger.expire(conn, self.where, now)
                     keys = ledger.claim(conn, self.run_id, self.batch_no, self.token, now)
                 self.result.claimed += len(keys)
                 if keys:
@@ -419,8 +423,10 @@ def _row(key: str, state: str, code: int | None, error: str | None, now: datetim
 
 
 def deliver(engine: Engine, cfg: Settings, campaign: str, run_id: int | None, *, target: SmtpTarget | None = None,
-            sender: Sender | None = None, renderer: Renderer | None = None) -> DeliveryResult:
-    """Send every pending batch of ``campaign``, one after another (``crm campaign run``; the DAG maps them)."""
+            sender: Sender | None = None, renderer: Renderer | None = None,
+            clock: Callable[[], datetime] = utcnow) -> DeliveryResult:
+    """Send every pending batch of ``campaign``, one after another (``crm campaign run``; the DAG maps them).
+    ``clock`` tells the time that send times, retries and lateness are measured by."""
     started = time.perf_counter()
     batches = prepare_delivery(engine, cfg, campaign)
     result = DeliveryResult(campaign=campaign, run_id=run_id, batches=len(batches))
@@ -429,7 +435,8 @@ def deliver(engine: Engine, cfg: Settings, campaign: str, run_id: int | None, *,
     renderer = renderer or renderer_for(cfg)
     retry = []
     for b in batches:
-        r = send_batch(engine, cfg, b["run_id"], b["batch_no"], target=target, sender=sender, renderer=renderer)
+        r = send_batch(engine, cfg, b["run_id"], b["batch_no"], target=target, sender=sender, renderer=renderer,
+                       clock=clock)
         result.add(r)
         if r.retry_at:
             retry.append(r.retry_at)

@@ -353,6 +353,7 @@ class MessageState(enum.StrEnum):
     FAILED = "failed"  # permanent (5xx, or too many temporary failures): never retried
     UNKNOWN = "unknown"  # the connection broke after DATA, or its sender died: maybe delivered, never retried
     SUPPRESSED = "suppressed"  # opted out, suppressed or lost consent between planning and sending
+    EXPIRED = "expired"  # not sent before its lateness limit (its day passed, its coupon expired): never sent
 
 
 class Message(Base):
@@ -388,6 +389,10 @@ class Message(Base):
     message_id: Mapped[str | None] = mapped_column(String(128))  # derived from the idempotency key
     smtp_code: Mapped[int | None] = mapped_column(SmallInteger)  # the server's last reply code
     last_error: Mapped[str | None] = mapped_column(Text)  # the last failure, addresses removed
+    # Lateness (issue: stale sends): past this moment the message is expired instead of sent; None for test
+    # messages, which a tester wants whenever they ask.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    expiry_reason: Mapped[str | None] = mapped_column(String(160))  # what makes it stale, set at planning
 
     __table_args__ = (
         # The frequency cap counts a customer's messages over the last days.

@@ -13,6 +13,7 @@ from crm_tasks.settings import load_settings, settings
 from crm_tasks.store.models import CampaignRun, Message
 from tests.conftest import REPO
 from tests.factories import add_customers
+from tests.helpers import born_on, lenient_campaigns, recent_day
 
 FACTORY = REPO / "dags" / "crm_campaigns.py"
 
@@ -113,13 +114,15 @@ def test_a_run_plans_and_delivers_every_batch_through_airflow(airflow_db, use_se
     config.setdefault("delivery", {})["batch_size"] = 2
     (tmp_path / "crm.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     monkeypatch.setenv("CRM_CONFIG", str(tmp_path / "crm.yaml"))
-    add_customers(engine, *[{"customer_id": f"C{i}", "birthday": date(1990, 4, 2)} for i in range(5)])
+    monkeypatch.setenv("CRM_CAMPAIGNS_DIR", str(lenient_campaigns(tmp_path / "campaigns")))
+    day = recent_day()
+    add_customers(engine, *[{"customer_id": f"C{i}", "birthday": born_on(day)} for i in range(5)])
     with SmtpServer() as srv:
         monkeypatch.setenv("CRM_SMTP_URL", srv.url)
         dag = _bag(monkeypatch).dags["crm_campaign_birthday"]
         for t in dag.tasks:
             monkeypatch.setattr(t, "retries", 0)
-        run = dag.test(run_conf={"as_of": "2026-04-02", "dry_run": False, "audience_limit": None,
+        run = dag.test(run_conf={"as_of": str(day), "dry_run": False, "audience_limit": None,
                                  "test_recipient": None})
         assert run.state == "success"
         received = srv.handler.parsed()
@@ -130,3 +133,37 @@ def test_a_run_plans_and_delivers_every_batch_through_airflow(airflow_db, use_se
         assert sorted(set(conn.execute(select(Message.batch_no)).scalars())) == [0, 1, 2]
     sends = [ti for ti in run.get_task_instances() if ti.task_id == "send"]
     assert len(sends) == 3 and {ti.state for ti in sends} == {"success"}
+
+
+@pytest.mark.airflow
+def test_a_dag_resumed_after_weeks_paused_sends_nothing_stale(airflow_db, use_settings, engine, cfg, monkeypatch):
+    """Planned before a pause (three weeks ago), swept by the first run after it (the next day's): the
+    birthday mails of both days are expired with their reason, the SMTP server gets nothing, the run
+    reconciles, and the report and `crm campaign status` count them."""
+    from crm_tasks.campaigns.definitions import get_campaign
+    from crm_tasks.campaigns.planning import plan_campaign
+    from crm_tasks.delivery.send import campaign_status
+    from tests.smtp_servers import SmtpServer
+
+    paused, resumed = recent_day(21), recent_day(20)
+    add_customers(engine, *[{"customer_id": f"P{i}", "birthday": born_on(paused)} for i in range(3)],
+                  *[{"customer_id": f"R{i}", "birthday": born_on(resumed)} for i in range(3)])
+    before = plan_campaign(engine, cfg, get_campaign(cfg, "birthday"), paused, sample=0)
+    with SmtpServer() as srv:
+        monkeypatch.setenv("CRM_SMTP_URL", srv.url)
+        dag = _bag(monkeypatch).dags["crm_campaign_birthday"]
+        for t in dag.tasks:
+            monkeypatch.setattr(t, "retries", 0)
+        run = dag.test(run_conf={"as_of": str(resumed), "dry_run": False, "audience_limit": None,
+                                 "test_recipient": None})
+        assert run.state == "success"
+        assert srv.handler.messages == []
+    with engine.connect() as conn:
+        rows = conn.execute(select(Message.customer_id, Message.state, Message.last_error, Message.run_id)).all()
+    assert {state for _, state, _, _ in rows} == {"expired"}
+    assert {cid[0] for cid, *_ in rows} == {"P", "R"} and len(rows) >= before.recipients + 2
+    assert {why for _, _, why, r in rows if r == before.run_id} == {
+        f"stale: not sent on its day, {paused} (max_lateness_days: 0)"}
+    report = next(ti for ti in run.get_task_instances() if ti.task_id == "report").xcom_pull(task_ids="report")
+    assert report["reconciles"] and set(report["states"]) == {"expired"}
+    assert sum(campaign_status(engine, cfg, "birthday", paused)["runs"][0]["states"].values()) == before.recipients

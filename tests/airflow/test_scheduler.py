@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from datetime import date
 from pathlib import Path
 
 import httpx
@@ -20,11 +19,12 @@ from sqlalchemy import select
 from crm_tasks.store.models import Message
 from tests.conftest import REPO
 from tests.factories import add_customers
+from tests.helpers import born_on, lenient_campaigns, recent_day
 from tests.smtp_servers import SmtpServer, free_port
 
 DAG_ID = "crm_campaign_birthday"
 POOL = "crm_smtp_e2e"  # named in crm.yaml and created by nobody but the CRM plugin
-AS_OF = "2026-03-01"
+AS_OF = recent_day()
 
 
 def _wait(what: str, check, timeout: float, log: Path):
@@ -67,6 +67,7 @@ def standalone(tmp_path, db_url):
             "CRM_DATABASE_URL": db_url,
             "CRM_SMTP_URL": sink.url,
             "CRM_LANDING_DIR": str(tmp_path / "landing"),
+            "CRM_CAMPAIGNS_DIR": str(lenient_campaigns(tmp_path / "campaigns")),
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         log = tmp_path / "standalone.log"
@@ -97,12 +98,12 @@ def standalone(tmp_path, db_url):
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, engine):
     client, sink, log = standalone
-    add_customers(engine, *[{"customer_id": f"B{i}", "birthday": date(1990, 3, 1)} for i in range(6)])
+    add_customers(engine, *[{"customer_id": f"B{i}", "birthday": born_on(AS_OF)} for i in range(6)])
 
     _wait(f"{DAG_ID} to be parsed", lambda: client.get(f"/dags/{DAG_ID}").is_success, 120, log)
     assert client.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).is_success
     created = client.post(f"/dags/{DAG_ID}/dagRuns",
-                          json={"logical_date": None, "conf": {"dry_run": False, "as_of": AS_OF}})
+                          json={"logical_date": None, "conf": {"dry_run": False, "as_of": str(AS_OF)}})
     assert created.is_success, created.text
     run_id = created.json()["dag_run_id"]
 

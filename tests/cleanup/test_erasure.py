@@ -26,6 +26,7 @@ from crm_tasks.store.models import (
     Suppression,
 )
 from tests.factories import add_customers, buy, campaign
+from tests.helpers import clock_from
 
 EMAIL = "zara.quill@example.org"
 NEEDLES = (EMAIL, "Zarathustra", "Quillfeather", "9876543210")
@@ -101,7 +102,7 @@ def test_a_person_is_erased_from_every_table_and_data_folder(person, engine, cfg
     sink.start()
     try:
         sent = deliver(engine, cfg.model_copy(update={"smtp_url": f"smtp+insecure://127.0.0.1:{port}"}),
-                       "birthday", None)
+                       "birthday", None, clock=clock_from(datetime(2026, 5, 4, 6, 0, tzinfo=UTC)))
     finally:
         sink.stop()
     assert sent.sent == 2 and len(list(mail.glob("*.eml"))) == 2

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from email import policy
 from email.parser import BytesParser
 
@@ -18,17 +18,20 @@ from crm_tasks.cli import main
 from crm_tasks.settings import settings
 from crm_tasks.store.models import CampaignRun
 from tests.factories import add_customers
+from tests.helpers import born_on, lenient_campaigns, recent_day
 from tests.smtp_servers import SmtpServer, free_port
 
 
-def test_run_plans_delivers_and_prints_the_ledger_then_status_shows_it(use_settings, engine, monkeypatch):
-    add_customers(engine, {"customer_id": "C1", "birthday": date(1990, 5, 10)},
-                  {"customer_id": "C2", "birthday": date(1990, 5, 10), "email": "perm550@example.com"},
-                  {"customer_id": "C3", "birthday": date(1990, 5, 10), "email_consent": False})
+def test_run_plans_delivers_and_prints_the_ledger_then_status_shows_it(use_settings, engine, monkeypatch, tmp_path):
+    day = recent_day()
+    monkeypatch.setenv("CRM_CAMPAIGNS_DIR", str(lenient_campaigns(tmp_path / "campaigns")))
+    add_customers(engine, {"customer_id": "C1", "birthday": born_on(day)},
+                  {"customer_id": "C2", "birthday": born_on(day), "email": "perm550@example.com"},
+                  {"customer_id": "C3", "birthday": born_on(day), "email_consent": False})
     with SmtpServer() as srv:
         monkeypatch.setenv("CRM_SMTP_URL", srv.url)
         settings.cache_clear()
-        out = CliRunner().invoke(main, ["campaign", "run", "birthday", "--as-of", "2026-05-10", "--json"])
+        out = CliRunner().invoke(main, ["campaign", "run", "birthday", "--as-of", str(day), "--json"])
         assert out.exit_code == 0, out.output
         payload = json.loads(out.stdout)
         assert payload["plan"]["reasons"] == {"no_consent": 1}
@@ -36,16 +39,16 @@ def test_run_plans_delivers_and_prints_the_ledger_then_status_shows_it(use_setti
         # The birthday campaign holds out 5% by hash: whoever is left is either sent or refused.
         assert payload["delivery"]["states"] == {k: v for k, v in {"failed": failed, "sent": sent}.items() if v}
         assert len(srv.handler.messages) == sent
-    status = CliRunner().invoke(main, ["campaign", "status", "birthday", "--as-of", "2026-05-10"])
+    status = CliRunner().invoke(main, ["campaign", "status", "birthday", "--as-of", str(day)])
     assert status.exit_code == 0, status.output
     assert f"run {payload['plan']['run_id']}" in status.output
     if failed:
         assert "failed x1: 550 5.1.1 <address>: no such user" in status.output
-    missing = CliRunner().invoke(main, ["campaign", "status", "birthday", "--as-of", "2026-05-11"])
+    missing = CliRunner().invoke(main, ["campaign", "status", "birthday", "--as-of", str(day + timedelta(days=1))])
     assert missing.exit_code == 1 and "no recorded run" in missing.output
-    assert "its latest is for 2026-05-10" in missing.output
+    assert f"its latest is for {day}" in missing.output
     latest = CliRunner().invoke(main, ["campaign", "status", "birthday", "--json"])  # no date: the latest run's
-    assert latest.exit_code == 0 and json.loads(latest.stdout)["as_of"] == "2026-05-10"
+    assert latest.exit_code == 0 and json.loads(latest.stdout)["as_of"] == str(day)
     # A name that is no campaign gets the message every command gives, not advice to run it.
     nosuch = CliRunner().invoke(main, ["campaign", "status", "birthdy"])
     assert nosuch.exit_code == 1 and "no campaign 'birthdy'" in nosuch.output and "Did you mean 'birthday'" in nosuch.output

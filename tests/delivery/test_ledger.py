@@ -37,9 +37,10 @@ def states(engine) -> dict[str, str]:
 
 def test_every_state_has_its_exits_and_final_states_have_none():
     assert set(ledger.TRANSITIONS) == set(S)
-    assert ledger.FINAL == {S.SENT, S.FAILED, S.UNKNOWN, S.SUPPRESSED}
+    assert ledger.FINAL == {S.SENT, S.FAILED, S.UNKNOWN, S.SUPPRESSED, S.EXPIRED}
     for bad in [(S.SENDING, S.PLANNED), (S.SENDING, S.CLAIMED), (S.SENT, S.SENDING), (S.UNKNOWN, S.DEFERRED),
-                (S.PLANNED, S.SENT), (S.DEFERRED, S.SENDING)]:
+                (S.PLANNED, S.SENT), (S.DEFERRED, S.SENDING), (S.SENDING, S.EXPIRED), (S.CLAIMED, S.EXPIRED),
+                (S.EXPIRED, S.CLAIMED)]:
         with pytest.raises(ledger.IllegalTransition):
             ledger.check_transition([bad[0]], bad[1])
 
