@@ -14,8 +14,8 @@ from crm_tasks.delivery.send import deliver, prepare_delivery, send_batch
 from crm_tasks.delivery.suppression import email_hash
 from crm_tasks.messages.mime import message_id_for
 from crm_tasks.store.models import AddressBounce, Customer, Message, Suppression
-from tests.helpers import clock_from
 from tests.factories import add_customers, campaign
+from tests.helpers import clock_from
 from tests.smtp_servers import SmtpServer, free_port
 
 AS_OF = date(2026, 5, 10)
