@@ -67,6 +67,7 @@ def build(url: str, n: int, seed: int = 11) -> dict:
     from crm_tasks.settings import load_settings
     from crm_tasks.store.bulk import bulk_insert
     from crm_tasks.store.engine import make_engine, upgrade
+    from crm_tasks.store.keys import load_keys
 
     engine = make_engine(url)
     upgrade(engine)
@@ -114,7 +115,7 @@ def build(url: str, n: int, seed: int = 11) -> dict:
                     ["transaction_id", "customer_id", "purchased_at", "amount", "currency", "store_id", "sku",
                      "category", "quantity", "coupon_code", "batch_id", "line_no"],
                     [(f"T{i}", ids[i], buy[i], money, "INR", "S1", "SKU-1", "grocery", 1, None, 1, i) for i in b])
-        secret = load_settings().secret_key
+        secret = load_keys(conn, load_settings()).hashing
         now = _stamps(np.array([1.0]), dialect)[0]
         bulk_insert(conn, "suppressions", ["email_hash", "customer_id", "reason", "created_at"],
                     [(email_hash(emails[i], secret), ids[i], "hard_bounce", now) for i in np.flatnonzero(kind == 3)])

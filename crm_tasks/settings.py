@@ -16,13 +16,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pycountry
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from crm_tasks.contracts import CustomAttribute, FrequencyCap
 from crm_tasks.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEV_SECRET_KEY = "development-only-secret-key-do-not-use-in-production"
 
 
 class LifecycleRules(BaseModel):
@@ -205,19 +204,20 @@ class Settings(BaseModel):
     # The SMTP server: smtp[s]://user:password@host:port (see crm_tasks/delivery/smtp.py). Environment only
     # (CRM_SMTP_URL), since it holds a password; inside Airflow the connection smtp_default also works.
     smtp_url: str | None = Field(None, repr=False)
-    # Signs unsubscribe links and keys suppression hashes. Only from the environment
-    # (CRM_SECRET_KEY), never from crm.yaml; the development default is refused when
-    # CRM_ENV=production.
-    secret_key: str = Field(DEV_SECRET_KEY, repr=False)
-    environment: Literal["development", "production"] = "development"
+    # Signs links instead of the random key `crm db upgrade` stores in the database (crm_tasks/store/keys.py).
+    # Optional, and only from the environment (CRM_SECRET_KEY), never from crm.yaml; the previous ones
+    # (CRM_PREVIOUS_SECRET_KEYS, comma-separated) still verify links sent before it changed.
+    secret_key: SecretStr | None = Field(None, repr=False)
+    previous_secret_keys: SecretStr | None = Field(None, repr=False)
 
-    @model_validator(mode="after")
-    def _real_secret(self) -> Settings:
-        if self.environment == "production" and (self.secret_key == DEV_SECRET_KEY or len(self.secret_key) < 32):
-            raise ValueError("CRM_SECRET_KEY must be set to a random value of at least 32 characters when "
-                             "CRM_ENV=production (for example: "
-                             "python -c 'import secrets; print(secrets.token_hex(32))')")
-        return self
+    @field_validator("secret_key")
+    @classmethod
+    def _strong(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 32:
+            raise ValueError("CRM_SECRET_KEY must be a random value of at least 32 characters (for example: "
+                             "python -c 'import secrets; print(secrets.token_hex(32))'), or unset to use the "
+                             "key `crm db upgrade` generated in the CRM database")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -266,8 +266,8 @@ _ENV = {
     "CRM_DEFAULT_LOCALE": "default_locale",
     "CRM_CHUNK_ROWS": "chunk_rows",
     "CRM_SECRET_KEY": "secret_key",
+    "CRM_PREVIOUS_SECRET_KEYS": "previous_secret_keys",
     "CRM_SMTP_URL": "smtp_url",
-    "CRM_ENV": "environment",
 }
 _SEGMENT_ENV = {"CRM_SEGMENTS_DIR": "folder"}
 _CAMPAIGN_ENV = {"CRM_CAMPAIGNS_DIR": "folder", "CRM_TEMPLATES_DIR": "templates",
@@ -304,8 +304,10 @@ def load_settings(config_path: str | os.PathLike | None = None, env: dict[str, s
     for var, field in _CAMPAIGN_ENV.items():
         if env.get(var):
             data["campaigns"] = {**(data.get("campaigns") or {}), field: env[var]}
-    if "secret_key" in data and not env.get("CRM_SECRET_KEY"):
-        raise ConfigError(f"{path}: secret_key must not be written in the settings file; set CRM_SECRET_KEY")
+    for key in ("secret_key", "previous_secret_keys"):
+        if key in data and not env.get(f"CRM_{key.upper()}"):
+            raise ConfigError(f"{path}: {key} must not be written in the settings file; set CRM_{key.upper()}, "
+                              "or leave it unset to use the key `crm db upgrade` generated in the CRM database")
     if "smtp_url" in data and not env.get("CRM_SMTP_URL"):
         raise ConfigError(f"{path}: smtp_url must not be written in the settings file (it holds a password); "
                           "set CRM_SMTP_URL or the Airflow connection smtp_default")

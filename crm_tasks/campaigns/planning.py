@@ -40,6 +40,7 @@ from crm_tasks.campaigns.coupons import unique_codes
 from crm_tasks.campaigns.definitions import Campaign
 from crm_tasks.clock import Phases, cutoff_for
 from crm_tasks.delivery.suppression import email_hash, unsubscribe_token
+from crm_tasks.store.keys import load_keys
 from crm_tasks.errors import CampaignBlocked, RenderError
 from crm_tasks.messages.mime import message_id_for
 from crm_tasks.messages.render import Renderer, language_of, message_context, renderer_for
@@ -408,7 +409,8 @@ def _exclusions(conn: Connection, cfg: Settings, campaign: Campaign, frame: pd.D
     exclude(~frame["email_consent"], NO_CONSENT)
     has_email = reason.isna()
     hashes = pd.Series("", index=frame.index)
-    hashes[has_email] = [email_hash(e, cfg.secret_key) for e in email[has_email]]
+    hashing = load_keys(conn, cfg).hashing
+    hashes[has_email] = [email_hash(e, hashing) for e in email[has_email]]
     by_customer, by_hash = _suppressed(conn, frame["customer_id"].tolist(), hashes[has_email].tolist())
     exclude(frame["customer_id"].isin(by_customer) | hashes.isin(by_hash), SUPPRESSED)
     if not test:
@@ -496,6 +498,7 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
     labels = {lang: renderer.labels(lang, "category.") for lang in renderer.languages}
     coupon = campaign.coupon
     expires = as_of + timedelta(days=coupon.valid_days) if coupon else None
+    signing = load_keys(conn, cfg).signing
     contexts = []
     for r in rows.itertuples():
         fp = first.get(r.customer_id)
@@ -508,7 +511,7 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
             recommendations=[(sku, fav) for sku in top.get(fav, [])] if fav else [],
             coupon=None if coupon is None else {"code": r.coupon_code, "value": coupon.value, "type": coupon.type,
                                                 "currency": coupon.currency, "expires_on": expires},
-            unsubscribe_url=f"{cfg.campaigns.unsubscribe_url}/{unsubscribe_token(r.customer_id, cfg.secret_key)}",
+            unsubscribe_url=f"{cfg.campaigns.unsubscribe_url}/{unsubscribe_token(r.customer_id, signing)}",
             labels=labels[r.lang],
         )
         try:

@@ -63,6 +63,7 @@ from crm_tasks.errors import CleanupBlocked, CrmError
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.bulk import bulk_insert
+from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import ArchivedCustomer, ArchiveStatus, CleanupRun, CustomerMerge
 from crm_tasks.store.types import UtcDateTime
 
@@ -339,7 +340,8 @@ def _find_stale(conn: Connection, cfg: Settings, as_of: date, threshold: datetim
         return {}
     if HARD_BOUNCE in enabled:
         rows = conn.exec_driver_sql(_BOUNCE_CANDIDATES).all()
-        bounced = sorted({cid for cid, email, digest in rows if email_hash(email, cfg.secret_key) == digest})
+        hashing = load_keys(conn, cfg).hashing
+        bounced = sorted({cid for cid, email, digest in rows if email_hash(email, hashing) == digest})
         if bounced:
             conn.execute(text("INSERT INTO cleanup_bounced (customer_id) VALUES (:c)"), [{"c": b} for b in bounced])
     whens = " ".join(f"WHEN {_STALE_WHEN[r]} THEN '{r}'" for r in enabled)
@@ -362,10 +364,11 @@ def _purge(conn: Connection, cfg: Settings, as_of: date) -> dict[str, int]:
     rows = sql.execute(conn, f"SELECT customer_id, email, reason FROM archived_customers WHERE {_DUE} "
                       "AND COALESCE(email, '') <> ''", params, as_of=Date).all()
     if rows:
-        # HMAC with the deployment's key, which the database never sees: computed here, inserted in bulk.
+        # HMAC with the deployment's hashing key: computed here, inserted in bulk.
         now = datetime.now(UTC)
         stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%f") if conn.dialect.name == "sqlite" else now
-        suppressions = [(email_hash(email, cfg.secret_key), cid, PURGED + reason, stamp)
+        hashing = load_keys(conn, cfg).hashing
+        suppressions = [(email_hash(email, hashing), cid, PURGED + reason, stamp)
                         for cid, email, reason in rows]
         bulk_insert(conn, "suppressions", ["email_hash", "customer_id", "reason", "created_at"], suppressions,
                     "ON CONFLICT (email_hash) DO NOTHING")

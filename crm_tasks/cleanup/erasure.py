@@ -37,6 +37,7 @@ from crm_tasks.delivery.suppression import add_suppressions, email_hash, normali
 from crm_tasks.errors import ConfigError
 from crm_tasks.settings import REPO_ROOT, Settings
 from crm_tasks.store.bulk import rows_in
+from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import (
     ArchivedCustomer,
     ArchiveStatus,
@@ -191,8 +192,9 @@ def _erase(conn: Connection, cfg: Settings, email: str | None, customer_id: str 
         }
     now = datetime.now(UTC)
     owner = customer_id or (ids_list[0] if ids_list else None)
+    hashing = load_keys(conn, cfg).hashing
     result.suppressed = add_suppressions(conn, [
-        {"email_hash": email_hash(address, cfg.secret_key), "customer_id": owner, "reason": "erased",
+        {"email_hash": email_hash(address, hashing), "customer_id": owner, "reason": "erased",
          "created_at": now} for address in sorted(emails)])
     return result
 

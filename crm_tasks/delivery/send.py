@@ -59,6 +59,7 @@ from crm_tasks.messages.mime import Envelope, build_message, message_id_for
 from crm_tasks.messages.render import Renderer, renderer_for
 from crm_tasks.settings import Settings
 from crm_tasks.store.bulk import dialect_insert, rows_in
+from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import AddressBounce, CampaignRun, Customer, Message, Suppression
 from crm_tasks.store.models import MessageState as S
 
@@ -291,7 +292,8 @@ class _Batch:
                        .where(m.state == S.CLAIMED, m.claimed_by == self.token), m.idempotency_key, keys)
         rows.sort(key=lambda r: r.idempotency_key)
         real = [r for r in rows if not r.test]
-        hashes = {r.idempotency_key: email_hash(r.recipient, self.cfg.secret_key) for r in real}
+        hashing = load_keys(self.conn, self.cfg).hashing
+        hashes = {r.idempotency_key: email_hash(r.recipient, hashing) for r in real}
         by_customer = {x for (x,) in rows_in(self.conn, select(s.customer_id), s.customer_id,
                                              {r.customer_id for r in real})}
         by_hash = {x for (x,) in rows_in(self.conn, select(s.email_hash), s.email_hash, set(hashes.values()))}

@@ -1,9 +1,9 @@
 """Addresses that must not get marketing mail, and the signed tokens of unsubscribe links.
 
-Both are keyed with CRM_SECRET_KEY: a suppression is stored as an HMAC of the
-normalised address (so that it can outlive the purge of the profile without
-keeping the address), and an unsubscribe token cannot be forged or reused for
-another customer without the key.
+Both are keyed (``crm_tasks/store/keys.py``): a suppression is stored as an HMAC
+of the normalised address under the hashing key (so that it can outlive the purge
+of the profile without keeping the address), and an unsubscribe token is signed
+with the signing key, so that it cannot be forged or reused for another customer.
 """
 
 from __future__ import annotations
@@ -45,15 +45,16 @@ def unsubscribe_token(customer_id: str, secret: str) -> str:
     return f"{_b64(customer_id.encode())}.{_b64(_signature(customer_id, secret))}"
 
 
-def verify_unsubscribe_token(token: str, secret: str) -> str:
-    """The customer id a token was issued for; InvalidToken if it was not signed with ``secret``."""
+def verify_unsubscribe_token(token: str, secrets: tuple[str, ...]) -> str:
+    """The customer id a token was issued for; InvalidToken unless it was signed with one of ``secrets``
+    (the signing key, and retired ones still in their grace period)."""
     try:
         ident, sig = token.split(".", 1)
         customer_id = _unb64(ident).decode()
         given = _unb64(sig)
     except (ValueError, UnicodeDecodeError):
         raise InvalidToken("malformed unsubscribe token") from None
-    if not hmac.compare_digest(given, _signature(customer_id, secret)):
+    if not any(hmac.compare_digest(given, _signature(customer_id, s)) for s in secrets):
         raise InvalidToken("unsubscribe token signature does not match")
     return customer_id
 

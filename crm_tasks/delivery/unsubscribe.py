@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine, select
 from crm_tasks.delivery.suppression import add_suppressions, email_hash, verify_unsubscribe_token
 from crm_tasks.errors import InvalidToken
 from crm_tasks.settings import Settings, settings
+from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import ArchivedCustomer, ArchiveStatus, Customer, CustomerMerge, Suppression
 
 NO_STORE = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex", "Referrer-Policy": "no-referrer"}
@@ -73,7 +74,8 @@ def unsubscribe(engine: Engine, cfg: Settings, customer_id: str, reason: str = "
         current = _current_id(conn, customer_id)
         email = _address(conn, current)
         if email:
-            new = add_suppressions(conn, [{"email_hash": email_hash(email, cfg.secret_key), "customer_id": current,
+            hashing = load_keys(conn, cfg).hashing
+            new = add_suppressions(conn, [{"email_hash": email_hash(email, hashing), "customer_id": current,
                                            "reason": reason, "created_at": datetime.now(UTC)}])
             return Outcome.RECORDED if new else Outcome.ALREADY
         known = conn.execute(select(Suppression.email_hash).where(Suppression.customer_id.in_({customer_id, current}))
@@ -102,8 +104,10 @@ def create_app(get_settings=settings, get_engine=None) -> FastAPI:
         return make_engine(get_settings().resolved_database_url())
 
     def customer_for(token: str) -> str | None:
+        with engine().connect() as conn:
+            keys = load_keys(conn, get_settings())
         try:
-            return verify_unsubscribe_token(token, get_settings().secret_key)
+            return verify_unsubscribe_token(token, keys.verifying)
         except InvalidToken:
             return None
 

@@ -433,6 +433,21 @@ class Suppression(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class SecretKey(Base):
+    """The deployment's keys, generated here so that no key is written in the source
+    (``crm_tasks/store/keys.py``): one ``hashing`` key for suppression hashes, never rotated, and
+    ``signing`` keys for links; a retired signing key still verifies until ``valid_until``."""
+
+    __tablename__ = "secret_keys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16))  # signing | hashing
+    secret: Mapped[str] = mapped_column(String(128))  # 64 hex digits
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # replaced by a newer signing key
+    valid_until: Mapped[datetime | None] = mapped_column(UtcDateTime)  # a retired key verifies until then
+
+
 class AddressBounce(Base):
     """Soft bounces per address (keyed hash) since its last accepted message; enough of them suppress it."""
 
@@ -555,6 +570,7 @@ __all__ = [
     "Purchase",
     "QuarantinedRow",
     "RunStatus",
+    "SecretKey",
     "Segment",
     "SegmentMembership",
     "SegmentRun",

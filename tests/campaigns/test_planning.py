@@ -38,7 +38,7 @@ def test_send_times_follow_each_time_zone_and_daylight_saving(engine, cfg):
     assert before.sample[0].send_at == "2026-03-07T17:00:00+00:00"
 
 
-def test_every_exclusion_reason(engine, cfg):
+def test_every_exclusion_reason(engine, cfg, keys):
     day = date(2027, 5, 10)
     bday = date(1990, 5, 10)
     add_customers(
@@ -55,7 +55,7 @@ def test_every_exclusion_reason(engine, cfg):
     now = datetime(2027, 5, 9, tzinfo=UTC)
     with engine.begin() as conn:
         # Suppressed by the keyed hash of the address, whatever its case.
-        conn.execute(insert(Suppression).values(email_hash=email_hash("gone@example.com", cfg.secret_key),
+        conn.execute(insert(Suppression).values(email_hash=email_hash("gone@example.com", keys.hashing),
                                                 reason="unsubscribed", created_at=now))
         base = {"run_id": 0, "state": "sent", "test": False, "recipient": "x@example.com", "locale": "en",
                 "template": "offer", "context": {}, "created_at": now, "updated_at": now}

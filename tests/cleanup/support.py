@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import insert, select
 
 from crm_tasks.delivery.suppression import email_hash
+from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import ArchivedCustomer, Customer, Suppression
 from tests.factories import add_customers, buy
 
@@ -34,7 +35,7 @@ def archive_rows(engine) -> dict[str, tuple]:
 
 def hard_bounce(engine, cfg, customer_id: str, address: str) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(Suppression).values(email_hash=email_hash(address, cfg.secret_key),
+        conn.execute(insert(Suppression).values(email_hash=email_hash(address, load_keys(conn, cfg).hashing),
                                                 customer_id=customer_id, reason="hard_bounce",
                                                 created_at=RECENT))
 

@@ -121,7 +121,7 @@ def test_freshness_is_recorded_per_run(base, cfg):
     assert row.parameters["inactive_months"] == 24
 
 
-def test_after_the_grace_period_the_purge_keeps_only_pseudonymous_aggregates(base, cfg):
+def test_after_the_grace_period_the_purge_keeps_only_pseudonymous_aggregates(base, cfg, keys):
     def sales(conn):
         return (conn.execute(select(func.sum(Purchase.amount))).scalar_one(),
                 conn.execute(select(func.sum(CustomerMetrics.revenue))).scalar_one(),
@@ -150,8 +150,8 @@ def test_after_the_grace_period_the_purge_keeps_only_pseudonymous_aggregates(bas
         assert conn.execute(select(CustomerMetrics.revenue).where(CustomerMetrics.customer_id == "GONE")
                             ).scalar_one() == Decimal("250.0000")
         reasons = dict(conn.execute(select(Suppression.email_hash, Suppression.reason)).all())
-    assert reasons[email_hash("gone@example.com", cfg.secret_key)] == "purged:inactive"
-    assert reasons[email_hash("bounced@example.com", cfg.secret_key)] == "hard_bounce"  # kept as it was
+    assert reasons[email_hash("gone@example.com", keys.hashing)] == "purged:inactive"
+    assert reasons[email_hash("bounced@example.com", keys.hashing)] == "hard_bounce"  # kept as it was
     with pytest.raises(RestoreRefused, match="purged on 2026-04-30.*cannot be restored"):
         restore(base, cfg, "GONE")
     if base.dialect.name == "sqlite":  # not even the file keeps a copy of the purged address

@@ -86,7 +86,7 @@ def _all_text(engine) -> dict[str, list[str]]:
     return out
 
 
-def test_a_person_is_erased_from_every_table_and_data_folder(person, engine, cfg, tmp_path, landing):
+def test_a_person_is_erased_from_every_table_and_data_folder(person, engine, cfg, tmp_path, landing, keys):
     values = _all_text(engine)
     assert any(EMAIL in v for v in values["messages"]) and any("Zarathustra" in v for v in values["quarantine"])
     # Delivered to the local sink (crm smtp-sink), as the demo does: the person's .eml must go too.
@@ -132,7 +132,7 @@ def test_a_person_is_erased_from_every_table_and_data_folder(person, engine, cfg
         assert conn.execute(select(CustomerMetrics.orders).where(CustomerMetrics.customer_id == "ZQ1")
                             ).scalar_one() == 1
         assert conn.execute(select(Suppression.reason).where(
-            Suppression.email_hash == email_hash(EMAIL, cfg.secret_key))).scalar_one() == "erased"
+            Suppression.email_hash == email_hash(EMAIL, keys.hashing))).scalar_one() == "erased"
         lines = conn.execute(select(QuarantinedRow.raw_text).order_by(QuarantinedRow.line_no)).scalars().all()
         assert lines[:3] == ["[erased]"] * 3 and lines[3].startswith("ZQ10,Ravi")
         # The other customer's message, coupon and preview are untouched.

@@ -89,7 +89,7 @@ def test_every_message_arrives_intact_with_the_headers_marketing_mail_needs(engi
     assert by_to["maryam@example.com"].get_body(("html",)).get_content().count('dir="rtl"') >= 1
 
 
-def test_faults_end_in_states_that_say_what_happened(engine, cfg):
+def test_faults_end_in_states_that_say_what_happened(engine, cfg, keys):
     emails = ["ok1@example.com", "temp451@example.com", "perm550@example.com", "drop@example.com",
               "full452@example.com", "reject554@example.com", "flaky@example.com", "gone421@example.com",
               "ok2@example.com"]
@@ -115,13 +115,13 @@ def test_faults_end_in_states_that_say_what_happened(engine, cfg):
     # Hard bounces (5xx to the recipient) suppress the address; 421 (server going away) and 4xx do not.
     with engine.connect() as conn:
         hashes = set(conn.execute(select(Suppression.email_hash)).scalars())
-    suppressed = {e for e in emails if email_hash(e, cfg.secret_key) in hashes}
+    suppressed = {e for e in emails if email_hash(e, keys.hashing) in hashes}
     assert suppressed == {"perm550@example.com", "reject554@example.com"}
     assert result.sent == 3 and result.unknown == 1 and result.failed == 5
     assert sum(result.states.values()) == len(ids)
 
 
-def test_soft_bounces_in_a_row_suppress_the_address(engine, cfg):
+def test_soft_bounces_in_a_row_suppress_the_address(engine, cfg, keys):
     birthday_people(engine, "temp451@example.com", "ok@example.com")
     with SmtpServer() as srv:
         cfg = fast(cfg, srv.url, max_attempts=10, soft_bounce_limit=2)
@@ -130,20 +130,20 @@ def test_soft_bounces_in_a_row_suppress_the_address(engine, cfg):
     assert row.state == "failed" and row.attempts == 2 and "suppressed after 2" in row.last_error
     with engine.connect() as conn:
         reasons = dict(conn.execute(select(Suppression.email_hash, Suppression.reason)).all())
-        assert reasons == {email_hash("temp451@example.com", cfg.secret_key): "soft_bounce"}
+        assert reasons == {email_hash("temp451@example.com", keys.hashing): "soft_bounce"}
         # The accepted address has no soft-bounce count left.
         assert conn.execute(select(AddressBounce.email_hash)).scalars().all() == \
-            [email_hash("temp451@example.com", cfg.secret_key)]
+            [email_hash("temp451@example.com", keys.hashing)]
 
 
-def test_consent_and_suppression_are_checked_again_at_send_time(engine, cfg):
+def test_consent_and_suppression_are_checked_again_at_send_time(engine, cfg, keys):
     ids = birthday_people(engine, "a@example.com", "b@example.com", "c@example.com", "d@example.com")
     c = campaign()
     plan = plan_campaign(engine, cfg, c, AS_OF, RUN_AT, sample=0)
     assert plan.recipients == 4
     with engine.begin() as conn:  # between planning and sending
         conn.execute(update(Customer).where(Customer.customer_id == ids[0]).values(email_consent=False))
-        conn.execute(insert(Suppression).values(email_hash=email_hash("b@example.com", cfg.secret_key),
+        conn.execute(insert(Suppression).values(email_hash=email_hash("b@example.com", keys.hashing),
                                                 customer_id=None, reason="unsubscribed",
                                                 created_at=RUN_AT))
         conn.execute(update(Customer).where(Customer.customer_id == ids[2]).values(email="new@example.com"))

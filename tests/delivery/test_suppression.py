@@ -20,16 +20,16 @@ def test_the_hash_is_keyed_and_ignores_case_and_surrounding_space():
 
 def test_a_token_names_its_customer_and_only_with_the_key():
     token = unsubscribe_token("C0000042", KEY)
-    assert verify_unsubscribe_token(token, KEY) == "C0000042"
+    assert verify_unsubscribe_token(token, (KEY,)) == "C0000042"
     with pytest.raises(InvalidToken):
-        verify_unsubscribe_token(token, "x" * 32)  # another deployment's key
+        verify_unsubscribe_token(token, ("x" * 32,))  # another deployment's key
     # The id part re-pointed at another customer, with the original signature.
     other = unsubscribe_token("C0000043", KEY).split(".")[0] + "." + token.split(".")[1]
     with pytest.raises(InvalidToken, match="signature"):
-        verify_unsubscribe_token(other, KEY)
+        verify_unsubscribe_token(other, (KEY,))
     for garbage in ("", "no-dot", "%%%.%%%", "w6g.AAAA"):
         with pytest.raises(InvalidToken):
-            verify_unsubscribe_token(garbage, KEY)
+            verify_unsubscribe_token(garbage, (KEY,))
 
 
 def test_an_address_is_suppressed_once_and_keeps_its_first_reason(engine):

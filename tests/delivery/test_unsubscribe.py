@@ -31,10 +31,10 @@ def suppressions(engine) -> int:
         return conn.execute(select(func.count()).select_from(Suppression)).scalar()
 
 
-def test_one_click_post_unsubscribes_and_the_next_plan_excludes_the_customer(engine, cfg, client):
+def test_one_click_post_unsubscribes_and_the_next_plan_excludes_the_customer(engine, cfg, client, keys):
     add_customers(engine, {"customer_id": "C1", "birthday": date(1990, 5, 10)},
                   {"customer_id": "C2", "birthday": date(1990, 5, 10)})
-    token = unsubscribe_token("C1", cfg.secret_key)
+    token = unsubscribe_token("C1", keys.signing)
     page = client.get(f"/unsubscribe/{token}")
     assert page.status_code == 200 and "<form method='post'" in page.text
     assert suppressions(engine) == 0  # a link scanner's GET changes nothing
@@ -48,10 +48,10 @@ def test_one_click_post_unsubscribes_and_the_next_plan_excludes_the_customer(eng
     assert result.reasons == {"suppressed": 1} and [m.customer_id for m in result.sample] == ["C2"]
 
 
-def test_forged_and_re_pointed_tokens_are_refused(engine, cfg, client):
+def test_forged_and_re_pointed_tokens_are_refused(engine, cfg, client, keys):
     add_customers(engine, {"customer_id": "C1"}, {"customer_id": "C2"})
-    good = unsubscribe_token("C1", cfg.secret_key)
-    other = unsubscribe_token("C2", cfg.secret_key)
+    good = unsubscribe_token("C1", keys.signing)
+    other = unsubscribe_token("C2", keys.signing)
     re_pointed = other.split(".")[0] + "." + good.split(".")[1]  # C2's id with C1's signature
     forged = unsubscribe_token("C1", "another-deployments-secret-key-xxxxxxxx")
     for token in (re_pointed, forged, "garbage", good[:-2]):
@@ -60,9 +60,9 @@ def test_forged_and_re_pointed_tokens_are_refused(engine, cfg, client):
     assert suppressions(engine) == 0
 
 
-def test_a_post_without_the_one_click_field_changes_nothing(engine, cfg, client):
+def test_a_post_without_the_one_click_field_changes_nothing(engine, cfg, client, keys):
     add_customers(engine, {"customer_id": "C1"})
-    token = unsubscribe_token("C1", cfg.secret_key)
+    token = unsubscribe_token("C1", keys.signing)
     assert client.post(f"/unsubscribe/{token}").status_code == 400
     assert suppressions(engine) == 0
 
@@ -91,7 +91,7 @@ def _plan_birthday(engine, cfg) -> set[str]:
     return {m.customer_id for m in result.sample}
 
 
-def test_an_opt_out_during_the_grace_period_survives_a_restore(engine, cfg, client):
+def test_an_opt_out_during_the_grace_period_survives_a_restore(engine, cfg, client, keys):
     from crm_tasks.cleanup.archive import run_cleanup
     from crm_tasks.cleanup.restore import restore
     from tests.cleanup.support import LONG_AGO, permissive
@@ -99,14 +99,14 @@ def test_an_opt_out_during_the_grace_period_survives_a_restore(engine, cfg, clie
     add_customers(engine, {"customer_id": "OLD", "birthday": date(1990, 5, 10), "updated_at": LONG_AGO},
                   {"customer_id": "NEW", "birthday": date(1990, 5, 10)})
     assert run_cleanup(engine, permissive(cfg), date(2026, 3, 31)).archived == 1
-    done = client.post(f"/unsubscribe/{unsubscribe_token('OLD', cfg.secret_key)}", **ONE_CLICK)
+    done = client.post(f"/unsubscribe/{unsubscribe_token('OLD', keys.signing)}", **ONE_CLICK)
     assert done.status_code == 200 and "You are unsubscribed" in done.text
     assert suppressions(engine) == 1
     restore(engine, cfg, "OLD", on=date(2026, 4, 2))
     assert _plan_birthday(engine, cfg) == {"NEW"}  # back, and still not mailed
 
 
-def test_a_merged_away_profile_unsubscribes_the_profile_it_lives_on(engine, cfg, client):
+def test_a_merged_away_profile_unsubscribes_the_profile_it_lives_on(engine, cfg, client, keys):
     from crm_tasks.cleanup.archive import run_cleanup
     from tests.cleanup.support import permissive
 
@@ -115,27 +115,27 @@ def test_a_merged_away_profile_unsubscribes_the_profile_it_lives_on(engine, cfg,
                   {"customer_id": "B", **twin, "updated_at": datetime(2026, 2, 1, tzinfo=UTC)})
     assert run_cleanup(engine, permissive(cfg), date(2026, 3, 31)).merged == 1  # A merged into B
     assert _plan_birthday(engine, cfg) == {"B"}
-    assert client.post(f"/unsubscribe/{unsubscribe_token('A', cfg.secret_key)}", **ONE_CLICK).status_code == 200
+    assert client.post(f"/unsubscribe/{unsubscribe_token('A', keys.signing)}", **ONE_CLICK).status_code == 200
     assert _plan_birthday(engine, cfg) == set()
 
 
-def test_purged_erased_and_unknown_ids_are_answered_truthfully(engine, cfg, client):
+def test_purged_erased_and_unknown_ids_are_answered_truthfully(engine, cfg, client, keys):
     from crm_tasks.delivery.suppression import email_hash
 
     with engine.begin() as conn:  # what a purge leaves: the address's hash under the pseudonymous id
         conn.execute(Suppression.__table__.insert().values(
-            email_hash=email_hash("gone@example.com", cfg.secret_key), customer_id="PURGED",
+            email_hash=email_hash("gone@example.com", keys.hashing), customer_id="PURGED",
             reason="purged:inactive", created_at=datetime(2026, 1, 1, tzinfo=UTC)))
-    purged = client.post(f"/unsubscribe/{unsubscribe_token('PURGED', cfg.secret_key)}", **ONE_CLICK)
+    purged = client.post(f"/unsubscribe/{unsubscribe_token('PURGED', keys.signing)}", **ONE_CLICK)
     assert purged.status_code == 200 and "You are unsubscribed" in purged.text
-    unknown = client.post(f"/unsubscribe/{unsubscribe_token('NEVER', cfg.secret_key)}", **ONE_CLICK)
+    unknown = client.post(f"/unsubscribe/{unsubscribe_token('NEVER', keys.signing)}", **ONE_CLICK)
     assert unknown.status_code == 404 and "unsubscribed" not in unknown.text  # no pretended success
     assert suppressions(engine) == 1
 
 
-def test_the_public_route_reads_no_large_body(engine, cfg, client):
+def test_the_public_route_reads_no_large_body(engine, cfg, client, keys):
     add_customers(engine, {"customer_id": "C1"})
-    url = f"/unsubscribe/{unsubscribe_token('C1', cfg.secret_key)}"
+    url = f"/unsubscribe/{unsubscribe_token('C1', keys.signing)}"
     big = b"List-Unsubscribe=One-Click&pad=" + b"x" * 5_000_000
     said = client.post(url, content=big, headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert said.status_code == 413
