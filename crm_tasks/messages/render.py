@@ -39,6 +39,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
 from crm_tasks.errors import RenderError
+from crm_tasks.messages.deadline import Overtime, time_limit
 from crm_tasks.settings import Settings
 
 RTL_LANGUAGES = frozenset({"fa", "ur", "ar", "he"})
@@ -51,6 +52,7 @@ LAYOUT_KEYS = ("lang", "dir", "brand_color")
 MAX_VALUE_CHARS = 1_000_000  # a string or list a single "*" may build
 MAX_MESSAGE_CHARS = 2_000_000  # subject + HTML + text of one message
 MAX_RANGE = 1_000  # items of range(): templates loop over a handful of recommendations, not more
+MAX_RENDER_SECONDS = 2.0  # one message; the shipped templates take about a quarter of a millisecond
 
 
 @dataclass(frozen=True)
@@ -200,9 +202,10 @@ class _EmailEnvironment(ImmutableSandboxedEnvironment):
 class Renderer:
     """Loads the templates and catalogs of one folder once; renders any number of messages."""
 
-    def __init__(self, folder: Path, languages: list[str]) -> None:
+    def __init__(self, folder: Path, languages: list[str], render_seconds: float = MAX_RENDER_SECONDS) -> None:
         self.folder = Path(folder)
         self.languages = list(languages)
+        self.render_seconds = render_seconds
         self.catalogs = {lang: self._catalog(lang) for lang in self.languages}
         if "en" not in self.catalogs and self.languages:
             raise RenderError(f"{self.folder}: the fallback language 'en' must be among the languages")
@@ -261,10 +264,14 @@ class Renderer:
     def render(self, template: str, context: dict) -> RenderedMessage:
         """Subject, HTML and text of one message. The subject is one line, or an error."""
         try:
-            subject = " ".join(self.env.get_template(f"{template}/subject.txt").render(context).split())
-            body = {**context, "subject": subject}
-            html = self.env.get_template(f"{template}/body.html").render(body)
-            text = self.env.get_template(f"{template}/body.txt").render(body)
+            with time_limit(self.render_seconds):
+                subject = " ".join(self.env.get_template(f"{template}/subject.txt").render(context).split())
+                body = {**context, "subject": subject}
+                html = self.env.get_template(f"{template}/body.html").render(body)
+                text = self.env.get_template(f"{template}/body.txt").render(body)
+        except Overtime:
+            raise RenderError(f"template {template} ({context.get('lang')}): rendering one message took more than "
+                              f"{self.render_seconds:g} s; loops over too many items?") from None
         except RenderError:
             raise
         except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError) as exc:

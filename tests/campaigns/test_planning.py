@@ -199,3 +199,29 @@ def test_one_profile_that_breaks_rendering_fails_the_run_before_anything_is_sent
     add_customers(engine, {"customer_id": "C3", "birthday": date(1990, 5, 11)})
     assert plan_campaign(engine, risky, campaign(), date(2026, 5, 11), datetime(2026, 5, 11, 0, 30, tzinfo=UTC)
                          ).recipients == 1
+
+
+def test_a_message_that_renders_too_long_fails_the_run_naming_campaign_and_template(engine, cfg, tmp_path):
+    import shutil
+
+    from crm_tasks.errors import RenderError
+    from crm_tasks.messages.render import Renderer
+    from tests.conftest import REPO
+
+    templates = tmp_path / "email"
+    shutil.copytree(REPO / "templates" / "email", templates)
+    body = templates / "birthday" / "body.html"
+    body.write_text(body.read_text(encoding="utf-8").replace("{% block content %}", (
+        "{% block content %}{% if customer.first_name == 'Slow' %}{% for a in range(1000) %}"
+        "{% for b in range(1000) %}{% for c in range(1000) %}{% endfor %}{% endfor %}{% endfor %}{% endif %}"), 1),
+        encoding="utf-8")
+    renderer = Renderer(templates, cfg.campaigns.locales, render_seconds=0.3)
+    add_customers(engine, {"customer_id": "C1", "birthday": date(1990, 5, 10)},
+                  {"customer_id": "C2", "birthday": date(1990, 5, 10), "first_name": "Slow"})
+    with pytest.raises(RenderError, match=r"campaign birthday, customer C2: template birthday \(en\): rendering one "
+                                          r"message took more than 0.3 s.*nothing was planned for sending"):
+        plan_campaign(engine, cfg, campaign(), date(2026, 5, 10), datetime(2026, 5, 10, 0, 30, tzinfo=UTC),
+                      renderer=renderer)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Message)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(CampaignRun)).scalar_one() == 0

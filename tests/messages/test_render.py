@@ -232,3 +232,28 @@ def test_a_campaign_names_a_template_folder_never_a_path(tmp_path):
                                                 encoding="utf-8")
         with pytest.raises(ConfigError, match="template: .*must be the name of a folder in templates/email/"):
             parse_campaign(tmp_path / "birthday.yaml", REPO_CFG)
+
+
+@pytest.mark.parametrize("html", [
+    "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}{% endfor %}{% endfor %}"
+    "{% endfor %}",  # a billion iterations that build nothing
+    "{% for a in 'x' * 1000000 %}{% for b in 'x' * 1000000 %}{% endfor %}{% endfor %}",
+    "{% macro f(n) %}{% for i in range(1000) %}{{ f(n) if n else '' }}{% endfor %}{% endmacro %}{{ f(0) * 0 }}"
+    "{% for a in range(1000) %}{% for b in range(1000) %}{{ f(0) }}{% endfor %}{% endfor %}",
+])
+def test_a_render_that_runs_too_long_is_stopped_and_the_renderer_goes_on(folder, html):
+    import time
+
+    renderer = write_template(folder, html=html)
+    renderer.render_seconds = 0.3
+    started = time.perf_counter()
+    with pytest.raises(RenderError, match=r"template x \(en\): rendering one message took more than 0.3 s"):
+        renderer.render("x", {"lang": "en", "customer": {"first_name": "A"}})
+    assert time.perf_counter() - started < 1.5
+    # Nothing left behind: the next messages render, and none is interrupted late.
+    fine = write_template(folder, html="<p>{{ customer.first_name }}</p>")
+    fine.render_seconds = 0.3
+    for _ in range(2000):
+        assert fine.render("x", {"lang": "en", "customer": {"first_name": "B"}}).html == "<p>B</p>"
+    time.sleep(0.4)
+    assert fine.render("x", {"lang": "en", "customer": {"first_name": "C"}}).html == "<p>C</p>"
