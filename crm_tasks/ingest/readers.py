@@ -39,6 +39,9 @@ class FileScan:
     size: int
     has_quotes: bool = False
     problem: str | None = None  # why the file cannot be read as UTF-8 CSV, if it cannot
+    # Lines that are not text (a NUL byte, bytes that are not UTF-8), by line number: quarantined
+    # one by one, while the rest of the file loads.
+    bad_lines: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -65,42 +68,85 @@ class Chunk:
         return picked.to_pylist()
 
 
+# More bad lines than this and the file is not a UTF-8 export with a few damaged rows, but something else.
+MAX_BAD_LINES = 10_000
+_NUL = "a NUL byte (binary data in a text file); fix or remove this row"
+# Lines are scanned in whole-line pieces; a line longer than this is no CSV record.
+_MAX_LINE = 4 * _BLOCK
+
+
+def _line_problem(line: bytes) -> str | None:
+    if b"\x00" in line:
+        return _NUL
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (f"not valid UTF-8 (byte 0x{line[exc.start]:02X} at position {exc.start + 1}); "
+                "re-export the file as UTF-8")
+    return None
+
+
 def scan_file(path: Path, text: bool) -> FileScan:
-    """Checksum the file; for text files also check it is UTF-8, naming the first bad line."""
+    """Checksum the file; for text files also find the lines that are not UTF-8 text (or hold a NUL),
+    so that those rows alone are quarantined. A header that is not text makes the file unreadable."""
     digest = hashlib.sha256()
-    decoder = codecs.getincrementaldecoder("utf-8")()
     size, has_quotes, lines_before = 0, False, 0
+    bad: dict[int, str] = {}
     problem: str | None = None
+    carry = b""
     with open(path, "rb") as fh:
-        while block := fh.read(_BLOCK):
+        while True:
+            block = fh.read(_BLOCK)
             digest.update(block)
             size += len(block)
             if not text or problem:
+                if not block:
+                    break
                 continue
-            if size == len(block) and b"\x00" in block[:8192]:
-                problem = "binary content, not a CSV text file; export it as UTF-8 CSV"
+            data = carry + block
+            cut = len(data) if not block else data.rfind(b"\n") + 1
+            if cut == 0 and len(data) > _MAX_LINE:
+                problem = f"line {lines_before + 1} is longer than {_MAX_LINE >> 20} MiB: not a CSV record"
                 continue
-            try:
-                decoder.decode(block)
-            except UnicodeDecodeError as exc:
-                line = lines_before + block.count(b"\n", 0, exc.start) + 1
-                problem = f"not valid UTF-8 text (first bad byte on line {line}); re-export the file as UTF-8"
-                continue
-            # A quote may hide a comma or a newline inside a value; the unit separator
-            # would confuse the fast path's line reader. Either sends the file the exact way.
-            has_quotes = has_quotes or b'"' in block or b"\x1f" in block
-            lines_before += block.count(b"\n")
-    if text and not problem:
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            problem = "not valid UTF-8 text (truncated character at the end)"
-    return FileScan(digest.hexdigest(), size, has_quotes, problem)
+            piece, carry = data[:cut], data[cut:]
+            if piece:
+                if lines_before == 0:
+                    header = piece.split(b"\n", 1)[0]
+                    if b"\x00" in header:
+                        problem = "binary content, not a CSV text file; export it as UTF-8 CSV"
+                        continue
+                    if not _is_utf8(header):
+                        problem = "the header line is not valid UTF-8 text; re-export the file as UTF-8"
+                        continue
+                if b"\x00" in piece or not _is_utf8(piece):
+                    for i, line in enumerate(piece.split(b"\n")):
+                        why = _line_problem(line)
+                        if why:
+                            bad[lines_before + i + 1] = why
+                    if len(bad) > MAX_BAD_LINES:
+                        problem = (f"more than {MAX_BAD_LINES:,} lines are not UTF-8 text (first on line {min(bad)}); "
+                                   "re-export the file as UTF-8")
+                        continue
+                # A quote may hide a comma or a newline inside a value; the unit separator
+                # would confuse the fast path's line reader. Either sends the file the exact way.
+                has_quotes = has_quotes or b'"' in piece or b"\x1f" in piece
+                lines_before += piece.count(b"\n")
+            if not block:
+                break
+    return FileScan(digest.hexdigest(), size, has_quotes, problem, {} if problem else bad)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def read_csv_header(path: Path, display: str) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        first = fh.readline()
+    with open(path, "rb") as fh:  # bytes: a damaged row further down must not fail the header
+        first = fh.readline().decode("utf-8-sig")
     if not first.strip():
         raise UnreadableFile(display, "empty file: the first line must be the header row")
     try:
@@ -117,9 +163,9 @@ MAX_LINES_PER_RECORD = 20
 
 def iter_csv(path: Path, header: list[str], scan: FileScan, chunk_rows: int, display: str) -> Iterator[Chunk]:
     if scan.has_quotes:
-        yield from _iter_csv_exact(path, header, chunk_rows, display)
+        yield from _iter_csv_exact(path, header, chunk_rows, display, scan.bad_lines)
     elif _has_data_lines(path):
-        yield from _iter_csv_fast(path, header, chunk_rows)
+        yield from _iter_csv_fast(path, header, chunk_rows, scan.bad_lines)
 
 
 def _has_data_lines(path: Path) -> bool:
@@ -128,8 +174,16 @@ def _has_data_lines(path: Path) -> bool:
         return bool(fh.read(1))
 
 
-def _iter_csv_fast(path: Path, header: list[str], chunk_rows: int) -> Iterator[Chunk]:
+def _shown(raw: bytes | str) -> str:
+    """A bad line as quarantine can keep it: undecodable bytes and NULs become U+FFFD."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd").rstrip("\r\n")
+
+
+def _iter_csv_fast(path: Path, header: list[str], chunk_rows: int, bad: dict[int, str]) -> Iterator[Chunk]:
     width = len(header)
+    bad_numbers = np.array(sorted(bad), dtype=np.int64)
     # Every line is one record; reading it as one column leaves the splitting to us.
     reader = pacsv.open_csv(
         path,
@@ -139,15 +193,23 @@ def _iter_csv_fast(path: Path, header: list[str], chunk_rows: int) -> Iterator[C
             newlines_in_values=False, ignore_empty_lines=False,
             invalid_row_handler=lambda row: "error",
         ),
-        convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False),
+        # Bytes, not text: a line that is not UTF-8 is quarantined below instead of failing the file.
+        convert_options=pacsv.ConvertOptions(column_types={"line": pa.binary()}, strings_can_be_null=False),
     )
     next_line = 2
     pending: list[pa.Array] = []
     pending_rows = 0
 
     def flush(lines: pa.Array, first_line: int) -> Chunk:
-        lines = pc.utf8_rtrim(lines, characters="\r")
         line_no = np.arange(first_line, first_line + len(lines), dtype=np.int64)
+        not_text = []
+        if len(bad_numbers):
+            hit = np.isin(line_no, bad_numbers)
+            if hit.any():
+                not_text = [(int(n), _shown(lines[int(i)].as_py()), bad[int(n)])
+                            for i, n in zip(np.flatnonzero(hit), line_no[hit], strict=True)]
+                lines, line_no = lines.filter(pa.array(~hit)), line_no[~hit]
+        lines = pc.utf8_rtrim(lines.cast(pa.string()), characters="\r")
         # Blank lines carry no data: they are not records (as in the exact path).
         filled = pc.not_equal(pc.utf8_length(pc.utf8_trim_whitespace(lines)), 0)
         if not pc.all(filled).as_py():
@@ -155,7 +217,7 @@ def _iter_csv_fast(path: Path, header: list[str], chunk_rows: int) -> Iterator[C
         parts = pc.split_pattern(lines, ",")
         counts = pc.list_value_length(parts).to_numpy(zero_copy_only=False)
         ok = counts == width
-        broken = [
+        broken = not_text + [
             (int(line_no[i]), lines[i].as_py(), _field_count_reason(int(counts[i]), width, lines[i].as_py()))
             for i in np.flatnonzero(~ok)
         ]
@@ -186,9 +248,11 @@ def _field_count_reason(count: int, width: int, text: str) -> str:
     return f"line has {count} fields but the header has {width} (unquoted comma in a value?)"
 
 
-def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int, display: str) -> Iterator[Chunk]:
+def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int, display: str,
+                    bad: dict[int, str]) -> Iterator[Chunk]:
     width = len(header)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
+    # surrogateescape: a line that is not UTF-8 reads (and is quarantined below) instead of failing the file.
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         fh.readline()
         raw_lines: list[str] = []
 
@@ -219,7 +283,8 @@ def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int, display: str
                             display, f"line {start}: a quoted value opened here is never closed; fix the quoting"
                         ) from None
                     line += len(raw_lines)
-                    broken.append((start, "".join(raw_lines).rstrip("\r\n"), f"not valid CSV: {exc}"))
+                    why = next((bad[n] for n in range(start, line + 1) if n in bad), None) if bad else None
+                    broken.append((start, _shown("".join(raw_lines)), why or f"not valid CSV: {exc}"))
                     continue
                 start = line + 1
                 if len(raw_lines) > MAX_LINES_PER_RECORD:
@@ -230,6 +295,10 @@ def _iter_csv_exact(path: Path, header: list[str], chunk_rows: int, display: str
                     )
                 line += len(raw_lines)
                 raw = "".join(raw_lines).rstrip("\r\n")
+                why = next((bad[n] for n in range(start, line + 1) if n in bad), None) if bad else None
+                if why:
+                    broken.append((start, _shown(raw), why))
+                    continue
                 if not raw.strip():
                     continue  # a blank line is not a record
                 if len(record) != width:

@@ -172,10 +172,10 @@ def test_a_reader_that_gives_up_mid_file_leaves_an_unreadable_batch_and_the_part
     [
         ("transaction_id,customer_id,purchased_at,amount,currency,store_id,sku,category,quantity\n"
          "T1,C1,2026-03-01,10,INR,S,K,c,1\n".encode("utf-16"), "binary content, not a CSV text file"),
-        (b"transaction_id,customer_id,purchased_at,amount,currency,store_id,sku,category,quantity\n"
-         b"T1,C\xe9,2026-03-01,10,INR,S,K,c,1\n", "not valid UTF-8 text (first bad byte on line 2)"),
+        (b"transaction_id,customer_\xe9id,purchased_at,amount,currency,store_id,sku,category,quantity\n"
+         b"T1,C1,2026-03-01,10,INR,S,K,c,1\n", "the header line is not valid UTF-8 text"),
         (b"", "empty file"),
-        (b"%PDF-1.4\n\x00\x01\x02 binary", "binary content"),
+        (b"%PDF-1.4\n\x00\x01\x02 binary", "does not look like a header row"),
         (b"id;customer;amount\n1;2;3\n", "missing required column(s) transaction_id, customer_id"),
     ],
     ids=["utf16", "latin1-byte", "empty", "pdf", "semicolons"],
@@ -379,15 +379,48 @@ def test_a_corrected_profile_file_overrides_its_own_earlier_version(engine, cfg,
 
 
 def test_values_the_database_would_refuse_are_quarantined(engine, cfg, landing):
-    # Enough good rows first that the NUL byte is past the binary-file sniff of the first 8 KB.
     good = [customer(f"G{i}") for i in range(150)]
     write_csv(landing, "customers", DAY, good + [
-        customer("C2", email="a" * 300 + "@example.com"), customer("C3", first="Ash\x00a"),
+        customer("C2", email="a" * 300 + "@example.com"), customer("C3", first="Ash\x07a"),
     ])
     (batch,) = ingest_dates(engine, cfg, [D]).batches
     assert (batch.rows_loaded, batch.rows_quarantined) == (150, 2)
     reasons = sorted(r.reason for r in rows(engine, QuarantinedRow))
     assert reasons == ["email is longer than an address may be", "first_name contains control characters"]
+
+
+@pytest.mark.parametrize("quoted", [False, True], ids=["fast", "exact"])
+def test_a_nul_byte_or_a_non_utf8_row_is_quarantined_with_its_line_and_the_file_loads(engine, cfg, landing, quoted):
+    """One damaged row of a large export costs that row, not the file (both CSV paths)."""
+    header = b"transaction_id,customer_id,purchased_at,amount,currency,store_id,sku,category,quantity\n"
+    category = '"grocery"' if quoted else "grocery"
+    good = [f"T{i},C1,2026-03-01T10:00:00+05:30,10.00,INR,S1,K1,{category},1\n".encode() for i in range(300)]
+    good[5] = b"T5,C\xe9,2026-03-01T10:00:00+05:30,10.00,INR,S1,K1,grocery,1\n"  # Latin-1 e-acute
+    good[250] = b"T250,C1\x00,2026-03-01T10:00:00+05:30,10.00,INR,S1,K1,grocery,1\n"
+    folder = landing / "purchases" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    (folder / "p.csv").write_bytes(header + b"".join(good))
+    (batch,) = ingest_dates(engine, cfg, [D]).batches
+    assert (batch.status, batch.rows_read, batch.rows_loaded, batch.rows_quarantined) == ("loaded", 300, 298, 2)
+    q = {r.line_no: (r.raw_text, r.reason) for r in rows(engine, QuarantinedRow)}
+    assert q[7] == ("T5,C\ufffd,2026-03-01T10:00:00+05:30,10.00,INR,S1,K1,grocery,1",
+                    "not valid UTF-8 (byte 0xE9 at position 5); re-export the file as UTF-8")
+    assert q[252][0].startswith("T250,C1\ufffd,") and "NUL byte" in q[252][1]
+    assert count(engine, Purchase) == 298
+
+
+def test_a_file_mostly_not_utf8_is_rejected_not_half_loaded(engine, cfg, landing):
+    header = b"transaction_id,customer_id,purchased_at,amount,currency,store_id,sku,category,quantity\n"
+    rows_ = [f"T{i},C\xe9{i},2026-03-01T10:00:00+05:30,10.00,INR,S1,K1,grocery,1\n".encode("latin-1")
+             for i in range(100)]
+    folder = landing / "purchases" / f"dt={DAY}"
+    folder.mkdir(parents=True)
+    (folder / "p.csv").write_bytes(header + b"".join(rows_))
+    with pytest.raises(IngestFailed):
+        ingest_dates(engine, cfg, [D])
+    (batch,) = rows(engine, IngestBatch)
+    assert batch.status == "rejected" and batch.rows_quarantined == 100
+    assert count(engine, Purchase) == 0
 
 
 def test_a_file_without_header_row_does_not_echo_customer_data(engine, cfg, landing):
