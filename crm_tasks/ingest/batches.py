@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
@@ -47,9 +48,9 @@ from crm_tasks.ingest.readers import (
     read_parquet_header,
     scan_file,
 )
-from crm_tasks.ingest.standardise import standardise_customers, standardise_purchases, units_to_decimal_text
+from crm_tasks.ingest.standardise import standardise_customers, standardise_purchases
 from crm_tasks.settings import Settings
-from crm_tasks.store.bulk import bulk_insert
+from crm_tasks.store.bulk import bulk_insert, copy_instants, copy_money
 from crm_tasks.store.models import BatchStatus, IngestBatch, Purchase, QuarantinedRow
 from crm_tasks.store.types import timestamp_texts
 
@@ -547,7 +548,7 @@ def _timestamps(values, dialect: str) -> list[str]:
 class _Prepared:
     """One chunk, validated and shaped for the database; built off the main thread."""
 
-    rows: list[tuple]
+    rows: list[tuple] | pa.Table  # an Arrow table for PostgreSQL's COPY
     rejects: list[tuple[int, str, str]]
     read: int
     superseded: int = 0
@@ -597,14 +598,8 @@ class _PurchaseLoader:
         values, reasons = standardise_purchases(chunk.columns, self.lf.partition_date)
         idx, rejects = _good_and_rejects(chunk, reasons)
         units = values["amount_units"][idx]
-        amount = units.tolist() if self.dialect == "sqlite" else units_to_decimal_text(units).tolist()
-        rows = list(zip(
-            values["transaction_id"][idx].tolist(), values["customer_id"][idx].tolist(),
-            _timestamps(values["purchased_at"][idx], self.dialect), amount,
-            values["currency"][idx].tolist(), values["store_id"][idx].tolist(), values["sku"][idx].tolist(),
-            values["category"][idx].tolist(), values["quantity"][idx].tolist(),
-            values["coupon_code"][idx].tolist(), [self.batch_id] * len(idx), chunk.line_no[idx].tolist(),
-        ))
+        rows = (self._tuples(values, idx, units, chunk.line_no) if self.dialect == "sqlite"
+                else self._table(values, idx, units, chunk.line_no))
         self.deltas.append(metrics.delta(
             values["customer_id"][idx], values["currency"][idx], values["category"][idx],
             values["purchased_at"][idx].asi8 // 1000, units, values["quantity"][idx],
@@ -616,6 +611,30 @@ class _PurchaseLoader:
                 delta_rows = metrics.delta_rows(self.deltas.pop(), self.dialect)
         return _Prepared(rows, rejects, len(chunk) + len(chunk.broken), delta_rows=delta_rows)
 
+    def _tuples(self, values, idx, units, line_no) -> list[tuple]:
+        """SQLite's rows: money as integer units, instants as its storage text."""
+        return list(zip(
+            values["transaction_id"][idx].tolist(), values["customer_id"][idx].tolist(),
+            _timestamps(values["purchased_at"][idx], self.dialect), units.tolist(),
+            values["currency"][idx].tolist(), values["store_id"][idx].tolist(), values["sku"][idx].tolist(),
+            values["category"][idx].tolist(), values["quantity"][idx].tolist(),
+            values["coupon_code"][idx].tolist(), [self.batch_id] * len(idx), line_no[idx].tolist(),
+        ))
+
+    def _table(self, values, idx, units, line_no) -> pa.Table:
+        """PostgreSQL's rows as Arrow columns, for COPY in CSV."""
+        text = {name: pa.array(values[name][idx], pa.string())
+                for name in ("transaction_id", "customer_id", "currency", "store_id", "sku", "category",
+                             "coupon_code")}
+        return pa.table({
+            **text,
+            "purchased_at": copy_instants(pa.array(values["purchased_at"][idx])),
+            "amount": copy_money(pa.array(units, pa.int64())),
+            "quantity": pa.array(values["quantity"][idx], pa.int64()),
+            "batch_id": pa.array(np.full(len(idx), self.batch_id, dtype=np.int64)),
+            "line_no": pa.array(line_no[idx], pa.int64()),
+        }).select(self.COLUMNS)
+
     def write(self, prepared: _Prepared) -> None:
         inserted = bulk_insert(self.conn, "purchases", self.COLUMNS, prepared.rows, self.CONFLICT)
         self.loaded += inserted
@@ -624,7 +643,9 @@ class _PurchaseLoader:
             # Some rows were already loaded, and only the database knows which: the delta
             # counted them, so these customers are recomputed exactly from their purchases
             # after all deltas are in (the rebuild replaces their state).
-            self.rebuild.update(r[1] for r in prepared.rows)
+            rows = prepared.rows
+            self.rebuild.update(rows.column("customer_id").to_pylist() if isinstance(rows, pa.Table)
+                                else (r[1] for r in rows))
         if prepared.delta_rows:
             metrics.write_delta(self.conn, prepared.delta_rows)
 

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from sqlalchemy import Connection, delete, func, select, text, true
 
 from crm_tasks.store import sql
-from crm_tasks.store.bulk import bulk_insert, dialect_insert
+from crm_tasks.store.bulk import bulk_insert, copy_instants, copy_money, dialect_insert
 from crm_tasks.store.models import CustomerCategoryMetrics, CustomerMetrics, MetricsDirty, Purchase
 from crm_tasks.store.types import timestamp_texts
 
@@ -94,12 +94,13 @@ _UPSERT = {
 class DeltaRows:
     """A delta shaped for the database: category rows to upsert and customers to queue."""
 
-    categories: list[tuple]
-    customers: list[tuple]
+    categories: list[tuple] | pa.Table
+    customers: list[tuple] | pa.Table
 
 
 def delta_rows(table: pa.Table, dialect: str) -> list[DeltaRows]:
-    """Turn a delta into database rows, in slices (tuples of millions of keys cost gigabytes).
+    """Turn a delta into database rows, in slices (tuples of millions of keys cost gigabytes): tuples
+    for SQLite, Arrow tables for PostgreSQL's COPY.
 
     Pure, so that ingest can run it off the thread that writes to the database.
     """
@@ -108,15 +109,23 @@ def delta_rows(table: pa.Table, dialect: str) -> list[DeltaRows]:
     out = []
     for start in range(0, table.num_rows, _SLICE):
         part = table.slice(start, _SLICE)
-        cols = {c: part.column(c) for c in _COLUMNS}
+        cols = {c: part.column(c).combine_chunks() for c in _COLUMNS}
+        buyers = pc.unique(cols["customer_id"])
+        if dialect != "sqlite":
+            for c in ("first_purchase_at", "last_purchase_at"):
+                cols[c] = copy_instants(cols[c])
+            for c in ("revenue", "order_revenue"):
+                cols[c] = copy_money(cols[c])
+            out.append(DeltaRows(pa.table(cols).select(_COLUMNS),
+                                 pa.table({"customer_id": buyers, "rebuild": pa.array([False] * len(buyers))})))
+            continue
         stamps = [_stamp_text(cols[c], dialect) for c in ("first_purchase_at", "last_purchase_at")]
-        money = [_money(cols[c], dialect) for c in ("revenue", "order_revenue")]
         categories = list(zip(
             cols["customer_id"].to_pylist(), cols["currency"].to_pylist(), cols["category"].to_pylist(),
-            *stamps, cols["orders"].to_pylist(), cols["refunds"].to_pylist(), cols["items"].to_pylist(), *money,
+            *stamps, cols["orders"].to_pylist(), cols["refunds"].to_pylist(), cols["items"].to_pylist(),
+            cols["revenue"].to_pylist(), cols["order_revenue"].to_pylist(),
         ))
-        customers = [(c, False) for c in pc.unique(cols["customer_id"].combine_chunks()).to_pylist()]
-        out.append(DeltaRows(categories, customers))
+        out.append(DeltaRows(categories, [(c, False) for c in buyers.to_pylist()]))
     return out
 
 
@@ -135,18 +144,9 @@ def apply_delta(conn: Connection, table: pa.Table) -> int:
     return write_delta(conn, delta_rows(table, conn.dialect.name)) if table.num_rows else 0
 
 
-def _stamp_text(col: pa.ChunkedArray, dialect: str) -> list:
-    utc_us = col.combine_chunks().cast(pa.timestamp("us", "UTC")).to_numpy(zero_copy_only=False)
+def _stamp_text(col: pa.Array, dialect: str) -> list:
+    utc_us = col.cast(pa.timestamp("us", "UTC")).to_numpy(zero_copy_only=False)
     return timestamp_texts(utc_us.astype("datetime64[us]"), dialect)
-
-
-def _money(col: pa.ChunkedArray, dialect: str) -> list:
-    units = col.combine_chunks().to_numpy(zero_copy_only=False)
-    if dialect == "sqlite":
-        return units.tolist()
-    from crm_tasks.ingest.standardise import units_to_decimal_text
-
-    return units_to_decimal_text(units).tolist()
 
 
 def _mark_from_purchases(conn: Connection, *where) -> None:

@@ -155,19 +155,6 @@ def parse_decimal(arr: pa.Array) -> tuple[np.ndarray, pa.Array, pa.Array]:
     return valid, units, pc.utf8_rtrim(frac, characters="0")
 
 
-def units_to_decimal_text(units: np.ndarray) -> np.ndarray:
-    """Integer 1/10000 units to 'I.FFFF' text, for PostgreSQL's NUMERIC."""
-    if not len(units):
-        return np.array([], dtype=object)
-    neg = units < 0
-    absu = np.abs(units)
-    whole = (absu // 10_000).astype(str).astype(object)
-    frac = np.char.zfill((absu % 10_000).astype(str), 4).astype(object)
-    out = whole + "." + frac
-    out[neg] = "-" + out[neg]
-    return out
-
-
 # --- purchases ------------------------------------------------------------------
 
 
