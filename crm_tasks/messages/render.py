@@ -18,6 +18,7 @@ from datetime import date
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
+from string import Formatter
 
 import yaml
 from babel import Locale, UnknownLocaleError
@@ -29,7 +30,9 @@ from jinja2 import (
     Template,
     TemplateError,
     TemplateNotFound,
+    Undefined,
     pass_context,
+    pass_eval_context,
     select_autoescape,
 )
 from jinja2.environment import TemplateModule
@@ -148,6 +151,100 @@ def _bounded_range(*args) -> range:
     return items
 
 
+def _too_big(size: int, what: str) -> None:
+    if size > MAX_VALUE_CHARS:
+        raise SecurityError(f"{what} of {size} characters; at most {MAX_VALUE_CHARS} in a template")
+
+
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _check_format(text: str) -> None:
+    """A format string's widths and precisions size its result before anything is built: refuse a huge one,
+    in ``str.format`` specs ('{0:>99999999}') and in ``%`` specs ('%99999999s'); a '*' width is refused."""
+    try:
+        specs = [spec for _, _, spec, _ in Formatter().parse(text) if spec]
+    except ValueError:
+        specs = []  # not a str.format string: the call itself will say so
+    for spec in specs:
+        for number in re.findall(r"\d+", spec):
+            _too_big(int(number), "a format width")
+    for width, precision in _PERCENT_SPEC.findall(text):
+        if "*" in (width, precision):
+            raise SecurityError("a '*' width in a % format; write the width in the template")
+        _too_big(int(width or 0), "a format width")
+        _too_big(int(precision or 0), "a format precision")
+
+
+def _check_str_method(text: str, name: str, args: tuple, kwargs: dict) -> tuple:
+    """Refuse a ``str`` method call whose result would pass the bound, from its arguments alone; returns
+    the arguments (an iterable given to ``join`` is read once, here)."""
+    if name in ("center", "ljust", "rjust", "zfill") and args and isinstance(args[0], int):
+        _too_big(args[0], f"str.{name}() width")
+    elif name == "expandtabs":
+        tab = args[0] if args else kwargs.get("tabsize", 8)
+        _too_big(len(text) * max(int(tab), 1), "str.expandtabs() result")
+    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+        hits = len(text) + 1 if not args[0] else text.count(args[0])
+        _too_big(len(text) + hits * max(len(args[1]) - len(args[0]), 0), "str.replace() result")
+    elif name == "join" and args:
+        items = list(args[0])
+        _too_big(len(text) * max(len(items) - 1, 0) + sum(len(i) for i in items if isinstance(i, str)),
+                 "str.join() result")
+        args = (items, *args[1:])
+    return args
+
+
+_PRINTABLE = (str, int, float, Decimal, date, type(None))
+
+
+def _printable(value):
+    """What ``{{ ... }}`` may print: text, numbers, dates, and lists or mappings of them. A function, a
+    class or any other object would print its repr, with module paths and memory addresses."""
+    kind = type(value)
+    if kind in _PRINTABLE or isinstance(value, (*_PRINTABLE, Undefined)):  # an undefined says so itself
+        return value
+    if kind in (list, tuple) and all(_printable(v) is v for v in value):
+        return value
+    if kind is dict and all(_printable(k) is k and _printable(v) is v for k, v in value.items()):
+        return value
+    raise SecurityError(f"a {kind.__name__} cannot be printed in a message; print a text, number or date")
+
+
+def _bounded_filters(filters: dict) -> dict:
+    """Jinja's filters that size their result from an argument, checked first (filters are not calls)."""
+    from jinja2 import filters as jf
+
+    def center(value, width=80):
+        _too_big(int(width), "center() width")
+        return jf.do_center(value, width)
+
+    def format_(value, *args, **kwargs):
+        _check_format(str(value))
+        return jf.do_format(value, *args, **kwargs)
+
+    @pass_eval_context
+    def join(eval_ctx, value, d="", attribute=None):
+        items = list(value)
+        _too_big(len(str(d)) * max(len(items) - 1, 0) + sum(len(i) for i in items if isinstance(i, str)),
+                 "join() result")
+        return jf.sync_do_join(eval_ctx, items, d, attribute)
+
+    def indent(s, width=4, first=False, blank=False):
+        pad = width if isinstance(width, int) else len(str(width))
+        _too_big(len(str(s)) + (str(s).count("\n") + 1) * pad, "indent() result")
+        return jf.do_indent(s, width, first, blank)
+
+    @pass_eval_context
+    def replace(eval_ctx, s, old, new, count=None):
+        text, old, new = str(s), str(old), str(new)
+        hits = len(text) + 1 if not old else text.count(old)
+        _too_big(len(text) + hits * max(len(new) - len(old), 0), "replace() result")
+        return jf.do_replace(eval_ctx, s, old, new, count)
+
+    return {**filters, "center": center, "format": format_, "join": join, "indent": indent, "replace": replace}
+
+
 class _EmailEnvironment(ImmutableSandboxedEnvironment):
     """The immutable sandbox, minus checks that cannot fail, on the paths every message takes.
 
@@ -166,7 +263,7 @@ class _EmailEnvironment(ImmutableSandboxedEnvironment):
     template_class = _EmailTemplate
     t_function: object = _MISSING  # the renderer's t(), set by Renderer
     # The operators that can build an unbounded value are checked (see call_binop); others are not.
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Context, operator: str, left, right):
         if operator == "*":
@@ -175,6 +272,8 @@ class _EmailEnvironment(ImmutableSandboxedEnvironment):
                     raise SecurityError(f"a value of {len(seq) * n} items; at most {MAX_VALUE_CHARS} in a template")
         elif operator == "**" and isinstance(right, int | float) and abs(right) > 64:
             raise SecurityError(f"an exponent of {right}; at most 64 in a template")
+        elif operator == "%" and isinstance(left, str):
+            _check_format(left)
         return super().call_binop(context, operator, left, right)
 
     def call(self, context: Context, obj, /, *args, **kwargs):
@@ -185,10 +284,14 @@ class _EmailEnvironment(ImmutableSandboxedEnvironment):
             return obj(context, *args, **kwargs)
         if type(obj) is Macro:
             return context.call(obj, *args, **kwargs)
+        if isinstance(getattr(obj, "__self__", None), str):
+            args = _check_str_method(obj.__self__, obj.__name__, args, kwargs)
         return super().call(context, obj, *args, **kwargs)
 
     def getattr(self, obj, attribute: str):
         kind = type(obj)
+        if kind is str and attribute in ("format", "format_map"):
+            _check_format(obj)  # the sandbox wraps str.format, so the call itself is not seen as one
         if kind is dict:
             if attribute not in _DICT_ATTRIBUTES and attribute in obj:
                 return obj[attribute]
@@ -221,9 +324,11 @@ class Renderer:
             lstrip_blocks=True,
             auto_reload=False,
             cache_size=-1,
+            finalize=_printable,
         )
         self.env.globals["t"] = self.env.t_function = self._t
         self.env.globals["range"] = _bounded_range
+        self.env.filters = _bounded_filters(self.env.filters)
 
     def _catalog(self, lang: str) -> dict[str, str]:
         path = self.folder / "locales" / f"{lang}.yaml"
@@ -274,7 +379,7 @@ class Renderer:
                               f"{self.render_seconds:g} s; loops over too many items?") from None
         except RenderError:
             raise
-        except (TemplateError, ArithmeticError, TypeError, ValueError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure of a template (IndexError, RecursionError, ...) is its own
             raise RenderError(f"template {template} ({context.get('lang')}): {exc.__class__.__name__}: {exc}") from None
         size = len(subject) + len(html) + len(text)
         if size > MAX_MESSAGE_CHARS:
