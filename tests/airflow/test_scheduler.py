@@ -126,3 +126,44 @@ def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, eng
     assert len(ledger) >= 5 and {state for _, state in ledger} == {"sent"}  # 6 birthdays less the ~5% holdout
     received = sorted(str(m["Message-ID"]) for m in sink.handler.parsed())
     assert received == sorted(m for m, _ in ledger)
+
+    # A retry of every send task after it sent (as after a lost worker or a cleared task): the scheduler
+    # runs them again, and nothing is sent twice.
+    cleared = client.post(f"/dags/{DAG_ID}/clearTaskInstances",
+                          json={"dag_run_id": run_id, "task_ids": ["send"], "dry_run": False, "only_failed": False})
+    assert cleared.is_success, cleared.text
+    _wait("the cleared send tasks to run again",
+          lambda: all(t["try_number"] >= 2 and t["state"] == "success" for t in client.get(
+              f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+              if t["task_id"] == "send"), 120, log)
+    assert _wait("the DAG run to finish again", finished, 120, log) == "success"
+    assert sorted(str(m["Message-ID"]) for m in sink.handler.parsed()) == received
+
+    # A backfill of two earlier dates: each day's birthdays get their message once, none is skipped, and
+    # backfilling the same dates again (completed runs reprocessed) sends nothing more.
+    days = [recent_day(4), recent_day(3)]
+    add_customers(engine, *[{"customer_id": f"D{d.day}-{i}", "birthday": born_on(d)} for d in days for i in range(4)])
+    body = {"dag_id": DAG_ID, "from_date": f"{days[0]}T00:00:00+05:30", "to_date": f"{days[-1]}T23:59:00+05:30",
+            "max_active_runs": 2, "dag_run_conf": {}}
+
+    def backfilled(backfill_id: int):
+        if client.get(f"/backfills/{backfill_id}").json()["completed_at"] is None:
+            return None
+        return client.get(f"/dags/{DAG_ID}/dagRuns", params={"run_type": "backfill"}).json()["dag_runs"]
+
+    first = client.post("/backfills", json=body)
+    assert first.is_success, first.text
+    runs = _wait("the backfill to finish", lambda: backfilled(first.json()["id"]), 240, log)
+    assert len(runs) == 2 and {r["state"] for r in runs} == {"success"}
+    with engine.connect() as conn:
+        ledger = conn.execute(select(Message.customer_id, Message.message_id, Message.state)
+                              .where(~Message.test)).all()
+    by_day = {d: sorted(c for c, _, s in ledger if c.startswith(f"D{d.day}-") and s == "sent") for d in days}
+    assert all(len(people) >= 3 for people in by_day.values()), by_day  # 4 each less the ~5% holdout
+    arrived = [str(m["Message-ID"]) for m in sink.handler.parsed()]
+    assert sorted(arrived) == sorted(m for _, m, _ in ledger) and len(set(arrived)) == len(arrived)
+    again = client.post("/backfills", json=body | {"reprocess_behavior": "completed"})
+    assert again.is_success, again.text
+    rerun = _wait("the second backfill to finish", lambda: backfilled(again.json()["id"]), 240, log)
+    assert {r["state"] for r in rerun} == {"success"}
+    assert sorted(str(m["Message-ID"]) for m in sink.handler.parsed()) == sorted(arrived)
