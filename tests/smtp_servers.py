@@ -14,6 +14,7 @@ import asyncio
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from email import policy
 from email.parser import BytesParser
@@ -32,6 +33,7 @@ class FaultyHandler:
     def __init__(self, slow_seconds: float = 0.2) -> None:
         self.messages: list[bytes] = []
         self.rcpt_tries: Counter[str] = Counter()
+        self.rcpt_times: dict[str, list[float]] = {}  # monotonic time of every RCPT, per address
         self.lock = threading.Lock()
         self.slow_seconds = slow_seconds
         self.connections = 0  # EHLOs seen: one per connection, two with STARTTLS
@@ -46,6 +48,7 @@ class FaultyHandler:
         local = address.split("@", 1)[0]
         with self.lock:
             self.rcpt_tries[address] += 1
+            self.rcpt_times.setdefault(address, []).append(time.monotonic())
             tries = self.rcpt_tries[address]
         if local.startswith("temp451"):
             return "451 4.3.0 mailbox busy, try again later"
