@@ -13,6 +13,8 @@ which planning and delivery both read, and which outlives a later re-import of t
 from __future__ import annotations
 
 import html
+import re
+import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
@@ -31,6 +33,8 @@ from crm_tasks.store.models import ArchivedCustomer, ArchiveStatus, Customer, Cu
 NO_STORE = {"Cache-Control": "no-store", "X-Robots-Tag": "noindex", "Referrer-Policy": "no-referrer"}
 # The one-click body is "List-Unsubscribe=One-Click": a public route reads no more than this.
 MAX_BODY_BYTES = 1024
+# What a link of ours looks like: a base64url customer id (at most 64 bytes) and a 16-byte signature.
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{1,86}\.[A-Za-z0-9_-]{22}")
 
 
 class Outcome(StrEnum):
@@ -39,6 +43,31 @@ class Outcome(StrEnum):
     RECORDED = "recorded"  # a new suppression now stops every later plan and send
     ALREADY = "already"  # the address was suppressed before (an earlier click, a purge, an erasure)
     UNKNOWN = "unknown"  # the CRM keeps no trace of the customer: nothing could be recorded
+
+
+class Strikes:
+    """Sources that keep sending links that are not valid (guessing ids, scanning) are refused for the
+    rest of the minute: a valid link is never counted, so no real opt-out is ever turned away. In memory,
+    per api-server process, for at most ``max_sources`` sources (past that it starts afresh)."""
+
+    def __init__(self, limit: int = 30, window: float = 60.0, clock=time.monotonic, max_sources: int = 10_000):
+        self.limit, self.window, self.clock, self.max_sources = limit, window, clock, max_sources
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def blocked(self, source: str) -> bool:
+        start, count = self._seen.get(source, (0.0, 0))
+        return count >= self.limit and self.clock() - start < self.window
+
+    def strike(self, source: str) -> None:
+        now = self.clock()
+        start, count = self._seen.get(source, (now, 0))
+        if now - start >= self.window:
+            start, count = now, 0
+        if len(self._seen) >= self.max_sources:
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}
+            if len(self._seen) >= self.max_sources:
+                self._seen.clear()
+        self._seen[source] = (start, count + 1)
 
 
 # A merged-away profile names its survivor; a survivor may itself be merged later.
@@ -91,9 +120,10 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status, headers=NO_STORE)
 
 
-def create_app(get_settings=settings, get_engine=None) -> FastAPI:
+def create_app(get_settings=settings, get_engine=None, strikes: Strikes | None = None) -> FastAPI:
     """The app; settings and the engine are read on the first request, never at import (plugins load early)."""
     app = FastAPI(title="CRM unsubscribe", docs_url=None, redoc_url=None, openapi_url=None)
+    strikes = strikes or Strikes()
 
     @lru_cache(maxsize=1)
     def engine() -> Engine:
@@ -103,20 +133,35 @@ def create_app(get_settings=settings, get_engine=None) -> FastAPI:
 
         return make_engine(get_settings().resolved_database_url())
 
-    def customer_for(token: str) -> str | None:
-        with engine().connect() as conn:
-            keys = load_keys(conn, get_settings())
-        try:
-            return verify_unsubscribe_token(token, keys.verifying)
-        except InvalidToken:
-            return None
+    def customer_for(token: str, request: Request) -> str | None:
+        """The customer a valid link names; None (and a strike for its source) for any other."""
+        source = request.client.host if request.client else "unknown"
+        if TOKEN_SHAPE.fullmatch(token):  # no database read for what cannot be a link of ours
+            with engine().connect() as conn:
+                keys = load_keys(conn, get_settings())
+            try:
+                return verify_unsubscribe_token(token, keys.verifying)
+            except InvalidToken:
+                pass
+        strikes.strike(source)
+        return None
+
+    def refused(request: Request):
+        source = request.client.host if request.client else "unknown"
+        if strikes.blocked(source):
+            page = _page("Too many links that are not valid", "<p>Try again in a minute.</p>", 429)
+            page.headers["Retry-After"] = str(int(strikes.window))
+            return page
+        return None
 
     invalid = ("Link not valid", ("<p>This unsubscribe link is not valid. Use the link from your e-mail, "
                                   "or reply to it asking to be removed.</p>"), 400)
 
     @app.get("/unsubscribe/{token}")
-    def confirm(token: str):
-        if customer_for(token) is None:
+    def confirm(token: str, request: Request):
+        if (page := refused(request)) is not None:
+            return page
+        if customer_for(token, request) is None:
             return _page(*invalid)
         action = html.escape(token)
         return _page("Unsubscribe", f"<p>Stop marketing e-mails from {html.escape(get_settings().campaigns.sender.name)}"
@@ -126,7 +171,9 @@ def create_app(get_settings=settings, get_engine=None) -> FastAPI:
 
     @app.post("/unsubscribe/{token}")
     async def one_click(token: str, request: Request):
-        customer_id = customer_for(token)
+        if (page := refused(request)) is not None:
+            return page
+        customer_id = customer_for(token, request)
         if customer_id is None:
             return _page(*invalid)
         body = await _bounded_body(request, MAX_BODY_BYTES)

@@ -144,3 +144,23 @@ def test_the_public_route_reads_no_large_body(engine, cfg, client, keys):
     assert streamed.status_code == 413  # no Content-Length to trust: the stream is cut off
     assert suppressions(engine) == 0
     assert client.post(url, **ONE_CLICK).status_code == 200
+
+
+def test_a_source_that_keeps_sending_invalid_links_is_refused_for_a_while(engine, cfg, keys):
+    from fastapi.testclient import TestClient
+
+    from crm_tasks.delivery.unsubscribe import Strikes, create_app
+
+    now = [1000.0]
+    client = TestClient(create_app(lambda: cfg, lambda: engine, Strikes(limit=3, window=60, clock=lambda: now[0])))
+    add_customers(engine, {"customer_id": "C1"})
+    good = unsubscribe_token("C1", keys.signing)
+    assert client.get(f"/unsubscribe/{good}").status_code == 200  # valid links are never counted
+    ident, sig = good.split(".")
+    flipped = f"{ident}.{'B' if sig[0] == 'A' else 'A'}{sig[1:]}"  # the signature's first 6 bits changed
+    for bad in ("garbage", unsubscribe_token("C1", "x" * 40), flipped):
+        assert client.get(f"/unsubscribe/{bad}").status_code == 400
+    blocked = client.post(f"/unsubscribe/{good}", **ONE_CLICK)
+    assert blocked.status_code == 429 and blocked.headers["retry-after"] == "60" and suppressions(engine) == 0
+    now[0] += 61  # a minute later the same source is served again
+    assert client.post(f"/unsubscribe/{good}", **ONE_CLICK).status_code == 200 and suppressions(engine) == 1
