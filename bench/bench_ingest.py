@@ -128,7 +128,7 @@ def raw_copy(url: str, landing: Path, day: date) -> dict:
         conn.execute(text("DROP TABLE IF EXISTS ref_purchases"))
         conn.execute(text("CREATE TABLE ref_purchases (LIKE purchases INCLUDING DEFAULTS)"))
         conn.execute(text("ALTER TABLE ref_purchases ALTER batch_id DROP NOT NULL, ALTER line_no DROP NOT NULL, "
-                          "ADD UNIQUE (transaction_id)"))
+                          "ADD PRIMARY KEY (id), ADD UNIQUE (transaction_id)"))
     with open(path, "rb") as fh:
         header = fh.readline().decode().strip()
     raw = engine.raw_connection()

@@ -144,3 +144,21 @@ def test_duplicates_fall_back_to_an_exact_rebuild(engine, cfg, landing):
     m = stored_metrics(engine)
     assert m.loc[("C1", "INR")]["orders"] == 3 and m.loc[("C1", "INR")]["revenue"] == Decimal("35")
     assert_metrics_match(engine)
+
+
+def test_a_bulk_load_gets_the_same_metrics_as_pandas(engine, cfg, landing, monkeypatch):
+    """A bulk load (secondary indexes dropped and rebuilt, purchases straight through COPY on PostgreSQL)
+    over profiles that already had metrics: exact, on both dialects, with a duplicate inside."""
+    from crm_tasks.ingest import batches as ingest
+
+    write_csv(landing, "purchases", "2026-03-01", [purchase(f"A{i}", customer=f"C{i % 5}", amount="10.50")
+                                                   for i in range(12)])
+    ingest_dates(engine, cfg, [date(2026, 3, 1)])
+    monkeypatch.setattr(ingest._PurchaseLoader, "BULK_MIN_ROWS", 1)
+    monkeypatch.setattr(ingest._PurchaseLoader, "BYTES_PER_ROW", 1)
+    bulk = [purchase(f"B{i}", customer=f"C{i % 9}", amount=f"{i}.25", at="2026-03-02T10:00:00+05:30")
+            for i in range(60)]
+    write_csv(landing, "purchases", "2026-03-02", [*bulk, purchase("B3", customer="C3", amount="999")])
+    (batch,) = ingest_dates(engine, cfg, [date(2026, 3, 2)]).batches
+    assert (batch.rows_loaded, batch.rows_duplicate) == (60, 1)
+    assert_metrics_match(engine)
