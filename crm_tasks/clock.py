@@ -121,3 +121,10 @@ def cleanup_as_of(interval_end: datetime | None, run_after: datetime, tz: str) -
     """The business day a DAG run cleans as of: the local day before its data interval ends (the last
     complete day of the week it covers); for a manual run, the day before it was triggered. Never now()."""
     return (interval_end or run_after).astimezone(ZoneInfo(tz)).date() - timedelta(days=1)
+
+
+def running_from(moment: datetime):
+    """A clock that starts at ``moment`` and runs at the speed of real time: delivering a plan for a past
+    date as if on that day (benchmarks, tests, replays), with real waits between retries."""
+    start = time.monotonic()
+    return lambda: moment + timedelta(seconds=time.monotonic() - start)

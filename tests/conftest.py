@@ -25,8 +25,8 @@ os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME /
 os.environ.pop("CRM_DATABASE_URL", None)
 os.environ.pop("CRM_LANDING_DIR", None)
 
-from crm_tasks.settings import load_settings, settings  # noqa: E402
-from crm_tasks.store.engine import make_engine, upgrade  # noqa: E402
+from crm_tasks.settings import load_settings, settings
+from crm_tasks.store.engine import make_engine, upgrade
 
 POSTGRES_URL = os.environ.get("CRM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -52,13 +51,6 @@ def write_csv(landing: Path, source: str, day: str, rows, header=None, name: str
 def rows(engine, model, *where):
     with engine.connect() as conn:
         return conn.execute(select(model).where(*where)).all()
-
-
-def clock_from(moment: datetime):
-    """A clock that starts at ``moment`` and runs at the speed of real time: delivery of a plan for a
-    fixed past date, at a time when its messages are due and not yet stale, with real retry waits."""
-    start = time.monotonic()
-    return lambda: moment + timedelta(seconds=time.monotonic() - start)
 
 
 def recent_day(days_ago: int = 2, tz: str = "Asia/Kolkata") -> date:

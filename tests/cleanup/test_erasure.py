@@ -12,6 +12,7 @@ from sqlalchemy import func, insert, inspect, select, text
 
 from crm_tasks.campaigns.planning import plan_campaign
 from crm_tasks.cleanup.erasure import erase
+from crm_tasks.clock import running_from
 from crm_tasks.delivery.suppression import email_hash
 from crm_tasks.messages.preview import preview_message
 from crm_tasks.store.models import (
@@ -26,7 +27,6 @@ from crm_tasks.store.models import (
     Suppression,
 )
 from tests.factories import add_customers, buy, campaign
-from tests.helpers import clock_from
 
 EMAIL = "zara.quill@example.org"
 NEEDLES = (EMAIL, "Zarathustra", "Quillfeather", "9876543210")
@@ -102,7 +102,7 @@ def test_a_person_is_erased_from_every_table_and_data_folder(person, engine, cfg
     sink.start()
     try:
         sent = deliver(engine, cfg.model_copy(update={"smtp_url": f"smtp+insecure://127.0.0.1:{port}"}),
-                       "birthday", None, clock=clock_from(datetime(2026, 5, 4, 6, 0, tzinfo=UTC)))
+                       "birthday", None, clock=running_from(datetime(2026, 5, 4, 6, 0, tzinfo=UTC)))
     finally:
         sink.stop()
     assert sent.sent == 2 and len(list(mail.glob("*.eml"))) == 2

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from crm_tasks.campaigns.planning import ALREADY_SENT, plan_campaign
+from crm_tasks.clock import running_from
 from crm_tasks.delivery.send import deliver
 from crm_tasks.store.models import CampaignPlanRow, Message
 from tests.factories import add_customers, campaign, recipients
-from tests.helpers import clock_from
 from tests.smtp_servers import SmtpServer
 
 MAR1 = {"field": "birthday", "recurrence": "yearly", "feb29": "mar1"}
@@ -47,7 +47,7 @@ def run_day(engine, cfg, srv: SmtpServer, c, day: date, at: datetime | None = No
     plan = plan_campaign(engine, cfg, c, day, datetime.combine(day, datetime.min.time(), UTC) + timedelta(minutes=30),
                          sample=1000)
     done = deliver(engine, fast(cfg, srv.url), c.name, plan.run_id,
-                   clock=clock_from(at or datetime.combine(day, datetime.min.time(), UTC) + 12 * HOUR))
+                   clock=running_from(at or datetime.combine(day, datetime.min.time(), UTC) + 12 * HOUR))
     return plan, done
 
 
@@ -230,7 +230,7 @@ def test_the_day_ends_at_the_next_local_midnight_not_24_hours_after_it_began(eng
     if (hours, before_end) == (23, False):
         assert at < start + 24 * HOUR
     with SmtpServer() as srv:
-        done = deliver(engine, fast(cfg, srv.url), c.name, plan.run_id, clock=clock_from(at))
+        done = deliver(engine, fast(cfg, srv.url), c.name, plan.run_id, clock=running_from(at))
         assert received(srv) == ({"c1@example.com": 1} if state == "sent" else {})
     assert (done.sent, done.expired) == ((1, 0) if state == "sent" else (0, 1))
     row = ledger(engine)[f"birthday:C1:{day.year}"]

@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from crm_tasks.campaigns.definitions import OFFER_LATENESS_DAYS
 from crm_tasks.campaigns.planning import lateness_limit, plan_campaign
+from crm_tasks.clock import running_from
 from crm_tasks.delivery.send import campaign_status, deliver, run_report
 from crm_tasks.store.models import Message
 from tests.factories import add_customers, campaign
-from tests.helpers import clock_from
 from tests.smtp_servers import SmtpServer, free_port
 
 AS_OF = date(2026, 5, 10)
@@ -41,7 +41,7 @@ def test_a_birthday_mail_not_sent_on_its_local_day_is_expired_never_sent(engine,
     assert rows["IR"].expires_at == datetime(2026, 5, 10, 20, 30, tzinfo=UTC)
     with SmtpServer() as srv:
         result = deliver(engine, fast(cfg, srv.url), "birthday", plan.run_id,
-                         clock=clock_from(datetime(2026, 5, 10, 19, 0, tzinfo=UTC)))
+                         clock=running_from(datetime(2026, 5, 10, 19, 0, tzinfo=UTC)))
         got = [m["to"].addresses[0].addr_spec for m in srv.handler.parsed()]
     assert got == ["ir@example.com"]  # still 10 May in Tehran; already 11 May in Kolkata
     rows = messages(engine)
@@ -63,16 +63,16 @@ def test_deferred_messages_swept_weeks_later_expire_instead_of_going_out(engine,
     plan = plan_campaign(engine, cfg, campaign(coupon={"value": 15, "valid_days": 14}), AS_OF, RUN_AT, sample=0)
     dead = f"smtp+insecure://127.0.0.1:{free_port()}"
     first = deliver(engine, fast(cfg, dead, retry_seconds=60), "birthday", plan.run_id,
-                    clock=clock_from(datetime(2026, 5, 10, 6, 0, tzinfo=UTC)))
+                    clock=running_from(datetime(2026, 5, 10, 6, 0, tzinfo=UTC)))
     assert first.states == {"deferred": 3}
     with SmtpServer() as srv:
         later = deliver(engine, fast(cfg, srv.url), "birthday", None,
-                        clock=clock_from(datetime(2026, 12, 3, 6, 0, tzinfo=UTC)))
+                        clock=running_from(datetime(2026, 12, 3, 6, 0, tzinfo=UTC)))
         assert srv.handler.messages == []
     assert later.expired == 3 and later.sent == 0
     assert {r.state for r in messages(engine).values()} == {"expired"}
     # A later run has nothing left to sweep.
-    assert deliver(engine, fast(cfg, None), "birthday", None, clock=clock_from(datetime(2026, 12, 4, tzinfo=UTC))
+    assert deliver(engine, fast(cfg, None), "birthday", None, clock=running_from(datetime(2026, 12, 4, tzinfo=UTC))
                    ).batches == 0
 
 
@@ -90,7 +90,7 @@ def test_a_coupon_caps_an_offers_lateness_and_an_offer_waits_its_days(engine, cf
     with SmtpServer() as srv:
         # 11 May, 18:00 in Kolkata: the coupon is valid until the day ends.
         on_time = deliver(engine, fast(cfg, srv.url), "birthday", None,
-                          clock=clock_from(datetime(2026, 5, 11, 12, 30, tzinfo=UTC)))
+                          clock=running_from(datetime(2026, 5, 11, 12, 30, tzinfo=UTC)))
     assert on_time.sent == 2
 
 
@@ -100,5 +100,5 @@ def test_test_messages_never_expire(engine, cfg):
     assert messages(engine)["C1"].expires_at is None
     with SmtpServer() as srv:
         result = deliver(engine, fast(cfg, srv.url), "birthday", plan.run_id,
-                         clock=clock_from(datetime(2026, 5, 10, 6, 0, tzinfo=UTC) + timedelta(days=3)))
+                         clock=running_from(datetime(2026, 5, 10, 6, 0, tzinfo=UTC) + timedelta(days=3)))
     assert result.sent == 1 and result.expired == 0

@@ -5,15 +5,16 @@ all end unknown and are never sent again."""
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from datetime import UTC, date, datetime
 
 from sqlalchemy import select
 
 from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.clock import running_from
 from crm_tasks.delivery.send import deliver
 from crm_tasks.store.models import Message
 from tests.factories import add_customers, campaign
-from tests.helpers import clock_from
 from tests.smtp_servers import SmtpServer
 
 AS_OF = date(2026, 5, 10)
@@ -34,9 +35,9 @@ def test_the_backoff_between_attempts_is_waited_and_capped(engine, cfg):
         # Delays 0.4, 0.8, then 1.6 capped at 1.0 s: four attempts in all.
         result = deliver(engine, settings_with(cfg, srv.url, retry_seconds=0.4, retry_factor=2.0,
                                                max_retry_seconds=1.0, max_attempts=4),
-                         "birthday", plan.run_id, clock=clock_from(SENT_AT))
+                         "birthday", plan.run_id, clock=running_from(SENT_AT))
         times = srv.handler.rcpt_times["temp451@example.com"]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in pairwise(times)]
     assert len(times) == 4 and result.failed == 1 and result.sent == 1
     for gap, delay in zip(gaps, [0.4, 0.8, 1.0], strict=True):
         assert delay - 0.05 <= gap <= delay + 0.6, (gaps, "each retry waits its backoff, and no longer than needed")
@@ -54,8 +55,8 @@ def test_drops_after_data_across_batches_all_end_unknown_and_are_never_resent(en
     plan = plan_campaign(engine, cfg, campaign(), AS_OF, RUN_AT, sample=0)
     with SmtpServer() as srv:
         c = settings_with(cfg, srv.url, batch_size=10, retry_seconds=0.05, max_attempts=5)
-        first = deliver(engine, c, "birthday", plan.run_id, clock=clock_from(SENT_AT))
-        again = deliver(engine, c, "birthday", None, clock=clock_from(SENT_AT))
+        first = deliver(engine, c, "birthday", plan.run_id, clock=running_from(SENT_AT))
+        again = deliver(engine, c, "birthday", None, clock=running_from(SENT_AT))
         tries = Counter(srv.handler.rcpt_tries)
         arrived = Counter(m["Message-ID"] for m in srv.handler.parsed())
     assert first.batches == 4 and (first.sent, first.unknown) == (36, 4)

@@ -9,13 +9,13 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.clock import running_from
 from crm_tasks.delivery.ledger import FINAL
 from crm_tasks.delivery.send import deliver, prepare_delivery, send_batch
 from crm_tasks.delivery.suppression import email_hash
 from crm_tasks.messages.mime import message_id_for
 from crm_tasks.store.models import AddressBounce, Customer, Message, Suppression
 from tests.factories import add_customers, campaign
-from tests.helpers import clock_from
 from tests.smtp_servers import SmtpServer, free_port
 
 AS_OF = date(2026, 5, 10)
@@ -42,7 +42,7 @@ def fast(cfg, url: str | None, **delivery):
 def plan_and_deliver(engine, cfg, c=None, **kw):
     c = c or campaign()
     plan = plan_campaign(engine, cfg, c, AS_OF, RUN_AT, sample=0)
-    return plan, deliver(engine, cfg, c.name, plan.run_id, **kw, clock=clock_from(SENT_AT))
+    return plan, deliver(engine, cfg, c.name, plan.run_id, **kw, clock=running_from(SENT_AT))
 
 
 def ledger(engine) -> dict[str, tuple]:
@@ -148,7 +148,7 @@ def test_consent_and_suppression_are_checked_again_at_send_time(engine, cfg, key
                                                 created_at=RUN_AT))
         conn.execute(update(Customer).where(Customer.customer_id == ids[2]).values(email="new@example.com"))
     with SmtpServer() as srv:
-        result = deliver(engine, fast(cfg, srv.url), c.name, plan.run_id, clock=clock_from(SENT_AT))
+        result = deliver(engine, fast(cfg, srv.url), c.name, plan.run_id, clock=running_from(SENT_AT))
         got = [m["to"].addresses[0].addr_spec for m in srv.handler.parsed()]
     assert got == ["d@example.com"]
     why = {r.recipient: (r.state, r.last_error) for r in ledger(engine).values()}
@@ -166,13 +166,13 @@ def test_a_refused_connection_defers_then_a_later_run_delivers_once(engine, cfg)
     assert all("cannot connect" in r.last_error for r in ledger(engine).values())
     with SmtpServer() as srv:
         # Not due yet: nothing is sent before the retry time.
-        assert deliver(engine, fast(cfg, srv.url), "birthday", None, clock=clock_from(SENT_AT)).sent == 0
+        assert deliver(engine, fast(cfg, srv.url), "birthday", None, clock=running_from(SENT_AT)).sent == 0
         with engine.begin() as conn:  # ten minutes later
             conn.execute(update(Message).values(next_attempt_at=RUN_AT))
         # The next run sweeps deferred messages.
-        again = deliver(engine, fast(cfg, srv.url), "birthday", None, clock=clock_from(SENT_AT))
+        again = deliver(engine, fast(cfg, srv.url), "birthday", None, clock=running_from(SENT_AT))
         assert again.sent == 2 and len(srv.handler.messages) == 2
-        assert deliver(engine, fast(cfg, srv.url), "birthday", None, clock=clock_from(SENT_AT)).batches == 0
+        assert deliver(engine, fast(cfg, srv.url), "birthday", None, clock=running_from(SENT_AT)).batches == 0
         assert len(srv.handler.messages) == 2
     assert {r.state for r in ledger(engine).values()} == {"sent"}
 

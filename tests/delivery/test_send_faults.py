@@ -15,12 +15,12 @@ from datetime import UTC, date, datetime
 from sqlalchemy import select
 
 from crm_tasks.campaigns.planning import plan_campaign
+from crm_tasks.clock import running_from
 from crm_tasks.delivery.ledger import FINAL
 from crm_tasks.delivery.send import deliver
 from crm_tasks.store.models import Message
 from tests.conftest import REPO
 from tests.factories import add_customers, campaign
-from tests.helpers import clock_from
 from tests.smtp_servers import SmtpServer
 
 AS_OF = date(2026, 5, 10)
@@ -33,10 +33,10 @@ from crm_tasks.settings import settings
 from crm_tasks.store.engine import make_engine
 from crm_tasks.delivery.send import deliver
 from datetime import UTC, datetime
-from tests.helpers import clock_from
+from crm_tasks.clock import running_from
 SENT_AT = datetime(2026, 5, 10, 6, 0, tzinfo=UTC)
 cfg = settings()
-deliver(make_engine(cfg.resolved_database_url()), cfg, "birthday", int(sys.argv[1]), clock=clock_from(SENT_AT))
+deliver(make_engine(cfg.resolved_database_url()), cfg, "birthday", int(sys.argv[1]), clock=running_from(SENT_AT))
 """
 
 
@@ -72,7 +72,7 @@ def test_a_sender_killed_mid_batch_then_retried_delivers_each_message_at_most_on
         assert states["sent"] < n and (states["sending"] or states["claimed"] or states["planned"])
         # The retry (a new process in Airflow; here this one) takes over the dead sender's claims.
         result = deliver(engine, cfg.model_copy(update={"smtp_url": srv.url}), "birthday", plan.run_id,
-                         clock=clock_from(SENT_AT))
+                         clock=running_from(SENT_AT))
         got = received_ids(srv)
     after = ledger(engine)
     assert len(after) == n and all(r.state in FINAL for r in after)
@@ -98,7 +98,7 @@ def test_two_senders_of_the_same_campaign_at_once_never_send_a_message_twice(eng
 
         def run():
             try:
-                results.append(deliver(engine, c, "birthday", plan.run_id, clock=clock_from(SENT_AT)))
+                results.append(deliver(engine, c, "birthday", plan.run_id, clock=running_from(SENT_AT)))
             except Exception as exc:  # noqa: BLE001 - reported by the assertion below
                 errors.append(exc)
 
@@ -120,10 +120,10 @@ def test_re_running_the_same_date_after_delivery_sends_nothing_again(engine, cfg
     with SmtpServer() as srv:
         cfg = cfg.model_copy(update={"smtp_url": srv.url})
         first = plan_campaign(engine, cfg, c, AS_OF, RUN_AT, sample=0)
-        assert deliver(engine, cfg, c.name, first.run_id, clock=clock_from(SENT_AT)).sent == 6
+        assert deliver(engine, cfg, c.name, first.run_id, clock=running_from(SENT_AT)).sent == 6
         again = plan_campaign(engine, cfg, c, AS_OF, RUN_AT, sample=0)
         assert again.recipients == 0 and again.reasons == {"already_sent": 6}
-        assert deliver(engine, cfg, c.name, again.run_id, clock=clock_from(SENT_AT)).sent == 0
+        assert deliver(engine, cfg, c.name, again.run_id, clock=running_from(SENT_AT)).sent == 0
         assert len(srv.handler.messages) == 6
     # The first run, whose messages went out, is kept (replaced) so that its ledger stays visible.
     from crm_tasks.delivery.send import campaign_status

@@ -55,7 +55,7 @@ def test_good_and_bad_rows_reconcile(engine, cfg, landing):
     assert "purchased_at '31/02/2026' is not an ISO 8601 timestamp" in quarantined[5].reason
     amounts = {r.transaction_id: r.amount for r in rows(engine, Purchase)}
     assert amounts["T1"] == Decimal("100.5000") and amounts["T5"] == Decimal("-20.2500")
-    assert amounts["T6"] == Decimal("0")
+    assert amounts["T6"] == Decimal(0)
     stored = rows(engine, IngestBatch)[0]
     assert (stored.rows_read, stored.rows_loaded, stored.rows_quarantined, stored.rows_duplicate) == (67, 63, 3, 1)
     assert len(stored.checksum) == 64 and stored.status == "loaded"
@@ -81,12 +81,12 @@ def test_corrected_file_replaces_rows_from_that_file(engine, cfg, landing):
     write_csv(landing, "purchases", DAY, [purchase("T1", amount="11"), purchase("T4", amount="40")])
     second = ingest_dates(engine, cfg, [D]).batches[0]
     assert second.replaced_batch_id == first.batch_id
-    assert {r.transaction_id: r.amount for r in rows(engine, Purchase)} == {"T1": Decimal("11"), "T4": Decimal("40")}
+    assert {r.transaction_id: r.amount for r in rows(engine, Purchase)} == {"T1": Decimal(11), "T4": Decimal(40)}
     assert count(engine, QuarantinedRow) == 0  # the bad row belonged to the replaced version
     statuses = {b.id: b.status for b in rows(engine, IngestBatch)}
     assert statuses == {first.batch_id: "replaced", second.batch_id: "loaded"}
     (m,) = rows(engine, CustomerMetrics)
-    assert (m.orders, m.revenue) == (2, Decimal("51"))
+    assert (m.orders, m.revenue) == (2, Decimal(51))
 
 
 def test_duplicates_across_files_are_counted_not_loaded(engine, cfg, landing):
@@ -309,7 +309,7 @@ def test_correction_after_a_rejected_attempt_replaces_the_loaded_version(engine,
     write_csv(landing, "purchases", DAY, [purchase(f"T{i}", amount="99") for i in range(5)])
     (batch,) = ingest_dates(engine, cfg, [D]).batches
     assert (batch.rows_loaded, batch.rows_duplicate) == (5, 0)
-    assert sorted(r.amount for r in rows(engine, Purchase)) == [Decimal("99")] * 5
+    assert sorted(r.amount for r in rows(engine, Purchase)) == [Decimal(99)] * 5
     assert [b.status for b in rows(engine, IngestBatch)] == ["replaced", "replaced", "loaded"]
     assert count(engine, QuarantinedRow) == 0
 

@@ -81,7 +81,7 @@ def test_incremental_equals_full_rebuild_after_a_correction(engine, cfg, landing
     # A corrected file for day 3: every amount halved, one purchase removed.
     day3 = landing / "purchases" / "dt=2026-01-03" / "purchases.csv"
     frame = pd.read_csv(day3, dtype=str, keep_default_na=False)
-    frame["amount"] = [str((Decimal(a) / 2).quantize(Decimal("1"))) for a in frame["amount"]]
+    frame["amount"] = [str((Decimal(a) / 2).quantize(Decimal(1))) for a in frame["amount"]]
     frame.iloc[1:].to_csv(day3, index=False)
     ingest_dates(engine, cfg, [date(2026, 1, 3)])
     incremental = stored_metrics(engine)
@@ -110,7 +110,7 @@ def test_refunds_free_items_ties_and_exact_sums(engine, cfg, landing):
     assert c1.avg_basket == Decimal("0.0833")  # 0.25 / 3, half away from zero
     assert c1.favourite_category == "books"  # 2 orders against toys' 1
     assert c1.first_purchase_at.hour == 9 and c1.last_purchase_at.hour == 11  # refunds are not purchases
-    assert m.loc[("C1", "PKR")].revenue == Decimal("10")
+    assert m.loc[("C1", "PKR")].revenue == Decimal(10)
     c2 = m.loc[("C2", "INR")]
     assert c2.orders == 0 and pd.isna(c2.first_purchase_at) and c2.avg_basket is None
     assert_metrics_match(engine)
@@ -142,7 +142,7 @@ def test_duplicates_fall_back_to_an_exact_rebuild(engine, cfg, landing):
     (batch,) = ingest_dates(engine, cfg, [date(2026, 3, 2)]).batches
     assert (batch.rows_loaded, batch.rows_duplicate) == (2, 2)
     m = stored_metrics(engine)
-    assert m.loc[("C1", "INR")]["orders"] == 3 and m.loc[("C1", "INR")]["revenue"] == Decimal("35")
+    assert m.loc[("C1", "INR")]["orders"] == 3 and m.loc[("C1", "INR")]["revenue"] == Decimal(35)
     assert_metrics_match(engine)
 
 
