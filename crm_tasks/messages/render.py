@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from string import Formatter
+from types import BuiltinMethodType
 
 import yaml
 from babel import Locale, UnknownLocaleError
@@ -196,13 +197,15 @@ def _check_str_method(text: str, name: str, args: tuple, kwargs: dict) -> tuple:
 
 
 _PRINTABLE = (str, int, float, Decimal, date, type(None))
+# The exact types nearly every printed value has: one set look-up, no isinstance chain, per {{ }}.
+_PRINTABLE_EXACT = frozenset({str, Markup, int, float, Decimal, date, datetime, bool, type(None)})
 
 
 def _printable(value):
     """What ``{{ ... }}`` may print: text, numbers, dates, and lists or mappings of them. A function, a
     class or any other object would print its repr, with module paths and memory addresses."""
     kind = type(value)
-    if kind in _PRINTABLE or isinstance(value, (*_PRINTABLE, Undefined)):  # an undefined says so itself
+    if kind in _PRINTABLE_EXACT or isinstance(value, (*_PRINTABLE, Undefined)):  # an undefined says so itself
         return value
     if kind in (list, tuple) and all(_printable(v) is v for v in value):
         return value
@@ -284,7 +287,7 @@ class _EmailEnvironment(ImmutableSandboxedEnvironment):
             return obj(context, *args, **kwargs)
         if type(obj) is Macro:
             return context.call(obj, *args, **kwargs)
-        if isinstance(getattr(obj, "__self__", None), str):
+        if type(obj) is BuiltinMethodType and type(obj.__self__) is str:
             args = _check_str_method(obj.__self__, obj.__name__, args, kwargs)
         return super().call(context, obj, *args, **kwargs)
 
