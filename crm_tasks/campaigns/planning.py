@@ -40,12 +40,12 @@ from crm_tasks.campaigns.coupons import unique_codes
 from crm_tasks.campaigns.definitions import Campaign
 from crm_tasks.clock import Phases, cutoff_for
 from crm_tasks.delivery.suppression import email_hash, unsubscribe_token
-from crm_tasks.store.keys import load_keys
 from crm_tasks.errors import CampaignBlocked, RenderError
 from crm_tasks.messages.mime import message_id_for
 from crm_tasks.messages.render import Renderer, language_of, message_context, renderer_for
 from crm_tasks.settings import Settings
 from crm_tasks.store.bulk import rows_in
+from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import (
     CampaignPlanRow,
     CampaignRun,

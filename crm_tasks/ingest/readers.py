@@ -10,7 +10,6 @@ Two CSV paths give the same result:
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import json

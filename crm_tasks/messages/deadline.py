@@ -16,14 +16,16 @@ import threading
 import time
 
 
-class Overtime(BaseException):  # noqa: N818 - not an Exception: no `except Exception` in a template's path may swallow it
-    """Raised inside a block that ran past its deadline."""
+class Overtime(BaseException):
+    """Raised inside a block that ran past its deadline. Not an Exception: no ``except Exception`` on a
+    template's path may swallow it."""
 
 
 class _Watchdog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._deadlines: dict[int, float] = {}  # thread id -> monotonic deadline
+        self._fired: set[int] = set()  # threads told to stop, until they leave their block
         self._thread: threading.Thread | None = None
         self._tick = 0.05
 
@@ -36,25 +38,36 @@ class _Watchdog:
                 self._thread.start()
 
     def stop(self) -> None:
-        # Under the lock: once this thread is out of the table, the watchdog can no longer raise in it.
-        # An Overtime raised just before is raised here at the latest, still inside the caller's block.
+        tid = threading.get_ident()
         with self._lock:
-            self._deadlines.pop(threading.get_ident(), None)
+            self._deadlines.pop(tid, None)
+            if tid in self._fired:
+                # Under the lock the watchdog cannot raise again; one it raised that is still pending is
+                # dropped here, so that nothing outside the block is ever interrupted.
+                self._fired.discard(tid)
+                _raise_in(tid, None)
 
     def _watch(self) -> None:
         while True:
             time.sleep(self._tick)
             now = time.monotonic()
             with self._lock:
+                # Raised again at every tick until the thread leaves its block: Python drops an asynchronous
+                # exception that lands in a generator's close() or a __del__ ("Exception ignored").
                 for tid in [t for t, d in self._deadlines.items() if d < now]:
-                    del self._deadlines[tid]
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(Overtime))
+                    self._fired.add(tid)
+                    _raise_in(tid, Overtime)
+
+
+def _raise_in(tid: int, exc: type[BaseException] | None) -> None:
+    """Make ``exc`` pending in thread ``tid`` (None: drop a pending one)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc) if exc else None)
 
 
 _WATCHDOG = _Watchdog()
 
 
-class time_limit:  # noqa: N801 - used as a function: ``with time_limit(2):``
+class time_limit:  # a class used as a function: with time_limit(2): ...
     """Raises ``Overtime`` in the ``with`` block once it has run ``seconds`` (a plain class, not a
     generator: it is entered once per message)."""
 
