@@ -13,7 +13,8 @@ ENV CRM_CONFIG=/opt/airflow/crm/crm.yaml \
     CRM_CAMPAIGNS_DIR=/opt/airflow/crm/campaigns \
     CRM_SEGMENTS_DIR=/opt/airflow/crm/segments \
     CRM_TEMPLATES_DIR=/opt/airflow/crm/templates/email \
-    CRM_LANDING_DIR=/opt/airflow/crm/landing
+    CRM_LANDING_DIR=/opt/airflow/crm/landing \
+    CRM_PREVIEW_DIR=/opt/airflow/crm/preview
 
 # The package with its runtime dependencies. Naming apache-airflow at the image's own version
 # (AIRFLOW_VERSION is set by the base image) keeps pip from upgrading or downgrading Airflow; the

@@ -184,6 +184,8 @@ class Settings(BaseModel):
     # These three may hold passwords or keys: never in a repr, a log line or a traceback.
     database_url: str | None = Field(None, repr=False)
     landing_dir: Path = REPO_ROOT / "var" / "landing"
+    # Where `crm preview` writes rendered messages, and where erasure deletes a person's: one place for both.
+    preview_dir: Path = REPO_ROOT / "var" / "preview"
     timezone: str = "Asia/Kolkata"
     ingest_hour: int = Field(2, ge=0, le=23)
     reject_threshold: float = Field(0.05, ge=0.0, le=1.0)
@@ -259,6 +261,7 @@ class Settings(BaseModel):
 _ENV = {
     "CRM_DATABASE_URL": "database_url",
     "CRM_LANDING_DIR": "landing_dir",
+    "CRM_PREVIEW_DIR": "preview_dir",
     "CRM_TIMEZONE": "timezone",
     "CRM_REJECT_THRESHOLD": "reject_threshold",
     "CRM_REJECT_MIN_ROWS": "reject_min_rows",

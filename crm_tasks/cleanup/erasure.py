@@ -51,7 +51,6 @@ from crm_tasks.store.models import (
 )
 
 log = logging.getLogger(__name__)
-PREVIEW_DIR = REPO_ROOT / "var" / "preview"
 MAIL_DIR = REPO_ROOT / "var" / "mail"  # where the demo's `crm smtp-sink` keeps what it received
 ERASED_LINE = "[erased]"
 
@@ -134,7 +133,7 @@ def erase(engine: Engine, cfg: Settings, *, email: str | None = None, customer_i
         if sqlite:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.commit()
-    result.removed["previews"] = _delete_previews(preview_dir or PREVIEW_DIR, result.customer_ids)
+    result.removed["previews"] = _delete_previews(preview_dir or cfg.preview_dir, result.customer_ids)
     with engine.connect() as conn:
         ids = {mid for (mid,) in rows_in(conn, select(Message.message_id), Message.customer_id, result.customer_ids)}
     result.removed["sink mail"] = _delete_sink_mail(mail_dir or MAIL_DIR, ids - {None})

@@ -60,7 +60,7 @@ def cleanup_restore(customer_id, as_json) -> None:
 @click.option("--email", help="The person's e-mail address.")
 @click.option("--customer", "customer_id", help="The person's customer id.")
 @click.option("--preview-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of rendered previews (default: var/preview).")
+              help="Folder of rendered previews (default: CRM_PREVIEW_DIR, var/preview).")
 @click.option("--mail-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the local SMTP sink's .eml files (default: var/mail).")
 @json_output

@@ -41,8 +41,8 @@ def templates_check(as_json) -> None:
 @click.option("--customer", "customer_id", required=True, help="Customer id to render the message for.")
 @click.option("--locale", help="Render in this language instead of the customer's (en, hi, te, fa, ur).")
 @click.option("--as-of", "as_of", callback=parse_date, help="Occasion date (default: today in crm.yaml's zone).")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("var/preview"),
-              show_default=True, help="Folder for the .eml and .html files.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the .eml and .html files (default: CRM_PREVIEW_DIR, var/preview).")
 @json_output
 def preview(campaign, customer_id, locale, as_of, out, as_json) -> None:
     """Write one customer's message of a campaign as .eml and .html files, to look at.
@@ -53,7 +53,8 @@ def preview(campaign, customer_id, locale, as_of, out, as_json) -> None:
 
     cfg = settings()
     with reported(as_json):
-        result = preview_message(engine(), cfg, campaign, customer_id, out, locale=locale, as_of=as_of)
+        result = preview_message(engine(), cfg, campaign, customer_id, out or cfg.preview_dir, locale=locale,
+                                 as_of=as_of)
     emit(as_json, result, f"wrote {result['eml']} and {result['html']} (subject: {result['subject']})")
 
 

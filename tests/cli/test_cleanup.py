@@ -42,3 +42,31 @@ def test_the_cleanup_commands_print_the_report_and_one_json_object(base, use_set
     again = runner.invoke(main, ["cleanup", "restore", "GONE"])
     assert again.exit_code == 1 and "current profile" in again.output
     assert runner.invoke(main, ["cleanup"]).exit_code == 2
+
+
+def test_erase_deletes_the_previews_crm_preview_wrote_without_either_naming_a_folder(use_settings, engine,
+                                                                                    monkeypatch, tmp_path):
+    """One setting (CRM_PREVIEW_DIR) for both: in an installed image the package's own folder is not where
+    previews go, and an erasure must still find them."""
+    import json
+    from datetime import date
+
+    from click.testing import CliRunner
+
+    from crm_tasks.cli import main
+    from crm_tasks.settings import settings
+    from tests.factories import add_customers
+
+    monkeypatch.setenv("CRM_PREVIEW_DIR", str(tmp_path / "previews"))
+    settings.cache_clear()
+    add_customers(engine, {"customer_id": "P1", "email": "p1@example.com", "birthday": date(1990, 5, 10)},
+                  {"customer_id": "P2", "email": "p2@example.com", "birthday": date(1990, 5, 10)})
+    for cid in ("P1", "P2"):
+        out = CliRunner().invoke(main, ["preview", "birthday", "--customer", cid, "--as-of", "2026-05-10"])
+        assert out.exit_code == 0, out.output
+    written = sorted(p.name for p in (tmp_path / "previews").iterdir())
+    assert len(written) == 4 and all("-P1-" in n or "-P2-" in n for n in written)
+    gone = CliRunner().invoke(main, ["erase", "--customer", "P1", "--json"])
+    assert gone.exit_code == 0, gone.output
+    assert json.loads(gone.stdout)["removed"]["previews"] == 2
+    assert sorted(p.name for p in (tmp_path / "previews").iterdir()) == [n for n in written if "-P2-" in n]
