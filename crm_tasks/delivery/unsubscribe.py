@@ -135,7 +135,6 @@ def create_app(get_settings=settings, get_engine=None, strikes: Strikes | None =
 
     def customer_for(token: str, request: Request) -> str | None:
         """The customer a valid link names; None (and a strike for its source) for any other."""
-        source = request.client.host if request.client else "unknown"
         if TOKEN_SHAPE.fullmatch(token):  # no database read for what cannot be a link of ours
             with engine().connect() as conn:
                 keys = load_keys(conn, get_settings())
@@ -143,12 +142,11 @@ def create_app(get_settings=settings, get_engine=None, strikes: Strikes | None =
                 return verify_unsubscribe_token(token, keys.verifying)
             except InvalidToken:
                 pass
-        strikes.strike(source)
+        strikes.strike(_source(request))
         return None
 
     def refused(request: Request):
-        source = request.client.host if request.client else "unknown"
-        if strikes.blocked(source):
+        if strikes.blocked(_source(request)):
             page = _page("Too many links that are not valid", "<p>Try again in a minute.</p>", 429)
             page.headers["Retry-After"] = str(int(strikes.window))
             return page
@@ -190,6 +188,11 @@ def create_app(get_settings=settings, get_engine=None, strikes: Strikes | None =
         return _page("You are unsubscribed", "<p>You will get no more marketing e-mails from us.</p>")
 
     return app
+
+
+def _source(request: Request) -> str:
+    """Who sent a request, for the count of links that are not valid: the client's address."""
+    return request.client.host if request.client else "unknown"
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes | None:

@@ -157,6 +157,18 @@ def _too_big(size: int, what: str) -> None:
         raise SecurityError(f"{what} of {size} characters; at most {MAX_VALUE_CHARS} in a template")
 
 
+def _joined_size(separator: str, items: list) -> int:
+    """How long joining ``items`` with ``separator`` would be (non-text items fail the join itself)."""
+    return len(separator) * max(len(items) - 1, 0) + sum(len(i) for i in items if isinstance(i, str))
+
+
+def _replaced_size(text: str, old: str, new: str) -> int:
+    """How long ``text`` would be with every ``old`` replaced by ``new`` (an empty ``old`` matches between
+    every character)."""
+    hits = len(text) + 1 if not old else text.count(old)
+    return len(text) + hits * max(len(new) - len(old), 0)
+
+
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
 
 
@@ -186,12 +198,10 @@ def _check_str_method(text: str, name: str, args: tuple, kwargs: dict) -> tuple:
         tab = args[0] if args else kwargs.get("tabsize", 8)
         _too_big(len(text) * max(int(tab), 1), "str.expandtabs() result")
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
-        hits = len(text) + 1 if not args[0] else text.count(args[0])
-        _too_big(len(text) + hits * max(len(args[1]) - len(args[0]), 0), "str.replace() result")
+        _too_big(_replaced_size(text, args[0], args[1]), "str.replace() result")
     elif name == "join" and args:
         items = list(args[0])
-        _too_big(len(text) * max(len(items) - 1, 0) + sum(len(i) for i in items if isinstance(i, str)),
-                 "str.join() result")
+        _too_big(_joined_size(text, items), "str.join() result")
         args = (items, *args[1:])
     return args
 
@@ -229,8 +239,7 @@ def _bounded_filters(filters: dict) -> dict:
     @pass_eval_context
     def join(eval_ctx, value, d="", attribute=None):
         items = list(value)
-        _too_big(len(str(d)) * max(len(items) - 1, 0) + sum(len(i) for i in items if isinstance(i, str)),
-                 "join() result")
+        _too_big(_joined_size(str(d), items), "join() result")
         return jf.sync_do_join(eval_ctx, items, d, attribute)
 
     def indent(s, width=4, first=False, blank=False):
@@ -240,9 +249,7 @@ def _bounded_filters(filters: dict) -> dict:
 
     @pass_eval_context
     def replace(eval_ctx, s, old, new, count=None):
-        text, old, new = str(s), str(old), str(new)
-        hits = len(text) + 1 if not old else text.count(old)
-        _too_big(len(text) + hits * max(len(new) - len(old), 0), "replace() result")
+        _too_big(_replaced_size(str(s), str(old), str(new)), "replace() result")
         return jf.do_replace(eval_ctx, s, old, new, count)
 
     return {**filters, "center": center, "format": format_, "join": join, "indent": indent, "replace": replace}
