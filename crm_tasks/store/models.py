@@ -340,6 +340,7 @@ class CampaignPlanRow(Base):
     coupon_code: Mapped[str | None] = mapped_column(String(32))
     send_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     local_send_at: Mapped[str | None] = mapped_column(String(40))  # ISO 8601 with the customer's offset
+    variant: Mapped[str | None] = mapped_column(String(32))  # the A/B variant of a send (None: no variants, holdout)
 
 
 class MessageState(enum.StrEnum):
@@ -393,6 +394,7 @@ class Message(Base):
     # messages, which a tester wants whenever they ask.
     expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     expiry_reason: Mapped[str | None] = mapped_column(String(160))  # what makes it stale, set at planning
+    variant: Mapped[str | None] = mapped_column(String(32))  # the campaign's A/B variant, if it declares any
 
     __table_args__ = (
         # The frequency cap counts a customer's messages over the last days.
@@ -401,6 +403,8 @@ class Message(Base):
         # A send batch claims its rows; the sweep finds a campaign's deferred messages.
         Index("ix_messages_batch", "run_id", "batch_no", "state"),
         Index("ix_messages_state", "campaign", "state"),
+        # Late bounces and complaints name their message by its Message-ID.
+        Index("ix_messages_message_id", "message_id"),
     )
 
 
@@ -548,21 +552,141 @@ class CleanupRun(Base):
     parameters: Mapped[dict] = mapped_column(Json)  # the settings it ran with
 
 
+# --- success measures (crm_tasks/results, crm_tasks/delivery/clicks.py, crm_tasks/delivery/feedback.py) ---------
+
+
+class Attribution(Base):
+    """A purchase credited to the campaign message that earned it (``crm_tasks/results/attribution.py``):
+    at most one message per purchase, by the rule in ``rule``. Replaced as a whole by each refresh."""
+
+    __tablename__ = "attributions"
+
+    purchase_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    campaign: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[int] = mapped_column(BigInteger)
+    variant: Mapped[str | None] = mapped_column(String(32))
+    customer_id: Mapped[str] = mapped_column(String(64))
+    rule: Mapped[str] = mapped_column(String(8))  # coupon | window
+    amount: Mapped[Decimal] = mapped_column(Money)  # in the purchase's currency; negative: a refund
+    currency: Mapped[str] = mapped_column(String(3))
+    purchased_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_attributions_run", "campaign", "run_id"),)
+
+
+class CampaignResult(Base):
+    """One group of one campaign run, as of a date: who was assigned, who bought, what it earned, and (for
+    a treatment group) its lift against the run's holdout (``crm_tasks/results/campaigns.py``)."""
+
+    __tablename__ = "campaign_results"
+
+    campaign: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    variant: Mapped[str] = mapped_column(String(32), primary_key=True)  # '' without variants, and for the holdout
+    grp: Mapped[str] = mapped_column(String(16), primary_key=True)  # treatment | holdout
+    as_of: Mapped[date] = mapped_column(Date)  # purchases up to the end of this day count
+    run_as_of: Mapped[date] = mapped_column(Date)  # the run's occurrence day
+    window_start: Mapped[datetime] = mapped_column(UtcDateTime)  # the assignment: when the run was scheduled
+    window_end: Mapped[datetime] = mapped_column(UtcDateTime)  # window_start + attribution_days
+    window_complete: Mapped[bool] = mapped_column(Boolean)  # the as-of cutoff is past window_end
+    customers: Mapped[int] = mapped_column(BigInteger)  # assigned (intention to treat)
+    messages_sent: Mapped[int] = mapped_column(BigInteger)
+    converters: Mapped[int] = mapped_column(BigInteger)  # customers with an order in the window
+    orders: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[Decimal] = mapped_column(Money)  # net revenue in the window, base currency
+    attributed_orders: Mapped[int] = mapped_column(BigInteger)
+    attributed_revenue: Mapped[Decimal] = mapped_column(Money)  # net of refunds, base currency
+    coupons_redeemed: Mapped[int] = mapped_column(BigInteger)
+    clickers: Mapped[int] = mapped_column(BigInteger)  # messages with at least one click
+    bounces: Mapped[int] = mapped_column(BigInteger)  # late bounces and complaints recorded against its messages
+    lift: Mapped[dict | None] = mapped_column(Json)  # treatment rows: the statistics against the holdout
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ControlResult(Base):
+    """One month of the global control group against everyone else: the programme's total lift."""
+
+    __tablename__ = "control_results"
+
+    month: Mapped[date] = mapped_column(Date, primary_key=True)  # its first day
+    grp: Mapped[str] = mapped_column(String(16), primary_key=True)  # control | marketed
+    as_of: Mapped[date] = mapped_column(Date)
+    month_complete: Mapped[bool] = mapped_column(Boolean)
+    customers: Mapped[int] = mapped_column(BigInteger)  # profiles that existed when the month began
+    buyers: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[Decimal] = mapped_column(Money)  # net, base currency
+    lift: Mapped[dict | None] = mapped_column(Json)  # the marketed row: its lift against control
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Click(Base):
+    """A tracked link of a sent message that was followed (or, with open tracking on, the message opened):
+    one row per message and link, however often it is followed (``crm_tasks/delivery/clicks.py``)."""
+
+    __tablename__ = "clicks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(8))  # click | open
+    link_no: Mapped[int] = mapped_column(Integer)  # the link's position in the HTML part (0 for an open)
+    url: Mapped[str | None] = mapped_column(Text)  # the link's target; None for an open
+    first_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    count: Mapped[int] = mapped_column(Integer)
+
+    __table_args__ = (Index("ux_clicks_link", "idempotency_key", "kind", "link_no", unique=True),)
+
+
+class DeliveryEventStatus(enum.StrEnum):
+    APPLIED = "applied"  # matched to its message and acted on (suppressed, counted)
+    UNMATCHED = "unmatched"  # names no message of ours: counted, never applied
+    FORGED = "forged"  # its signature or secret did not check: counted, never applied
+    DUPLICATE = "duplicate"  # the same event again (a provider retry): counted once
+
+
+class DeliveryEvent(Base):
+    """Feedback after the send: a late bounce (RFC 3464 report from the bounce mailbox) or a provider's
+    bounce or complaint webhook, recorded once and matched to its message by Message-ID
+    (``crm_tasks/delivery/feedback.py``). No address is kept, only its keyed hash."""
+
+    __tablename__ = "delivery_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # imap | maildir | ses | mailgun
+    event_key: Mapped[str] = mapped_column(String(128), unique=True)  # the provider's id, or a hash of the report
+    kind: Mapped[str] = mapped_column(String(16))  # hard_bounce | soft_bounce | complaint | other
+    status: Mapped[str] = mapped_column(String(16))  # DeliveryEventStatus
+    message_id: Mapped[str | None] = mapped_column(String(128))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), index=True)
+    email_hash: Mapped[str | None] = mapped_column(String(64))
+    status_code: Mapped[str | None] = mapped_column(String(16))  # enhanced status, e.g. 5.1.1
+    detail: Mapped[str | None] = mapped_column(Text)  # the diagnostic, addresses removed
+    occurred_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 __all__ = [
     "AddressBounce",
     "ArchiveStatus",
     "ArchivedCustomer",
+    "Attribution",
     "Base",
     "BatchStatus",
     "CampaignPlanRow",
+    "CampaignResult",
     "CampaignRun",
     "CleanupRun",
+    "Click",
+    "ControlResult",
     "Coupon",
     "Customer",
     "CustomerCategoryMetrics",
     "CustomerMetrics",
     "CustomerMerge",
     "CustomerScore",
+    "DeliveryEvent",
+    "DeliveryEventStatus",
     "IngestBatch",
     "Message",
     "MessageState",
