@@ -128,3 +128,14 @@ def running_from(moment: datetime):
     date as if on that day (benchmarks, tests, replays), with real waits between retries."""
     start = time.monotonic()
     return lambda: moment + timedelta(seconds=time.monotonic() - start)
+
+
+def report_as_of(as_of: str | None, announced: list[str], interval_end: datetime | None, run_after: datetime,
+                 tz: str) -> date:
+    """The day a results refresh measures up to: the trigger form's date, else the latest as-of date the
+    triggering segment recomputes announced, else (a daily run) the local day before the run. Never now()."""
+    if as_of:
+        return date_range(as_of, as_of, "as_of", "as_of")[0]
+    if announced:
+        return max(date.fromisoformat(d) for d in announced)
+    return cleanup_as_of(interval_end, run_after, tz)

@@ -100,7 +100,7 @@ class IllegalTransition(CrmError):
 
 
 class InvalidToken(CrmError):
-    """An unsubscribe token that was not signed by this deployment."""
+    """A link token (unsubscribe, click, open) that was not signed by this deployment."""
 
 
 class RestoreRefused(CrmError):
@@ -109,3 +109,13 @@ class RestoreRefused(CrmError):
 
 class RuleError(CrmError):
     """A rule given to compile_rule is invalid, or does not fit the columns given."""
+
+
+class UnreadableReport(CrmError):
+    """A message in the bounce mailbox is not a delivery status notification (RFC 3464) or a complaint
+    report (RFC 5965) this engine can read: it is kept aside for a person, never dropped."""
+
+
+class ForgedRequest(CrmError):
+    """A provider's webhook request whose signature, certificate, topic or timestamp does not check: it is
+    answered 403 and counted as forged, and nothing in it is applied."""

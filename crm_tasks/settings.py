@@ -86,6 +86,30 @@ class Sender(BaseModel):
         return self.email.rsplit("@", 1)[-1]
 
 
+class TrackingSettings(BaseModel):
+    """Click and open tracking of campaign e-mails (crm_tasks/delivery/clicks.py; README "Click tracking")."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt switch must not silently stay on
+
+    clicks: bool = True  # the HTML part's links go through a signed redirect that counts them
+    # A pixel that counts opens. Off: Apple Mail Privacy Protection and image proxies fetch it for every
+    # message delivered, and clients that block images hide real opens, so the count misleads either way.
+    opens: bool = False
+    # The public prefix of the CRM app (the plugin's /crm): links become <base_url>/r/<token>, the pixel
+    # <base_url>/o/<token>.gif. Empty: the unsubscribe URL without its last segment, since the same app
+    # serves both (https://crm.example.com/crm/unsubscribe -> https://crm.example.com/crm).
+    base_url: str | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if not v:
+            return None  # empty: derived from the unsubscribe URL
+        if not re.fullmatch(r"https?://[^\s?#\"'<>]+", v):
+            raise ValueError("must be an http(s) URL without query or fragment, for example https://crm.example.com/crm")
+        return v.rstrip("/")
+
+
 class CampaignSettings(BaseModel):
     folder: Path = REPO_ROOT / "campaigns"  # campaign definitions, one YAML file each
     templates: Path = REPO_ROOT / "templates" / "email"
@@ -98,6 +122,7 @@ class CampaignSettings(BaseModel):
     frequency_cap: FrequencyCap = FrequencyCap()  # a campaign may set its own
     recommendations: int = Field(3, ge=0, le=10)  # best sellers of the customer's favourite category
     recommendation_days: int = Field(90, ge=1)  # ...over this many days before the run
+    tracking: TrackingSettings = TrackingSettings()
 
     @field_validator("folder", "templates")
     @classmethod
@@ -141,6 +166,51 @@ class DeliverySettings(BaseModel):
     # created with parallel_sends slots when the scheduler starts (the CRM plugin), never waited on.
     pool: str | None = None
     unsubscribe_mailto: str | None = "unsubscribe@example.com"  # List-Unsubscribe's mailto address
+    # Late bounces and complaints. A factory, because FeedbackSettings is defined further down.
+    feedback: FeedbackSettings = Field(default_factory=lambda: FeedbackSettings())
+
+
+class FeedbackSettings(BaseModel):
+    """Delivery feedback after the send (crm_tasks/delivery/feedback.py; README "Late bounces and complaints"):
+    the bounce mailbox the crm_bounces DAG reads, and the providers' webhooks. The mailbox's address and the
+    webhook secrets are never here: CRM_BOUNCE_IMAP_URL (or the Airflow connection crm_bounces) and
+    CRM_MAILGUN_SIGNING_KEY."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: str = "INBOX"  # where the reports arrive
+    processed_folder: str = "crm-processed"  # a report is moved here once its events are committed
+    unparsed_folder: str = "crm-unparsed"  # what is not a report this engine reads waits here for a person
+    # A local maildir instead of IMAP (the mail server delivers to this machine); empty: IMAP.
+    maildir: Path | None = None
+    batch: int = Field(200, ge=1, le=1000)  # reports recorded per commit, then moved (UIDs per IMAP command)
+    # A webhook request body larger than this gets 413 before any of it is parsed (SES notifications with
+    # their original headers stay under 30 KiB).
+    webhook_max_bytes: int = Field(64 * 1024, ge=1024, le=1024 * 1024)
+    # The Amazon SNS topics (ARNs) whose notifications are accepted: a valid SNS signature only proves that
+    # some AWS account's topic sent it. Empty: /webhooks/ses accepts nothing.
+    ses_topic_arns: list[str] = []
+    # The only hosts SNS signing certificates are fetched from (https, path ending in .pem).
+    sns_cert_host: str = r"sns\.[a-z0-9-]+\.amazonaws\.com"
+    # Confirm an SNS subscription of an accepted topic by fetching its SubscribeURL. Off: the request is
+    # logged and an admin confirms the subscription in the AWS console.
+    confirm_sns_subscriptions: bool = False
+    # Mailgun: a request signed longer ago (or further ahead) than this is refused as a replay.
+    webhook_max_age_seconds: int = Field(300, ge=30, le=3600)
+
+    @field_validator("maildir")
+    @classmethod
+    def _relative(cls, v: Path | None) -> Path | None:
+        return v if v is None or v.is_absolute() else REPO_ROOT / v
+
+    @field_validator("sns_cert_host")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return v
 
 
 # --- cleanup (crm_tasks/cleanup/archive.py) -------------------------------------------------------
@@ -180,6 +250,23 @@ class CleanupSettings(BaseModel):
         return self
 
 
+class ResultsSettings(BaseModel):
+    """How campaign success is measured (crm_tasks/results); the README's "Success measures" explains each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attribution_days: int = Field(7, ge=1, le=90)  # a campaign may set its own
+    # This share of all customers, chosen by a stable hash, gets no marketing campaign (unless the campaign
+    # sets global_control: false): the programme's total lift is measured against them. 0 turns it off.
+    global_control_share: float = Field(0.05, ge=0, le=0.5)
+    control_months: int = Field(12, ge=1, le=60)  # months of the control-group report
+    # Below these sizes a lift is "not enough data yet": the normal approximations behind the intervals
+    # do not hold, and a number would mean nothing.
+    min_group: int = Field(100, ge=10)
+    min_converters: int = Field(10, ge=1)
+    bootstrap_resamples: int = Field(2000, ge=200, le=100_000)
+
+
 class Settings(BaseModel):
     # These three may hold passwords or keys: never in a repr, a log line or a traceback.
     database_url: str | None = Field(None, repr=False)
@@ -202,9 +289,15 @@ class Settings(BaseModel):
     campaigns: CampaignSettings = CampaignSettings()
     cleanup: CleanupSettings = CleanupSettings()
     delivery: DeliverySettings = DeliverySettings()
+    results: ResultsSettings = ResultsSettings()
     # The SMTP server: smtp[s]://user:password@host:port (see crm_tasks/delivery/smtp.py). Environment only
     # (CRM_SMTP_URL), since it holds a password; inside Airflow the connection smtp_default also works.
     smtp_url: str | None = Field(None, repr=False)
+    # The bounce mailbox, imaps://user:password@host:993 (crm_tasks/delivery/bounce_mailbox.py). Environment
+    # only (CRM_BOUNCE_IMAP_URL); inside Airflow the connection crm_bounces also works.
+    bounce_imap_url: str | None = Field(None, repr=False)
+    # Mailgun's webhook signing key (CRM_MAILGUN_SIGNING_KEY, environment only): /webhooks/mailgun checks it.
+    mailgun_signing_key: SecretStr | None = Field(None, repr=False)
     # Signs links instead of the random key `crm db upgrade` stores in the database (crm_tasks/store/keys.py).
     # Optional, and only from the environment (CRM_SECRET_KEY), never from crm.yaml; the previous ones
     # (CRM_PREVIOUS_SECRET_KEYS, comma-separated) still verify links sent before it changed.
@@ -270,6 +363,8 @@ _ENV = {
     "CRM_SECRET_KEY": "secret_key",
     "CRM_PREVIOUS_SECRET_KEYS": "previous_secret_keys",
     "CRM_SMTP_URL": "smtp_url",
+    "CRM_BOUNCE_IMAP_URL": "bounce_imap_url",
+    "CRM_MAILGUN_SIGNING_KEY": "mailgun_signing_key",
 }
 _SEGMENT_ENV = {"CRM_SEGMENTS_DIR": "folder"}
 _CAMPAIGN_ENV = {"CRM_CAMPAIGNS_DIR": "folder", "CRM_TEMPLATES_DIR": "templates",
@@ -313,6 +408,11 @@ def load_settings(config_path: str | os.PathLike | None = None, env: dict[str, s
     if "smtp_url" in data and not env.get("CRM_SMTP_URL"):
         raise ConfigError(f"{path}: smtp_url must not be written in the settings file (it holds a password); "
                           "set CRM_SMTP_URL or the Airflow connection smtp_default")
+    for key, where in (("bounce_imap_url", "CRM_BOUNCE_IMAP_URL or the Airflow connection crm_bounces"),
+                       ("mailgun_signing_key", "CRM_MAILGUN_SIGNING_KEY")):
+        if key in data and not env.get(where.split()[0]):
+            raise ConfigError(f"{path}: {key} must not be written in the settings file (it holds a secret); "
+                              f"set {where}")
     try:
         return Settings(**data)
     except ValidationError as exc:

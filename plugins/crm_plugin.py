@@ -1,8 +1,11 @@
 """The CRM engine's Airflow plugin: it only registers.
 
 ``/crm/unsubscribe/<token>`` is the one-click unsubscribe endpoint of the campaign e-mails
-(``crm_tasks.delivery.unsubscribe``). It is deliberately outside Airflow's login: mail clients post to
-it without credentials, and the signed token is the proof. It shows no customer data.
+(``crm_tasks.delivery.unsubscribe``); ``/crm/r/<token>`` redirects a tracked link of an e-mail to its
+target and counts the click, and ``/crm/o/<token>.gif`` is the open pixel (when opens are tracked)
+(``crm_tasks.delivery.clicks``). They are deliberately outside Airflow's login: mail clients and readers
+reach them without credentials, and the signed token is the proof. They show no customer data, and a
+token that is not ours gets 404 without a redirect.
 
 Its listener (``crm_tasks.airflow.pools``) creates the send pool named in crm.yaml, if any, when a
 scheduler starts: a campaign never waits on a pool nobody created.

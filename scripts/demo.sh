@@ -14,15 +14,18 @@ CUSTOMERS=${DEMO_CUSTOMERS:-2000}
 DAYS=${DEMO_DAYS:-365}
 START=${DEMO_START:-2025-11-01}
 END=$(date -d "$START + $((DAYS - 1)) days" +%F)
+# Purchases go on for AFTER days past END: they land after the campaigns, and measure them.
+AFTER=${DEMO_AFTER_DAYS:-30}
+LATER=$(date -d "$END + $AFTER days" +%F)
 mkdir -p var/log
 
 echo "==> CRM database (var/crm.db): created afresh and migrated"
 rm -f var/crm.db var/crm.db-wal var/crm.db-shm
 "$BIN/crm" db upgrade
 
-echo "==> Demo data: $CUSTOMERS customers, $DAYS days of purchases from $START (1% damaged rows)"
+echo "==> Demo data: $CUSTOMERS customers, $DAYS days of purchases from $START, and $AFTER more (1% damaged rows)"
 rm -rf var/landing
-"$BIN/crm" generate-data --customers "$CUSTOMERS" --days "$DAYS" --start "$START" --seed 7 --bad-rows 0.01
+"$BIN/crm" generate-data --customers "$CUSTOMERS" --days "$((DAYS + AFTER))" --start "$START" --seed 7 --bad-rows 0.01
 
 echo "==> Airflow metadata database (var/airflow): migrating"
 "$BIN/airflow" db migrate > var/log/airflow-db-migrate.log 2>&1
@@ -107,7 +110,7 @@ for c in campaigns:
 PY
 echo
 SMTP_PORT=${DEMO_SMTP_PORT:-8025}
-echo "==> Delivery: each campaign run for that day and sent to a local SMTP sink on port $SMTP_PORT (var/mail/*.eml)"
+echo "==> Delivery: each campaign run for that day and sent (replayed as if on that day) to a local SMTP sink on port $SMTP_PORT (var/mail/*.eml)"
 rm -rf var/mail
 "$BIN/crm" smtp-sink --port "$SMTP_PORT" --dir var/mail 2> var/log/demo-smtp-sink.log &
 SINK=$!
@@ -118,10 +121,22 @@ for _ in $(seq 1 50); do
 done
 export CRM_SMTP_URL="smtp+insecure://127.0.0.1:$SMTP_PORT"
 while read -r name day; do
-  "$BIN/crm" campaign run "$name" --as-of "$day" | grep -E "^(delivered|  ledger|  some)" | sed "s/^/    $name: /"
+  "$BIN/crm" campaign run "$name" --as-of "$day" --replay | grep -E "^(delivered|  ledger|  some)" | sed "s/^/    $name: /"
 done < var/log/demo-campaign-days.txt
 kill $SINK 2>/dev/null || true
 echo "    $(find var/mail -name '*.eml' | wc -l) e-mails in var/mail/ (open one in a mail client, or read it as text)"
+echo
+echo "==> Success measures: the $AFTER days of purchases after $END land, then every run is measured as of $LATER"
+echo "    (the demo's shoppers never saw the e-mails, so an honest verdict is \"no detectable effect\" or \"not enough data yet\")"
+"$BIN/crm" ingest --from "$(date -d "$END + 1 day" +%F)" --to "$LATER" > var/log/demo-ingest-after.log 2>&1 \
+  || { echo "    ingest of the later days failed; see var/log/demo-ingest-after.log" >&2; exit 1; }
+"$BIN/crm" report refresh --as-of "$LATER" | sed "s/^/    /"
+while read -r name _day; do
+  echo
+  "$BIN/crm" report campaign "$name" 2>&1 | sed "s/^/    /" || true
+done < var/log/demo-campaign-days.txt
+echo
+"$BIN/crm" report control | tail -n 3 | sed "s/^/    /"
 echo
 echo "==> Cleanup: a dry run as of $END (stale profiles archived, duplicates merged; nothing is changed)"
 "$BIN/crm" cleanup --as-of "$END" --dry-run
@@ -132,3 +147,4 @@ echo "     .venv/bin/crm segments transitions --since $SINCE --from-segment life
 echo "     .venv/bin/crm campaign plan birthday --as-of 2028-02-29"
 echo "     .venv/bin/crm campaign status birthday --as-of $(awk '$1 == "birthday" {print $2}' var/log/demo-campaign-days.txt)"
 echo "     .venv/bin/crm preview at_risk_offer --customer C0000007 --locale fa   (then open var/preview/*.html)"
+echo "     .venv/bin/crm report campaign birthday --json"

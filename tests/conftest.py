@@ -108,8 +108,10 @@ def landing(tmp_path) -> Path:
 
 @pytest.fixture
 def cfg(landing, db_url):
-    """Settings for one test: the repo's crm.yaml, this test's landing folder and database."""
-    return load_settings(REPO / "crm.yaml", env={"CRM_LANDING_DIR": str(landing), "CRM_DATABASE_URL": db_url})
+    """Settings for one test: the repo's crm.yaml, this test's landing folder and database, and no global
+    control group (tests of audiences and exclusions count every customer; tests/results turn it on)."""
+    base = load_settings(REPO / "crm.yaml", env={"CRM_LANDING_DIR": str(landing), "CRM_DATABASE_URL": db_url})
+    return base.model_copy(update={"results": base.results.model_copy(update={"global_control_share": 0.0})})
 
 
 @pytest.fixture

@@ -58,3 +58,19 @@ def test_secrets_never_appear_in_a_repr():
     target = parse_smtp_url(cfg.smtp_url)
     assert target.password == "hunter2-secret"  # still there to log in with
     assert "hunter2-secret" not in repr(target) and "hunter2-secret" not in target.describe()
+
+
+def test_the_bounce_mailbox_and_the_mailgun_key_come_from_the_environment_only(tmp_path):
+    url = "imaps://bounces:imap-pass-7@imap.example.com"
+    cfg = load_settings(env={"CRM_BOUNCE_IMAP_URL": url, "CRM_MAILGUN_SIGNING_KEY": "mg-signing-key-9"})
+    assert cfg.bounce_imap_url == url and cfg.mailgun_signing_key.get_secret_value() == "mg-signing-key-9"
+    assert "imap-pass-7" not in repr(cfg) + str(cfg) and "mg-signing-key-9" not in repr(cfg) + str(cfg)
+    for key, var in (("bounce_imap_url", "CRM_BOUNCE_IMAP_URL"), ("mailgun_signing_key", "CRM_MAILGUN_SIGNING_KEY")):
+        f = tmp_path / f"{key}.yaml"
+        f.write_text(f"{key}: something\n")
+        with pytest.raises(ConfigError, match=f"{key} must not be written in the settings file.*set {var}"):
+            load_settings(f, env={})
+    f = tmp_path / "typo.yaml"
+    f.write_text("delivery:\n  feedback:\n    confirm_sns_subscription: true\n")  # misspelt: never silently off
+    with pytest.raises(ConfigError, match="delivery.feedback.confirm_sns_subscription"):
+        load_settings(f, env={})

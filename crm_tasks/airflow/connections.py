@@ -45,3 +45,13 @@ def smtp_target(cfg: Settings):
     conn = None if cfg.smtp_url else _connection("smtp_default")
     found = conn and target_from_connection(conn.host, conn.port, conn.login, conn.password, conn.extra_dejson)
     return resolve(cfg, found or None)
+
+
+def bounce_mailbox(cfg: Settings):
+    """The bounce mailbox for crm_bounces: CRM_BOUNCE_IMAP_URL, else connection crm_bounces (type imap), else
+    delivery.feedback.maildir (ConfigError naming all three if none)."""
+    from crm_tasks.delivery.bounce_mailbox import open_mailbox, target_from_connection
+
+    conn = None if cfg.bounce_imap_url else _connection("crm_bounces")
+    found = conn and target_from_connection(conn.host, conn.port, conn.login, conn.password, conn.extra_dejson)
+    return open_mailbox(cfg, found or None)

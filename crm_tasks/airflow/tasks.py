@@ -15,7 +15,7 @@ from airflow.sdk import get_current_context
 
 from crm_tasks.airflow.connections import smtp_target, task_engine
 from crm_tasks.airflow.defaults import CUSTOMERS, PURCHASES, SEGMENTS
-from crm_tasks.clock import business_dates, campaign_dates, cleanup_as_of, segment_dates
+from crm_tasks.clock import business_dates, campaign_dates, cleanup_as_of, report_as_of, segment_dates
 from crm_tasks.settings import settings
 
 log = logging.getLogger(__name__)
@@ -168,3 +168,42 @@ def clean() -> dict:
     result = run_cleanup(engine, cfg, as_of, dry_run=_is_manual() and bool(ctx["params"]["dry_run"]))
     log.info("%s", format_report(result.summary() | {"examples": {}}))
     return result.summary()
+
+
+# --- crm_bounces ---------------------------------------------------------------------------
+
+
+def read_bounces() -> dict:
+    """Read the bounce mailbox: record and apply its late bounces and complaints; returns counts only.
+    Fails at once (ConfigError) when no mailbox is configured: an unread feedback loop is no green run."""
+    from crm_tasks.airflow.connections import bounce_mailbox
+    from crm_tasks.delivery.bounce_mailbox import read_bounces as read
+    from crm_tasks.errors import CrmError
+    from crm_tasks.store.engine import check_schema
+
+    cfg = settings()
+    engine = task_engine(cfg)
+    check_schema(engine)
+    result = read(engine, cfg, bounce_mailbox(cfg))
+    if not result.reconciles:
+        raise CrmError(f"the bounce mailbox's counts do not reconcile: {result.summary()}")
+    return result.summary()
+
+
+# --- crm_reports ---------------------------------------------------------------------------
+
+
+def refresh_results() -> dict:
+    """Attribution, campaign results and the control group as of the run's date; returns counts only."""
+    from crm_tasks.results.campaigns import refresh_results as refresh
+    from crm_tasks.store.engine import check_schema
+
+    ctx = get_current_context()
+    cfg = settings()
+    announced = [e.extra["as_of"] for events in ctx["triggering_asset_events"].values() for e in events
+                 if (e.extra or {}).get("as_of")]
+    as_of = report_as_of(ctx["params"].get("as_of"), announced, ctx.get("data_interval_end"),
+                         ctx["dag_run"].run_after, cfg.timezone)
+    engine = task_engine(cfg)
+    check_schema(engine)
+    return refresh(engine, cfg, as_of).summary()

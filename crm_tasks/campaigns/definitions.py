@@ -113,6 +113,51 @@ class CouponSettings(_Strict):
         return self
 
 
+def template_name(v: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", v):
+        raise ValueError(f"'{v}' must be the name of a folder in templates/email/ (lower-case letters, digits, "
+                         "'_' or '-'), not a path")
+    return v
+
+
+class Variant(_Strict):
+    """One arm of an A/B test: its own subject and/or template, mailed to ``weight`` parts of the recipients."""
+
+    name: str = Field(description="A short name, shown in results: lower-case letters, digits and '_'.")
+    weight: int = Field(1, ge=1, le=100, description="Relative share of the recipients.")
+    template: str | None = Field(None, description="A template folder in templates/email/ (default: the campaign's).")
+    # One text for every language, or one per language ({en: ..., hi: ...}); a language without one falls back
+    # to 'en', then to the template's own subject.
+    subject: str | dict[str, str] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", v):
+            raise ValueError(f"variant name '{v}' must be lower-case letters, digits and '_', starting with a letter, "
+                             "at most 32 characters")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        return None if v is None else template_name(v)
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v):
+        texts = [v] if isinstance(v, str) else list((v or {}).values())
+        for t in texts:
+            if not t.strip() or "\n" in t or len(t) > 300:
+                raise ValueError("a variant subject is one line of 1 to 300 characters")
+        return v
+
+    def subject_for(self, lang: str) -> str | None:
+        if isinstance(self.subject, str) or self.subject is None:
+            return self.subject
+        return self.subject.get(lang) or self.subject.get("en")
+
+
 class Campaign(_Strict):
     name: str
     kind: Literal["date_trigger", "segment", "segment_transition"]
@@ -135,15 +180,19 @@ class Campaign(_Strict):
     # never sent. Default: 0 for a date trigger (a birthday e-mail is stale the next day), OFFER_LATENESS_DAYS
     # for an offer. A coupon's expiry caps it either way.
     max_lateness_days: int | None = Field(None, ge=0, le=90)
+    # Success measures (crm_tasks/results): purchases this many days after a send count for it (default:
+    # crm.yaml's results.attribution_days)...
+    attribution_days: int | None = Field(None, ge=1, le=90)
+    # ...and the global control group is never mailed; false for transactional-style messages (a receipt, a
+    # warranty reminder) that every customer must get.
+    global_control: bool = True
+    variants: list[Variant] = []
     tags: list[str] = []
 
     @field_validator("template")
     @classmethod
     def _template(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", v):
-            raise ValueError(f"'{v}' must be the name of a folder in templates/email/ (lower-case letters, digits, "
-                             "'_' or '-'), not a path")
-        return v
+        return template_name(v)
 
     @field_validator("name")
     @classmethod
@@ -165,6 +214,11 @@ class Campaign(_Strict):
             raise ValueError("kind segment_transition needs audience.from_segment and audience.to_segment")
         if self.kind != "segment_transition" and (self.audience.from_segment or self.audience.to_segment):
             raise ValueError("from_segment/to_segment belong to kind segment_transition")
+        names = [v.name for v in self.variants]
+        if len(names) == 1:
+            raise ValueError("variants: an A/B test needs at least two variants (or remove variants:)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"variants: names must differ, got {', '.join(names)}")
         return self
 
     @property
@@ -207,7 +261,7 @@ def _fix_for(loc: tuple, msg: str, model: type[BaseModel] | None) -> str:
 
 _SECTIONS: dict[str, type[BaseModel]] = {
     "schedule": Schedule, "send_window": SendWindow, "trigger": DateTrigger, "audience": Audience,
-    "coupon": CouponSettings, "frequency_cap": FrequencyCap,
+    "coupon": CouponSettings, "frequency_cap": FrequencyCap, "variants": Variant,
 }
 
 
@@ -253,11 +307,13 @@ def _check_against(campaign: Campaign, file: str, cfg: Settings) -> None:
             raise ConfigError(f"{file}: trigger.field: '{campaign.trigger.field}' is not a date field; {hint}"
                               f"use one of {', '.join(fields)} (declare custom dates in crm.yaml "
                               "custom_attributes)")
-    folder = cfg.campaigns.templates / campaign.template
-    missing = [p for p in ("subject.txt", "body.html", "body.txt") if not (folder / p).is_file()]
-    if missing:
-        raise ConfigError(f"{file}: template: '{campaign.template}' needs {', '.join(missing)} in "
-                          f"{folder}; create them or name an existing template folder")
+    for where, template in [("template", campaign.template),
+                            *((f"variants.{v.name}.template", v.template) for v in campaign.variants if v.template)]:
+        folder = cfg.campaigns.templates / template
+        missing = [p for p in ("subject.txt", "body.html", "body.txt") if not (folder / p).is_file()]
+        if missing:
+            raise ConfigError(f"{file}: {where}: '{template}' needs {', '.join(missing)} in "
+                              f"{folder}; create them or name an existing template folder")
 
 
 def load_campaigns(cfg: Settings, folder: Path | None = None) -> tuple[list[Campaign], list[CampaignProblem]]:

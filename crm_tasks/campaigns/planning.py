@@ -61,6 +61,7 @@ from crm_tasks.store.models import (
 log = logging.getLogger(__name__)
 
 # Exclusion reasons, in the order they are decided: a customer gets the first that applies.
+GLOBAL_CONTROL = "global_control"  # in the programme's control group (results.global_control_share)
 INVALID_EMAIL = "invalid_email"
 NO_CONSENT = "no_consent"
 SUPPRESSED = "suppressed"
@@ -68,7 +69,7 @@ ALREADY_SENT = "already_sent"
 FREQUENCY_CAP = "frequency_cap"
 OUTSIDE_WINDOW = "outside_send_window"
 AUDIENCE_LIMIT = "audience_limit"  # a hand-triggered run's limit, applied after the holdout
-REASONS = (INVALID_EMAIL, NO_CONSENT, SUPPRESSED, ALREADY_SENT, FREQUENCY_CAP, OUTSIDE_WINDOW, AUDIENCE_LIMIT)
+REASONS = (GLOBAL_CONTROL, INVALID_EMAIL, NO_CONSENT, SUPPRESSED, ALREADY_SENT, FREQUENCY_CAP, OUTSIDE_WINDOW, AUDIENCE_LIMIT)
 SEND, HOLDOUT, EXCLUDED = "send", "holdout", "excluded"
 
 # Messages that no longer count against the frequency cap: they never reached anyone.
@@ -147,6 +148,26 @@ def holdout_scores(campaign: str, customer_ids: pd.Series) -> np.ndarray:
     prefix = f"{campaign}:".encode()
     digests = [hashlib.blake2b(prefix + c.encode(), digest_size=8).digest() for c in customer_ids]
     return np.frombuffer(b"".join(digests), dtype=">u8").astype(np.float64) / 2.0**64 if digests else np.empty(0)
+
+
+def global_control(customer_ids: pd.Series, share: float) -> pd.Series:
+    """Whether each customer is in the global control group: a stable hash of the customer id alone, so the
+    same customers are left out of every campaign, run after run (crm_tasks/results/control.py reads it too)."""
+    return pd.Series(holdout_scores("global-control", customer_ids) < share, index=customer_ids.index)
+
+
+def assign_variants(campaign: Campaign, frame: pd.DataFrame) -> pd.Series:
+    """Each row's A/B variant (None without variants): a stable hash of campaign, customer and occurrence, cut
+    by the variants' weights, so a re-planned run keeps every customer's variant."""
+    if not campaign.variants:
+        return pd.Series(None, index=frame.index, dtype=object)
+    keys = "variant:" + frame["customer_id"] + ":" + frame["occurrence"]
+    scores = holdout_scores(campaign.name, keys)
+    weights = np.array([v.weight for v in campaign.variants], dtype=np.float64)
+    edges = np.cumsum(weights) / weights.sum()
+    picks = np.minimum(np.searchsorted(edges, scores, side="right"), len(edges) - 1)
+    names = np.array([v.name for v in campaign.variants], dtype=object)
+    return pd.Series(names[picks], index=frame.index, dtype=object)
 
 
 def send_times(frame: pd.DataFrame, as_of: date, campaign: Campaign, run_at: datetime) -> tuple[pd.Series, pd.Series]:
@@ -360,6 +381,9 @@ def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_
 
     outcome = _outcomes(campaign, frame, reason, holdout=not test, audience_limit=audience_limit)
     frame["outcome"], frame["reason"] = outcome, reason
+    frame["variant"] = assign_variants(campaign, frame).where(outcome == SEND)
+    templates = {v.name: v.template for v in campaign.variants if v.template}
+    frame["template"] = frame["variant"].map(templates).fillna(campaign.template)
     frame["send_at"], frame["local_send_at"] = send_at.where(outcome == SEND), local_at.where(outcome == SEND)
     frame["lang"] = [language_of(loc, renderer.languages) for loc in frame["locale"]]
     _count_outcomes(result, outcome, reason)
@@ -383,13 +407,13 @@ def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_
     phases.done("render")
 
     result.sample = [
-        PlannedMessage(r.customer_id, r.key, r.lang, campaign.template, r.coupon_code,
+        PlannedMessage(r.customer_id, r.key, r.lang, r.template, r.coupon_code,
                        r.send_at.isoformat(), r.local_send_at)
         for r in frame.loc[sending.index[:sample]].itertuples()
     ]
     if record:
         _record(conn, campaign, as_of, run_at, result, frame, sending.index, contexts, replaced,
-                domain=cfg.campaigns.sender.domain,
+                domain=cfg.campaigns.sender.domain, secret=load_keys(conn, cfg).hashing,
                 dry_run=dry_run, test_recipient=test_recipient, audience_limit=audience_limit)
     phases.done("record")
     return blocked
@@ -404,6 +428,9 @@ def _exclusions(conn: Connection, cfg: Settings, campaign: Campaign, frame: pd.D
     def exclude(mask: pd.Series, why: str) -> None:
         reason.loc[mask & reason.isna()] = why
 
+    share = cfg.results.global_control_share
+    if campaign.global_control and share > 0 and not test:
+        exclude(global_control(frame["customer_id"], share), GLOBAL_CONTROL)
     email = frame["email"].fillna("")
     exclude(~email.str.match(EMAIL_PATTERN), INVALID_EMAIL)
     exclude(~frame["email_consent"], NO_CONSENT)
@@ -499,6 +526,7 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
     coupon = campaign.coupon
     expires = as_of + timedelta(days=coupon.valid_days) if coupon else None
     signing = load_keys(conn, cfg).signing
+    variants = {v.name: v for v in campaign.variants}
     contexts = []
     for r in rows.itertuples():
         fp = first.get(r.customer_id)
@@ -514,8 +542,10 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
             unsubscribe_url=f"{cfg.campaigns.unsubscribe_url}/{unsubscribe_token(r.customer_id, signing)}",
             labels=labels[r.lang],
         )
+        if (variant := variants.get(r.variant)) is not None and (subject := variant.subject_for(r.lang)):
+            ctx["variant_subject"] = subject
         try:
-            renderer.render(campaign.template, ctx)
+            renderer.render(r.template, ctx)
         except RenderError as exc:
             raise RenderError(f"campaign {campaign.name}, customer {r.customer_id}: {exc}; nothing was planned "
                               "for sending") from None
@@ -525,7 +555,8 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
 
 def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime, result: PlanResult,
             frame: pd.DataFrame, sending: pd.Index, contexts: list[dict], replaced: list[int],
-            *, domain: str, dry_run: bool, test_recipient: str | None, audience_limit: int | None) -> None:
+            *, domain: str, secret: str, dry_run: bool, test_recipient: str | None,
+            audience_limit: int | None) -> None:
     """Replace the earlier runs of this date, then store the run, its plan and its ledger rows.
     ``domain`` is the sender's: the Message-ID of each ledger row is fixed here, before any attempt."""
     now = datetime.now(UTC)
@@ -545,6 +576,7 @@ def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime,
     # Test messages get keys of their own, so that they never use up a customer's occurrence.
     prefix = f"test:{result.run_id}:" if test_recipient else ""
     _insert_ledger(conn, campaign, result.run_id, rows, contexts, prefix, now, domain=domain,
+                   secret=secret,
                    test_recipient=test_recipient, lateness=lateness_limit(campaign, as_of))
     if campaign.coupon is not None:
         _insert_coupons(conn, campaign, result.run_id, rows, prefix, as_of)
@@ -572,7 +604,8 @@ def _insert_plan(conn: Connection, campaign: Campaign, run_id: int, frame: pd.Da
     plan_rows = [
         {"run_id": run_id, "customer_id": r.customer_id, "outcome": r.outcome,
          "reason": r.reason, "occurrence": r.occurrence, "idempotency_key": r.key, "locale": r.lang,
-         "template": campaign.template, "coupon_code": r.coupon_code if r.outcome == SEND else None,
+         "template": r.template, "variant": r.variant if isinstance(r.variant, str) else None,
+         "coupon_code": r.coupon_code if r.outcome == SEND else None,
          "send_at": None if pd.isna(r.send_at) else r.send_at.to_pydatetime(),
          "local_send_at": r.local_send_at if isinstance(r.local_send_at, str) else None}
         for r in frame.itertuples()
@@ -582,7 +615,7 @@ def _insert_plan(conn: Connection, campaign: Campaign, run_id: int, frame: pd.Da
 
 
 def _insert_ledger(conn: Connection, campaign: Campaign, run_id: int, rows: pd.DataFrame, contexts: list[dict],
-                   prefix: str, now: datetime, *, domain: str, test_recipient: str | None,
+                   prefix: str, now: datetime, *, domain: str, secret: str, test_recipient: str | None,
                    lateness: tuple[date, str]) -> None:
     """The send ledger's rows, state planned, each with its allow-listed render context, Message-ID and
     lateness limit (none for a test message: a tester wants it whenever they ask)."""
@@ -593,8 +626,9 @@ def _insert_ledger(conn: Connection, campaign: Campaign, run_id: int, rows: pd.D
         {"idempotency_key": prefix + r.key, "campaign": campaign.name, "customer_id": r.customer_id,
          "run_id": run_id, "occurrence": r.occurrence, "state": MessageState.PLANNED,
          "test": test_recipient is not None, "recipient": test_recipient or r.email, "locale": r.lang,
-         "template": campaign.template, "coupon_code": r.coupon_code, "send_at": r.send_at.to_pydatetime(),
-         "context": ctx, "created_at": now, "updated_at": now, "message_id": message_id_for(prefix + r.key, domain),
+         "template": r.template, "variant": r.variant if isinstance(r.variant, str) else None,
+         "coupon_code": r.coupon_code, "send_at": r.send_at.to_pydatetime(),
+         "context": ctx, "created_at": now, "updated_at": now, "message_id": message_id_for(prefix + r.key, domain, secret),
          "expires_at": at, "expiry_reason": None if test else why}
         for r, ctx, at in zip(rows.itertuples(), contexts, expires, strict=True)
     ]

@@ -11,7 +11,7 @@ import logging
 
 import click
 
-from crm_tasks.cli import campaigns, cleanup, db, ingest, messages, segments
+from crm_tasks.cli import bounces, campaigns, cleanup, db, ingest, messages, reports, segments
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +29,8 @@ for _command in (
     campaigns.campaign_group, campaigns.coupons_report,
     messages.templates_group, messages.preview, messages.smtp_sink,
     cleanup.cleanup_group, cleanup.erase_command,
+    bounces.bounces_group,
+    reports.report_group,
 ):
     main.add_command(_command)
 

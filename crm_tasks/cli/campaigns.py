@@ -106,8 +106,11 @@ def _state_line(states: dict) -> str:
 @click.option("--as-of", "as_of", required=True, callback=parse_date, help="The day the messages are for.")
 @click.option("--limit", "audience_limit", type=click.IntRange(1), help="At most this many recipients.")
 @click.option("--test-recipient", help="Send every message to this address instead (test keys only).")
+@click.option("--replay", is_flag=True,
+              help="Deliver as if on the run's day: the ledger's clock starts at the run's scheduled time, so send "
+                   "windows, lateness and sent_at are that day's (demos, and replaying a past date on a test server).")
 @json_output
-def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
+def campaign_run(name, as_of, audience_limit, test_recipient, replay, as_json) -> None:
     """Plan a campaign for a date and deliver it now, with the same code the DAG runs; prints the
     ledger's final states. The SMTP server is CRM_SMTP_URL. Messages not yet due (send window,
     retry backoff) stay in the ledger; run it again later, or let the DAG do it.
@@ -116,6 +119,7 @@ def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
     """
     from crm_tasks.campaigns.definitions import get_campaign
     from crm_tasks.campaigns.planning import plan_campaign
+    from crm_tasks.delivery.replay import replay as replay_run
     from crm_tasks.delivery.send import deliver, smtp_target
     from crm_tasks.errors import CampaignBlocked
 
@@ -132,7 +136,10 @@ def campaign_run(name, as_of, audience_limit, test_recipient, as_json) -> None:
             payload = {"plan": exc.result.summary()}
             raise
         payload = {"plan": plan.summary()}
-        result = deliver(db, cfg, campaign.name, plan.run_id, target=target)
+        if replay:
+            result = replay_run(db, cfg, campaign.name, plan.run_id, plan.run_at, target=target)
+        else:
+            result = deliver(db, cfg, campaign.name, plan.run_id, target=target)
     except CrmError as exc:
         fail(exc, as_json, payload)
     payload["delivery"] = result.summary()

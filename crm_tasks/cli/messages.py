@@ -43,8 +43,9 @@ def templates_check(as_json) -> None:
 @click.option("--as-of", "as_of", callback=parse_date, help="Occasion date (default: today in crm.yaml's zone).")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the .eml and .html files (default: CRM_PREVIEW_DIR, var/preview).")
+@click.option("--variant", help="For an A/B test: the variant to render (default: the first).")
 @json_output
-def preview(campaign, customer_id, locale, as_of, out, as_json) -> None:
+def preview(campaign, customer_id, locale, as_of, out, variant, as_json) -> None:
     """Write one customer's message of a campaign as .eml and .html files, to look at.
 
     Example: crm preview birthday --customer C000042 --locale fa
@@ -54,7 +55,7 @@ def preview(campaign, customer_id, locale, as_of, out, as_json) -> None:
     cfg = settings()
     with reported(as_json):
         result = preview_message(engine(), cfg, campaign, customer_id, out or cfg.preview_dir, locale=locale,
-                                 as_of=as_of)
+                                 as_of=as_of, variant=variant)
     emit(as_json, result, f"wrote {result['eml']} and {result['html']} (subject: {result['subject']})")
 
 

@@ -38,9 +38,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, func, select
+from sqlalchemy import Connection, Engine, func, select
 
-from crm_tasks.delivery import ledger
+from crm_tasks.delivery import clicks, ledger
 from crm_tasks.delivery.smtp import (
     DEFERRED,
     FAILED,
@@ -53,12 +53,12 @@ from crm_tasks.delivery.smtp import (
     parse_smtp_url,
     prepare_payload,
 )
-from crm_tasks.delivery.suppression import add_suppressions, email_hash
+from crm_tasks.delivery.suppression import add_soft_bounces, add_suppressions, clear_soft_bounces, email_hash
 from crm_tasks.errors import ConfigError, CrmError, HeaderInjection, RenderError
 from crm_tasks.messages.mime import Envelope, build_message, message_id_for
 from crm_tasks.messages.render import Renderer, renderer_for
 from crm_tasks.settings import Settings
-from crm_tasks.store.bulk import dialect_insert, rows_in
+from crm_tasks.store.bulk import rows_in
 from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import AddressBounce, CampaignRun, Customer, Message, Suppression
 from crm_tasks.store.models import MessageState as S
@@ -218,6 +218,8 @@ class _Batch:
         d = self.cfg.delivery
         with self.engine.connect() as conn:
             self.conn = conn
+            with conn.begin():  # links are signed with the key in force when the batch starts
+                self.tracker = clicks.tracker_for(self.cfg, load_keys(conn, self.cfg).signing)
             while True:
                 now = self.clock()
                 with _write(conn):
@@ -311,8 +313,11 @@ class _Batch:
         mid = row.message_id or message_id_for(row.idempotency_key, self.domain)
         env = Envelope(sender.name, sender.email, row.recipient, ctx["customer"]["first_name"], rendered.subject,
                        mid, tuple(links), f"{row.campaign}.{self.domain}")
+        # The HTML part's links become tracked redirects (test messages too, so that testers see them work);
+        # the unsubscribe link stays direct.
+        html = clicks.track(rendered.html, mid, self.tracker, keep=(url,))
         return _Built(row.idempotency_key, row.customer_id, row.recipient, row.test, row.attempts,
-                      prepare_payload(build_message(env, rendered.text, rendered.html)), address_hash)
+                      prepare_payload(build_message(env, rendered.text, html)), address_hash)
 
     async def _render(self, rows: list) -> tuple[list[_Built], list[dict]]:
         built, bad = [], []
@@ -397,19 +402,10 @@ class _Batch:
             ledger.move(self.conn, sent, {S.SENDING}, S.SENT, self.token, smtp_code=250, last_error=None,
                         sent_at=now, next_attempt_at=None, updated_at=now)
             ledger.move_each(self.conn, rows, S.SENDING, self.token)
-            if bounced:
-                stmt = dialect_insert(self.conn)(AddressBounce).values([{"email_hash": h, "soft_bounces": n, "last_code": None,
-                                                      "updated_at": now} for h, n in bounced.items()])
-                self.conn.execute(stmt.on_conflict_do_update(
-                    index_elements=["email_hash"],
-                    set_={"soft_bounces": AddressBounce.soft_bounces + stmt.excluded.soft_bounces,
-                          "updated_at": now}))
+            add_soft_bounces(self.conn, bounced, now)
             add_suppressions(self.conn, [{"email_hash": b.address_hash, "customer_id": b.customer_id,
                                           "reason": why, "created_at": now} for b, why in hard])
-            if delivered:
-                # An accepted message ends a run of soft bounces.
-                for i in range(0, len(delivered), 900):
-                    self.conn.execute(delete(AddressBounce).where(AddressBounce.email_hash.in_(delivered[i:i + 900])))
+            clear_soft_bounces(self.conn, delivered)  # an accepted message ends a run of soft bounces
         for b, o in zip(built, outcomes, strict=True):
             if o.state != SENT:
                 log.info("message %s: %s %s", b.key, o.state, o.error or "")

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import Connection, Engine, select
 
+from crm_tasks.delivery import clicks, webhooks
 from crm_tasks.delivery.suppression import add_suppressions, email_hash, verify_unsubscribe_token
 from crm_tasks.errors import InvalidToken
 from crm_tasks.settings import Settings, settings
@@ -187,6 +188,8 @@ def create_app(get_settings=settings, get_engine=None, strikes: Strikes | None =
                                               "asking to be removed.</p>", 404)
         return _page("You are unsubscribed", "<p>You will get no more marketing e-mails from us.</p>")
 
+    clicks.add_routes(app, engine, get_settings, strikes)  # /r/{token}, /o/{token}.gif
+    webhooks.add_routes(app, engine, get_settings, strikes)  # /webhooks/ses, /webhooks/mailgun
     return app
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,9 +64,17 @@ def check_address(field: str, address: str) -> str:
     return address
 
 
-def message_id_for(idempotency_key: str, domain: str) -> str:
-    """The same key always gets the same Message-ID: a retried or duplicated send is recognisable."""
-    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+def message_id_for(idempotency_key: str, domain: str, secret: str | None = None) -> str:
+    """The same key always gets the same Message-ID: a retried or duplicated send is recognisable.
+
+    Keyed with the deployment's hashing key (planning passes it): a late bounce or complaint names its
+    message by Message-ID, so nobody who knows a customer id may compute one and mail a forged report
+    that suppresses them. Without ``secret`` (ledger rows older than keyed ids): a plain digest."""
+    data = idempotency_key.encode()
+    if secret is None:
+        digest = hashlib.sha256(data).hexdigest()[:32]
+    else:
+        digest = hmac.new(secret.encode(), b"message-id:" + data, hashlib.sha256).hexdigest()[:32]
     return f"<{digest}@{domain}>"
 
 

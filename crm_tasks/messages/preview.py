@@ -67,14 +67,21 @@ def check_templates(cfg: Settings) -> dict:
 
 
 def preview_message(engine: Engine, cfg: Settings, campaign_name: str, customer_id: str, out: Path, *,
-                    locale: str | None = None, as_of: date | None = None) -> dict:
-    """Render ``campaign_name`` for one customer, whether or not the trigger selects them that day."""
+                    locale: str | None = None, as_of: date | None = None, variant: str | None = None) -> dict:
+    """Render ``campaign_name`` for one customer, whether or not the trigger selects them that day; for an
+    A/B test, as ``variant`` (default: the first)."""
     from crm_tasks.campaigns.planning import build_contexts
     from crm_tasks.clock import cutoff_for
 
     campaign = get_campaign(cfg, campaign_name)
     renderer = renderer_for(cfg)
-    renderer.check(campaign.template)
+    names = [v.name for v in campaign.variants]
+    if variant is not None and variant not in names:
+        raise ConfigError(f"--variant {variant!r}: campaign {campaign.name} has "
+                          f"{'the variants ' + ', '.join(names) if names else 'no variants'}")
+    chosen = next((v for v in campaign.variants if v.name == variant), campaign.variants[0] if names else None)
+    template = (chosen.template if chosen else None) or campaign.template
+    renderer.check(template)
     as_of = as_of or datetime.now(ZoneInfo(cfg.timezone)).date()
     with engine.connect() as conn:
         rows = pd.DataFrame(conn.execute(select(*PROFILE).where(Customer.customer_id == customer_id)).all(),
@@ -86,8 +93,9 @@ def preview_message(engine: Engine, cfg: Settings, campaign_name: str, customer_
         rows["lang"] = locale or language_of(rows.at[0, "locale"], renderer.languages)
         rows["years"] = pd.array([pd.NA], dtype="Int64")
         rows["coupon_code"] = "PREVIEW000" if campaign.coupon else None
+        rows["variant"], rows["template"] = chosen.name if chosen else None, template
         [context] = build_contexts(conn, cfg, campaign, as_of, rows, renderer, cutoff_for(as_of, cfg.timezone))
-    msg = renderer.render(campaign.template, context)
+    msg = renderer.render(template, context)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{campaign.name}-{customer_id}-{context['lang']}"
     # UTF-8 headers (RFC 6532): the standard library's encoded-word folding can drop the space
@@ -100,5 +108,6 @@ def preview_message(engine: Engine, cfg: Settings, campaign_name: str, customer_
     mail.add_alternative(msg.html, subtype="html")
     stem.with_suffix(".eml").write_bytes(bytes(mail))
     stem.with_suffix(".html").write_text(msg.html, encoding="utf-8")
-    return {"campaign": campaign.name, "customer_id": customer_id, "lang": context["lang"], "subject": msg.subject,
+    return {"campaign": campaign.name, "customer_id": customer_id, "lang": context["lang"],
+            "variant": chosen.name if chosen else None, "subject": msg.subject,
             "eml": str(stem.with_suffix(".eml")), "html": str(stem.with_suffix(".html"))}

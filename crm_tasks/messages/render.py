@@ -319,6 +319,7 @@ class Renderer:
         self.folder = Path(folder)
         self.languages = list(languages)
         self.render_seconds = render_seconds
+        self._variant_subjects: dict[str, object] = {}
         self.catalogs = {lang: self._catalog(lang) for lang in self.languages}
         if "en" not in self.catalogs and self.languages:
             raise RenderError(f"{self.folder}: the fallback language 'en' must be among the languages")
@@ -380,7 +381,7 @@ class Renderer:
         """Subject, HTML and text of one message. The subject is one line, or an error."""
         try:
             with time_limit(self.render_seconds):
-                subject = " ".join(self.env.get_template(f"{template}/subject.txt").render(context).split())
+                subject = " ".join(self._subject(template, context.get("variant_subject")).render(context).split())
                 body = {**context, "subject": subject}
                 html = self.env.get_template(f"{template}/body.html").render(body)
                 text = self.env.get_template(f"{template}/body.txt").render(body)
@@ -396,6 +397,18 @@ class Renderer:
             raise RenderError(f"template {template} ({context.get('lang')}): the message has {size} characters; "
                               f"at most {MAX_MESSAGE_CHARS}")
         return RenderedMessage(subject, html, text)
+
+    def _subject(self, template: str, variant_subject: str | None):
+        """The subject's template: an A/B variant's own text (compiled in the same sandbox, once per text),
+        else the template folder's subject.txt."""
+        if variant_subject is None:
+            return self.env.get_template(f"{template}/subject.txt")
+        compiled = self._variant_subjects.get(variant_subject)
+        if compiled is None:
+            if len(self._variant_subjects) > 256:
+                self._variant_subjects.clear()
+            compiled = self._variant_subjects[variant_subject] = self.env.from_string(variant_subject)
+        return compiled
 
     def check(self, template: str) -> None:
         """Compile a template's three parts (syntax errors surface here, before any customer is rendered)."""

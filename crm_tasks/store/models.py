@@ -601,7 +601,6 @@ class CampaignResult(Base):
     clickers: Mapped[int] = mapped_column(BigInteger)  # messages with at least one click
     bounces: Mapped[int] = mapped_column(BigInteger)  # late bounces and complaints recorded against its messages
     lift: Mapped[dict | None] = mapped_column(Json)  # treatment rows: the statistics against the holdout
-    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class ControlResult(Base):
@@ -617,7 +616,6 @@ class ControlResult(Base):
     buyers: Mapped[int] = mapped_column(BigInteger)
     revenue: Mapped[Decimal] = mapped_column(Money)  # net, base currency
     lift: Mapped[dict | None] = mapped_column(Json)  # the marketed row: its lift against control
-    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class Click(Base):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, bindparam, text
 
+from crm_tasks.store.types import MONEY_UNITS
+
 
 def true(conn: Connection) -> str:
     """The literal TRUE (SQLite stores booleans as 1)."""
@@ -42,12 +44,15 @@ def scratch(conn: Connection, name: str, columns: str, *indexes: str) -> None:
     conn.exec_driver_sql(f"DELETE FROM {name}")
 
 
-def execute(conn: Connection, sql: str, params: dict | None = None, **types):
+def execute(conn: Connection, sql: str, params: dict | None = None, *, result_types: dict | None = None, **types):
     """Execute ``sql`` with only the parameters it names, binding those given in ``types`` with that
-    SQLAlchemy type (dates and UTC instants stored as each dialect stores them)."""
+    SQLAlchemy type (dates and UTC instants stored as each dialect stores them); ``result_types`` reads
+    result columns the same way (money as Decimal, instants as UTC)."""
     stmt = text(sql)
     used = {k for k in (params or {}) if f":{k}" in sql}
     stmt = stmt.bindparams(*(bindparam(k, type_=t) for k, t in types.items() if k in used))
+    if result_types:
+        stmt = stmt.columns(**result_types)
     return conn.execute(stmt, {k: v for k, v in (params or {}).items() if k in used})
 
 
@@ -62,3 +67,26 @@ def money_per(total: str, n: str, dialect: str) -> str:
     if dialect == "postgresql":
         return f"ROUND({total} / NULLIF({n}, 0), 4)"
     return f"CASE WHEN {n} > 0 THEN (2 * {total} + (CASE WHEN {total} >= 0 THEN {n} ELSE -{n} END)) / (2 * {n}) END"
+
+
+def plus_days(column: str, days: str, dialect: str) -> str:
+    """A UTC timestamp column plus a whole number of days (a SQL expression), exact to the microsecond on
+    both dialects: SQLite's date functions keep only milliseconds, so its fraction is carried over as text."""
+    if dialect == "sqlite":
+        return f"(strftime('%Y-%m-%dT%H:%M:%S', {column}, '+' || ({days}) || ' days') || substr({column}, 20))"
+    return f"({column} + ({days}) * INTERVAL '1 day')"
+
+
+def money_as_float(column: str, dialect: str) -> str:
+    """A money column as a float in currency units, for spreads and statistics (never for totals, which
+    stay exact): SQLite stores money as integer 1/10000 units."""
+    scale = f" / {MONEY_UNITS}.0" if dialect == "sqlite" else ""
+    return f"(CAST({column} AS DOUBLE PRECISION){scale})"
+
+
+def relaxed_commit(conn: Connection) -> None:
+    """Let the current transaction's commit return before its write-ahead log reaches the disk, for writes
+    not worth a disk flush each (a click count). On PostgreSQL a server crash may lose the last fraction of a
+    second of such commits, never corrupt anything; SQLite (WAL, synchronous=NORMAL) already commits so."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")

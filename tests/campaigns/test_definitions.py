@@ -36,6 +36,14 @@ def test_every_shipped_campaign_loads():
     ("  field: birthday", "  field: birthdate", "trigger.field: 'birthdate' is not a date field; did you mean 'birthday'?"),
     ("template: birthday", "template: birthdy", "template: 'birthdy' needs subject.txt, body.html, body.txt"),
     ("name: birthday", "name: bday", "name 'bday' must match the file name"),
+    ("template: birthday", "template: birthday\nvariants: [{name: only}]",
+     "variants: an A/B test needs at least two variants"),
+    ("template: birthday", "template: birthday\nvariants: [{name: a}, {name: a}]", "variants: names must differ"),
+    ("template: birthday", "template: birthday\nvariants: [{name: a}, {name: b, template: nope}]",
+     "variants.b.template: 'nope' needs subject.txt"),
+    ("template: birthday", "template: birthday\nvariants: [{name: a}, {name: b, wieght: 2}]",
+     "variants.1.wieght: unknown field; did you mean 'weight'?"),
+    ("template: birthday", "template: birthday\nattribution_days: 0", "attribution_days: Input should be greater"),
 ])
 def test_a_broken_file_names_the_file_the_field_and_the_fix(tmp_path, old, new, message):
     with pytest.raises(ConfigError) as err:

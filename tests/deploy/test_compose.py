@@ -427,7 +427,7 @@ def test_the_image_layout_runs_the_crm_away_from_the_repository(dockerfile, tmp_
         from airflow.dag_processing.dagbag import DagBag
         bag = DagBag(dag_folder={str(root / "opt/airflow/dags")!r})
         assert bag.import_errors == {{}}, bag.import_errors
-        assert {{"crm_ingest", "crm_segments", "crm_cleanup"}} <= set(bag.dags), sorted(bag.dags)
+        assert {{"crm_ingest", "crm_segments", "crm_cleanup", "crm_bounces"}} <= set(bag.dags), sorted(bag.dags)
         from airflow import plugins_manager
         apps, _ = plugins_manager.get_fastapi_plugins()
         assert [a["url_prefix"] for a in apps] == ["/crm"], apps

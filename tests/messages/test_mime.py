@@ -95,6 +95,11 @@ def test_an_address_that_is_not_one_plain_address_is_refused(address):
 def test_the_same_key_always_gets_the_same_message_id():
     assert message_id_for("birthday:C1:2027", "example.com") == message_id_for("birthday:C1:2027", "example.com")
     assert message_id_for("birthday:C1:2027", "example.com") != message_id_for("birthday:C1:2028", "example.com")
+    # Keyed: without the deployment's key nobody computes a customer's Message-ID (to forge a bounce).
+    keyed = message_id_for("birthday:C1:2027", "example.com", "k1")
+    assert keyed == message_id_for("birthday:C1:2027", "example.com", "k1")
+    assert keyed not in {message_id_for("birthday:C1:2027", "example.com"),
+                         message_id_for("birthday:C1:2027", "example.com", "k2")}
 
 
 def test_the_data_payload_doubles_leading_dots_and_ends_the_data():

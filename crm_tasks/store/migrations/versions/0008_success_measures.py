@@ -65,7 +65,6 @@ def upgrade() -> None:
         sa.Column("clickers", sa.BigInteger, nullable=False),
         sa.Column("bounces", sa.BigInteger, nullable=False),
         sa.Column("lift", Json),
-        sa.Column("computed_at", UtcDateTime, nullable=False),
     )
 
     op.create_table(
@@ -78,7 +77,6 @@ def upgrade() -> None:
         sa.Column("buyers", sa.BigInteger, nullable=False),
         sa.Column("revenue", Money, nullable=False),
         sa.Column("lift", Json),
-        sa.Column("computed_at", UtcDateTime, nullable=False),
     )
 
     op.create_table(

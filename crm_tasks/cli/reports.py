@@ -1,0 +1,92 @@
+"""Success measures: ``crm report refresh|campaign|lift|control``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crm_tasks.cli.common import emit, json_output, parse_date, reported, settings, store
+
+
+@click.group("report")
+def report_group() -> None:
+    """Did a campaign work? Attributed revenue, holdout lift with intervals, A/B variants, the control group."""
+
+
+@report_group.command("refresh")
+@click.option("--as-of", "as_of", callback=parse_date, required=True,
+              help="Purchases up to the end of this day count (YYYY-MM-DD).")
+@json_output
+def report_refresh(as_of, as_json) -> None:
+    """Recompute attributions, campaign results and the control group as of a date (what crm_reports runs).
+
+    Example: crm report refresh --as-of 2026-03-31
+    """
+    from crm_tasks.results.campaigns import refresh_results
+
+    db = store(as_json)
+    with reported(as_json):
+        result = refresh_results(db, settings(), as_of)
+    emit(as_json, result.summary(), f"results as of {as_of}: {result.runs} runs, {result.groups} groups, "
+                                    f"{result.attributed} purchases attributed, {result.control_months} control "
+                                    f"months ({result.seconds:.1f} s)")
+
+
+@report_group.command("campaign")
+@click.argument("name")
+@click.option("--run", "run_id", type=int, help="Only this run (its id, from `crm campaign status`).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the table as CSV (cells never start a spreadsheet formula).")
+@json_output
+def report_campaign(name, run_id, csv_path, as_json) -> None:
+    """A campaign's results per run and variant: conversion, revenue, attributed revenue, coupons, clicks,
+    and the lift against the holdout with its 95% interval and verdict.
+
+    Example: crm report campaign at_risk_offer --json
+    """
+    from crm_tasks.results.reports import campaign_csv, campaign_lines, campaign_report
+
+    db = store(as_json)
+    with reported(as_json):
+        report = campaign_report(db, name, run_id)
+    if csv_path is not None:
+        csv_path.write_text(campaign_csv(report), encoding="utf-8")
+    emit(as_json, report.to_dict(), "\n".join(campaign_lines(report)))
+
+
+@report_group.command("lift")
+@click.option("--since", callback=parse_date, help="Runs on or after this day (YYYY-MM-DD).")
+@json_output
+def report_lift(since, as_json) -> None:
+    """Every measured run's verdict and lift, one line each.
+
+    Example: crm report lift --since 2026-01-01
+    """
+    from crm_tasks.results.reports import lift_summary
+
+    rows = lift_summary(store(as_json), since)
+    lines = [f"{r['run_as_of']} {r['campaign']}{':' + r['variant'] if r['variant'] else ''} (run {r['run_id']}, "
+             f"{r['customers']} customers, attributed {r['attributed_revenue']}): {(r['lift'] or {}).get('text')}"
+             for r in rows] or ["no measured runs yet (crm report refresh --as-of DATE)"]
+    emit(as_json, {"runs": rows}, "\n".join(lines))
+
+
+@report_group.command("control")
+@json_output
+def report_control(as_json) -> None:
+    """The programme's total lift: marketed customers against the global control group, per month.
+
+    Example: crm report control --json
+    """
+    from crm_tasks.results.reports import control_report
+
+    months = control_report(store(as_json))
+    lines = []
+    for m in months:
+        lift = m.get("lift") or {}
+        marketed, control = ((m.get(g) or {}).get("per_customer") for g in ("marketed", "control"))
+        lines.append(f"{m['month'][:7]}{'' if m['complete'] else ' (so far)'}: revenue/customer marketed "
+                     f"{marketed} vs control {control}: {lift.get('text', 'n/a')}")
+    emit(as_json, {"months": months}, "\n".join(lines) or "no control-group results (results.global_control_share "
+                                                          "is 0, or no refresh yet)")

@@ -1,0 +1,83 @@
+"""crm report refresh / campaign / lift / control, and crm campaign run --replay, on a real database."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, date, datetime, timedelta
+
+from click.testing import CliRunner
+from sqlalchemy import select, update
+
+from crm_tasks.cli import main
+from crm_tasks.store.models import Message
+from tests.conftest import REPO
+from tests.factories import add_customers, buy, campaign, plan
+from tests.smtp_servers import SmtpServer
+
+
+def _measured_run(engine, cfg):
+    add_customers(engine, *({"customer_id": f"C{i:03d}", "birthday": date(1990, 5, 1)} for i in range(240)))
+    plan(engine, cfg, campaign(holdout_share=0.5), date(2026, 5, 1), datetime(2026, 5, 1, 3, 0, tzinfo=UTC),
+         record=True, dry_run=False)
+    with engine.begin() as conn:
+        conn.execute(update(Message).values(state="sent", sent_at=Message.send_at))
+    for i in range(0, 240, 4):
+        buy(engine, f"C{i:03d}", datetime(2026, 5, 2, 8, tzinfo=UTC), "250")
+
+
+def test_refresh_then_the_campaign_report_as_json_text_and_csv(use_settings, engine, tmp_path):
+    _measured_run(engine, use_settings)
+    runner = CliRunner()
+    refreshed = runner.invoke(main, ["report", "refresh", "--as-of", "2026-05-20", "--json"])
+    assert refreshed.exit_code == 0, refreshed.output
+    assert json.loads(refreshed.stdout)["runs"] == 1
+
+    out = runner.invoke(main, ["report", "campaign", "birthday", "--json", "--csv", str(tmp_path / "r.csv")])
+    assert out.exit_code == 0, out.output
+    [run] = json.loads(out.stdout)["runs"]
+    [treatment] = run["treatment"]
+    lift = treatment["lift"]
+    assert {"conversion", "revenue", "attributed", "lift"} <= set(treatment) and run["holdout"]["customers"] > 0
+    assert treatment["customers"] + run["holdout"]["customers"] == 240
+    assert lift["conversion"]["difference"]["ci_low"] <= lift["conversion"]["difference"]["ci_high"]
+    assert {"ci_low", "ci_high", "estimate"} <= set(lift["revenue"]["difference"])
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text(encoding="utf-8"))))
+    assert [r["group"] for r in rows] == ["treatment", "holdout"]
+    assert rows[0]["conversion_ci_low"] == str(lift["conversion"]["difference"]["ci_low"]) or \
+        rows[0]["conversion_ci_low"] == "'" + str(lift["conversion"]["difference"]["ci_low"])
+
+    text = runner.invoke(main, ["report", "campaign", "birthday"])
+    assert text.exit_code == 0 and "lift:" in text.output and "holdout:" in text.output
+    lifted = runner.invoke(main, ["report", "lift", "--since", "2026-05-01", "--json"])
+    assert [r["campaign"] for r in json.loads(lifted.stdout)["runs"]] == ["birthday"]
+    control = runner.invoke(main, ["report", "control", "--json"])
+    months = json.loads(control.stdout)["months"]  # crm.yaml's 5 % control group, for 12 months
+    assert control.exit_code == 0 and len(months) == 12
+    assert all(m["control"]["customers"] + m["marketed"]["customers"] == 240 for m in months)
+    missing = runner.invoke(main, ["report", "campaign", "anniversary"])
+    assert missing.exit_code == 1 and "no results for campaign 'anniversary' as of 2026-05-20" in missing.output
+
+
+def test_a_replayed_run_is_sent_as_if_on_its_day(use_settings, engine, monkeypatch, tmp_path):
+    from crm_tasks.settings import settings
+
+    folder = tmp_path / "campaigns"
+    folder.mkdir()
+    src = (REPO / "campaigns" / "birthday.yaml").read_text(encoding="utf-8")
+    (folder / "birthday.yaml").write_text(src + "\nholdout_share: 0\n", encoding="utf-8")
+    monkeypatch.setenv("CRM_CAMPAIGNS_DIR", str(folder))
+    add_customers(engine, {"customer_id": "R1", "birthday": date(1990, 4, 2)},
+                  {"customer_id": "R2", "birthday": date(1990, 4, 2), "timezone": "America/New_York"})
+    with SmtpServer() as srv:
+        monkeypatch.setenv("CRM_SMTP_URL", srv.url)
+        settings.cache_clear()
+        out = CliRunner().invoke(main, ["campaign", "run", "birthday", "--as-of", "2026-04-02", "--replay", "--json"])
+        assert out.exit_code == 0, out.output
+        assert json.loads(out.stdout)["delivery"]["sent"] == 2 and len(srv.handler.messages) == 2
+    with engine.connect() as conn:
+        sent = dict(conn.execute(select(Message.customer_id, Message.sent_at)).all())
+    # Each at its own 09:00 of that day (New York's window opens hours after Kolkata's), not today: a birthday
+    # message would be stale today (lateness 0) and expire instead.
+    assert sent["R1"].date() == date(2026, 4, 2) and sent["R2"] - sent["R1"] > timedelta(hours=9)
