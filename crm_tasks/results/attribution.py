@@ -38,9 +38,10 @@ JOIN messages m ON m.idempotency_key = c.idempotency_key
 WHERE p.coupon_code IS NOT NULL AND p.purchased_at < :cutoff AND NOT m.test
 """
 
-# The last-touch rule. Driven by the sent messages: each probes ix_purchases_customer (customer_id,
-# purchased_at) for its window, so the cost grows with messages and their recipients' purchases, not
-# with all purchases. ROW_NUMBER keeps the latest message before each purchase.
+# The last-touch rule. SQLite drives it by the sent messages, each probing ix_purchases_customer
+# (customer_id, purchased_at) for its window; PostgreSQL hashes the messages and streams the purchases
+# since the first send (:first_sent, which spares it the history before any campaign). ROW_NUMBER keeps
+# the latest message before each purchase.
 _BY_WINDOW = """
 INSERT INTO attributions (purchase_id, idempotency_key, campaign, run_id, variant, customer_id, rule, amount,
                           currency, purchased_at)
@@ -54,6 +55,7 @@ FROM (
     JOIN purchases p ON p.customer_id = m.customer_id AND p.purchased_at >= m.sent_at
                     AND p.purchased_at < {window_end}
     WHERE m.state = 'sent' AND NOT m.test AND m.sent_at < :cutoff AND p.purchased_at < :cutoff
+      AND p.purchased_at >= :first_sent
       AND NOT EXISTS (SELECT 1 FROM attributions a WHERE a.purchase_id = p.id)
 ) touches
 WHERE touch = 1
@@ -75,7 +77,12 @@ def attribute(conn: Connection, cutoff: datetime, days_by_campaign: dict[str, in
     conn.execute(delete(Attribution))
     params: dict = {"cutoff": cutoff}
     sql.execute(conn, _BY_COUPON, params, cutoff=UtcDateTime())
-    days = window_days_sql(days_by_campaign, default_days, params)
-    window_end = sql.plus_days("m.sent_at", days, conn.dialect.name)
-    sql.execute(conn, _BY_WINDOW.format(window_end=window_end), params, cutoff=UtcDateTime())
+    first_sent = sql.execute(conn, "SELECT MIN(sent_at) AS first FROM messages WHERE state = 'sent' AND NOT test",
+                             result_types={"first": UtcDateTime()}).scalar()
+    if first_sent is not None:
+        params["first_sent"] = first_sent
+        days = window_days_sql(days_by_campaign, default_days, params)
+        window_end = sql.plus_days("m.sent_at", days, conn.dialect.name)
+        sql.execute(conn, _BY_WINDOW.format(window_end=window_end), params, cutoff=UtcDateTime(),
+                    first_sent=UtcDateTime())
     return sql.count(conn, "SELECT COUNT(*) FROM attributions")

@@ -117,7 +117,8 @@ def measured_runs(conn: Connection, cfg: Settings, cutoff: datetime) -> list[Run
 
 
 # Everyone a run assigned, with their purchases in its window: one probe of ix_purchases_customer per
-# assigned customer. Only customers with a purchase come back; the rest spent nothing.
+# assigned customer on SQLite; on PostgreSQL a hash join over the purchases since the first window
+# (:first_start). Only customers with a purchase come back; the rest spent nothing.
 _SPENDING = """
 SELECT pl.run_id, pl.outcome, COALESCE(pl.variant, '') AS variant, pl.customer_id, pu.currency,
        SUM(CASE WHEN pu.amount >= 0 THEN 1 ELSE 0 END) AS orders, SUM(pu.amount) AS revenue
@@ -125,6 +126,7 @@ FROM result_runs r
 JOIN campaign_plan pl ON pl.run_id = r.run_id AND pl.outcome IN ('send', 'holdout')
 JOIN purchases pu ON pu.customer_id = pl.customer_id AND pu.purchased_at >= r.window_start
                  AND pu.purchased_at < r.window_end
+WHERE pu.purchased_at >= :first_start
 GROUP BY pl.run_id, pl.outcome, COALESCE(pl.variant, ''), pl.customer_id, pu.currency
 """
 
@@ -178,7 +180,8 @@ def campaign_rows(conn: Connection, cfg: Settings, runs: list[RunWindow], as_of:
                     start=UtcDateTime(), end=UtcDateTime())
     rates = cfg.segments.exchange_rates
     spending = pd.DataFrame(
-        sql.execute(conn, _SPENDING, result_types={"revenue": Money()}).all(),
+        sql.execute(conn, _SPENDING, {"first_start": min(r.start for r in runs)}, result_types={"revenue": Money()},
+                    first_start=UtcDateTime()).all(),
         columns=["run_id", "outcome", "variant", "customer_id", "currency", "orders", "revenue"])
     _check_rates(spending["currency"], rates, cfg.segments.base_currency)
     exact = _base_totals(spending, rates, ["run_id", "outcome", "variant"])
