@@ -664,6 +664,109 @@ class DeliveryEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+# --- analytics (crm_tasks/analytics) -----------------------------------------------------------------------------
+
+
+class SalesDaily(Base):
+    """The sales cube: one day of one store's category in one currency, kept equal to a recomputation from
+    purchases (``crm_tasks/analytics/sales.py``). Weeks and months are sums of days, except distinct buyers."""
+
+    __tablename__ = "sales_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # the business day, in crm.yaml's time zone
+    store_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    orders: Mapped[int] = mapped_column(BigInteger)  # transactions with amount >= 0
+    refunds: Mapped[int] = mapped_column(BigInteger)  # transactions with amount < 0
+    items: Mapped[int] = mapped_column(BigInteger)  # quantity over orders
+    revenue: Mapped[Decimal] = mapped_column(Money)  # net: orders minus refunds
+    refunded: Mapped[Decimal] = mapped_column(Money)  # the refunds' amount, as a positive number
+    buyers: Mapped[int] = mapped_column(BigInteger)  # distinct customers with an order
+    new_buyers: Mapped[int] = mapped_column(BigInteger)  # ...whose first order ever (any store) is that day
+
+    __table_args__ = (Index("ix_sales_daily_category", "category", "day"),)
+
+
+class SalesDailySegment(Base):
+    """The sales cube by the buyer's RFM and lifecycle segment on the day of the purchase."""
+
+    __tablename__ = "sales_daily_segments"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    segment: Mapped[str] = mapped_column(String(64), primary_key=True)  # 'rfm:champions', 'lifecycle:active', '(none)'
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    orders: Mapped[int] = mapped_column(BigInteger)
+    revenue: Mapped[Decimal] = mapped_column(Money)
+    buyers: Mapped[int] = mapped_column(BigInteger)
+
+
+class CustomerClv(Base):
+    """Each customer's lifetime-value scores as of the latest fit (``crm_tasks/analytics/clv.py``)."""
+
+    __tablename__ = "customer_clv"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    as_of: Mapped[date] = mapped_column(Date)
+    frequency: Mapped[int] = mapped_column(Integer)  # repeat purchase days (BG/NBD's x)
+    recency_days: Mapped[float] = mapped_column(Float)  # first to last purchase day (t_x)
+    tenure_days: Mapped[float] = mapped_column(Float)  # first purchase day to the as-of date (T)
+    monetary: Mapped[Decimal | None] = mapped_column(Money)  # mean value of the repeat purchase days, base currency
+    p_alive: Mapped[float] = mapped_column(Float)
+    purchases_90: Mapped[float] = mapped_column(Float)  # expected purchase days in the next 90 days
+    purchases_365: Mapped[float] = mapped_column(Float)
+    clv_12m: Mapped[Decimal | None] = mapped_column(Money)  # expected spend over 12 months, base currency
+
+
+class ClvFit(Base):
+    """One nightly fit of the lifetime-value models: their parameters, sizes and time."""
+
+    __tablename__ = "clv_fits"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # fitted | not_enough_data | failed
+    params: Mapped[dict] = mapped_column(Json)  # {"bgnbd": {r, alpha, a, b}, "gamma_gamma": {p, q, v}}
+    customers: Mapped[int] = mapped_column(BigInteger)  # scored
+    repeat_customers: Mapped[int] = mapped_column(BigInteger)  # with at least one repeat purchase (Gamma-Gamma)
+    detail: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
+class RevenueForecast(Base):
+    """The daily revenue forecast made on ``fit_date`` for the days after it, with 80 % and 95 % intervals
+    (``crm_tasks/analytics/forecast.py``); base currency."""
+
+    __tablename__ = "revenue_forecasts"
+
+    fit_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    mean: Mapped[float] = mapped_column(Float)
+    lower_80: Mapped[float] = mapped_column(Float)
+    upper_80: Mapped[float] = mapped_column(Float)
+    lower_95: Mapped[float] = mapped_column(Float)
+    upper_95: Mapped[float] = mapped_column(Float)
+
+
+class ForecastFit(Base):
+    """One forecast fit: the model, the history it saw, and its rolling backtest against seasonal naive."""
+
+    __tablename__ = "forecast_fits"
+
+    fit_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # fitted | not_enough_data | failed
+    model: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict] = mapped_column(Json)
+    history_days: Mapped[int] = mapped_column(Integer)
+    mape: Mapped[float | None] = mapped_column(Float)
+    mase: Mapped[float | None] = mapped_column(Float)
+    baseline_mape: Mapped[float | None] = mapped_column(Float)  # seasonal naive (the same weekday last week)
+    baseline_mase: Mapped[float | None] = mapped_column(Float)
+    better_than_baseline: Mapped[bool | None] = mapped_column(Boolean)
+    detail: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
 __all__ = [
     "AddressBounce",
     "ArchiveStatus",
@@ -675,23 +778,29 @@ __all__ = [
     "CampaignResult",
     "CampaignRun",
     "CleanupRun",
+    "ClvFit",
     "Click",
     "ControlResult",
     "Coupon",
     "Customer",
     "CustomerCategoryMetrics",
+    "CustomerClv",
     "CustomerMetrics",
     "CustomerMerge",
     "CustomerScore",
     "DeliveryEvent",
     "DeliveryEventStatus",
+    "ForecastFit",
     "IngestBatch",
     "Message",
     "MessageState",
     "MetricsDirty",
     "Purchase",
     "QuarantinedRow",
+    "RevenueForecast",
     "RunStatus",
+    "SalesDaily",
+    "SalesDailySegment",
     "SecretKey",
     "Segment",
     "SegmentMembership",
