@@ -11,11 +11,14 @@ and every morning at 06:30 in any case, and measures as of that date:
   intervals, incremental revenue, a verdict that says "not enough data yet" when that
   is the truth, and each variant's probability of being best;
 - **the global control group** (`control_results`): marketed customers against the
-  `results.global_control_share` (5%) that no marketing campaign mails, month by month.
+  `results.global_control_share` (5%) that no marketing campaign mails, month by month;
+- **the sales cube** (`sales_daily`): revenue, refunds, orders, items and buyers per
+  business day, store, category and currency; only the days whose purchases changed
+  (a late or corrected file too) are recomputed.
 
 Re-running a date replaces its results. **Trigger by hand** with *As of* to measure
 as of another day. From a shell: `crm report campaign NAME`, `crm report lift`,
-`crm report control`.
+`crm report control`, `crm report sales --by month`.
 """
 
 from __future__ import annotations
@@ -52,7 +55,15 @@ def crm_reports():
 
         return tasks.refresh_results()
 
+    @task
+    def sales() -> dict:
+        """Bring the daily sales cube up to date: only the days whose purchases changed are recomputed."""
+        from crm_tasks.airflow import tasks
+
+        return tasks.refresh_sales()
+
     refresh()
+    sales()
 
 
 crm_reports()

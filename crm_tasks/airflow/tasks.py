@@ -193,17 +193,33 @@ def read_bounces() -> dict:
 # --- crm_reports ---------------------------------------------------------------------------
 
 
+def _report_as_of(cfg) -> date:
+    """The as-of date of a crm_reports run: the form's, else what the triggering recomputes announced, else
+    yesterday (clock.report_as_of)."""
+    ctx = get_current_context()
+    announced = [e.extra["as_of"] for events in ctx["triggering_asset_events"].values() for e in events
+                 if (e.extra or {}).get("as_of")]
+    return report_as_of(ctx["params"].get("as_of"), announced, ctx.get("data_interval_end"),
+                        ctx["dag_run"].run_after, cfg.timezone)
+
+
 def refresh_results() -> dict:
     """Attribution, campaign results and the control group as of the run's date; returns counts only."""
     from crm_tasks.results.campaigns import refresh_results as refresh
     from crm_tasks.store.engine import check_schema
 
-    ctx = get_current_context()
     cfg = settings()
-    announced = [e.extra["as_of"] for events in ctx["triggering_asset_events"].values() for e in events
-                 if (e.extra or {}).get("as_of")]
-    as_of = report_as_of(ctx["params"].get("as_of"), announced, ctx.get("data_interval_end"),
-                         ctx["dag_run"].run_after, cfg.timezone)
     engine = task_engine(cfg)
     check_schema(engine)
-    return refresh(engine, cfg, as_of).summary()
+    return refresh(engine, cfg, _report_as_of(cfg)).summary()
+
+
+def refresh_sales() -> dict:
+    """The daily sales cube up to the run's date (only the days that changed); returns counts only."""
+    from crm_tasks.analytics.sales import refresh_sales as refresh
+    from crm_tasks.store.engine import check_schema
+
+    cfg = settings()
+    engine = task_engine(cfg)
+    check_schema(engine)
+    return refresh(engine, cfg, _report_as_of(cfg)).summary()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import click
 
 from crm_tasks.cli.common import emit, json_output, parse_date, reported, settings, store
+from crm_tasks.cli.common import store as store_engine
 
 
 @click.group("report")
@@ -90,3 +93,42 @@ def report_control(as_json) -> None:
                      f"{marketed} vs control {control}: {lift.get('text', 'n/a')}")
     emit(as_json, {"months": months}, "\n".join(lines) or "no control-group results (results.global_control_share "
                                                           "is 0, or no refresh yet)")
+
+
+@report_group.command("sales")
+@click.option("--by", type=click.Choice(["day", "week", "month"]), default="day", show_default=True)
+@click.option("--from", "start", callback=parse_date, help="First day (YYYY-MM-DD).")
+@click.option("--to", "end", callback=parse_date, help="Last day, inclusive.")
+@click.option("--category", help="Only this category.")
+@click.option("--store", help="Only this store.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the rows as CSV (cells never start a spreadsheet formula).")
+@click.option("--refresh", "refresh_as_of", callback=parse_date,
+              help="First bring the sales cube up to the end of this day (what crm_reports runs).")
+@json_output
+def report_sales(by, start, end, category, store, csv_path, refresh_as_of, as_json) -> None:
+    """Revenue (net, exact, in the base currency), refunds, orders, items and buyers (new and returning) per
+    day, week or month, from the daily sales cube.
+
+    Example: crm report sales --by month --from 2026-01-01 --category grocery
+    """
+    from crm_tasks.analytics.sales import refresh_sales, sales_report
+    from crm_tasks.results.reports import safe_cell
+
+    db = store_engine(as_json)  # `store` is the option here
+    with reported(as_json):
+        if refresh_as_of is not None:
+            refresh_sales(db, settings(), refresh_as_of)
+        rows = [r.to_dict() for r in sales_report(db, settings(), by, start, end, category=category, store=store)]
+    if csv_path is not None:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        columns = list(rows[0]) if rows else ["period"]
+        writer.writerow(columns)
+        writer.writerows([[safe_cell(r[c]) for c in columns] for r in rows])
+        csv_path.write_text(out.getvalue(), encoding="utf-8")
+    lines = [f"{r['period']}  revenue {r['revenue']:>14}  orders {r['orders']:>7}  buyers {r['buyers']:>6} "
+             f"(new {r['new_buyers']}, returning {r['returning_buyers']})  refunded {r['refunded']}" for r in rows]
+    emit(as_json, {"by": by, "rows": rows}, "\n".join(lines) or "no sales in the cube for that range "
+                                                              "(crm report sales --refresh DATE builds it)")
+

@@ -688,6 +688,20 @@ class SalesDaily(Base):
     __table_args__ = (Index("ix_sales_daily_category", "category", "day"),)
 
 
+class SalesDay(Base):
+    """What the cube last saw of one business day's purchases: when a day's fingerprint differs from the
+    purchases now (a late file, a correction, a replaced file, a customer's first order moved), its cube
+    rows are recomputed, and only then."""
+
+    __tablename__ = "sales_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    purchases: Mapped[int] = mapped_column(BigInteger)  # rows with purchased_at on that day
+    id_sum: Mapped[int] = mapped_column(BigInteger)  # sum of their ids: changes when rows are replaced
+    amount_sum: Mapped[Decimal] = mapped_column(Money)
+    first_orders: Mapped[int] = mapped_column(BigInteger)  # customers whose first order ever is that day
+
+
 class SalesDailySegment(Base):
     """The sales cube by the buyer's RFM and lifecycle segment on the day of the purchase."""
 
@@ -801,6 +815,7 @@ __all__ = [
     "RunStatus",
     "SalesDaily",
     "SalesDailySegment",
+    "SalesDay",
     "SecretKey",
     "Segment",
     "SegmentMembership",

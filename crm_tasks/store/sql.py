@@ -90,3 +90,10 @@ def relaxed_commit(conn: Connection) -> None:
     second of such commits, never corrupt anything; SQLite (WAL, synchronous=NORMAL) already commits so."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
+def date_of_day_number(expr: str, dialect: str) -> str:
+    """The date ``expr`` days after 1970-01-01, as each dialect stores a date."""
+    if dialect == "sqlite":
+        return f"date(({expr}) * 86400, 'unixepoch')"
+    return f"(DATE '1970-01-01' + CAST({expr} AS INTEGER))"

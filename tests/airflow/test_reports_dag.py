@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select, update
 
 from crm_tasks.clock import report_as_of
-from crm_tasks.store.models import CampaignResult, ControlResult, Message
+from crm_tasks.store.models import CampaignResult, ControlResult, Message, SalesDaily
 from tests.factories import add_customers, buy, campaign, plan
 
 
@@ -55,8 +55,10 @@ def test_a_run_measures_every_campaign_run_and_the_control_group(reports_bag, ai
         rows = conn.execute(select(CampaignResult.grp, CampaignResult.customers, CampaignResult.converters,
                                    CampaignResult.window_complete)).all()
         months = conn.execute(select(ControlResult.month)).scalars().all()
+        cube = conn.execute(select(SalesDaily.day, SalesDaily.orders, SalesDaily.buyers)).all()
     assert sorted(g for g, *_ in rows) == ["holdout", "treatment"]
     assert sum(n for _, n, _, _ in rows) == 300 and sum(c for _, _, c, _ in rows) == 100
     assert all(complete for *_, complete in rows)
     assert date(2026, 2, 1) in months and len(set(months)) == use_settings.results.control_months
     assert max(months) - min(months) < timedelta(days=366)
+    assert cube == [(date(2026, 2, 3), 100, 100)]  # the sales cube task ran too

@@ -81,3 +81,18 @@ def test_a_replayed_run_is_sent_as_if_on_its_day(use_settings, engine, monkeypat
     # Each at its own 09:00 of that day (New York's window opens hours after Kolkata's), not today: a birthday
     # message would be stale today (lateness 0) and expire instead.
     assert sent["R1"].date() == date(2026, 4, 2) and sent["R2"] - sent["R1"] > timedelta(hours=9)
+
+
+def test_sales_report_refreshes_the_cube_and_writes_safe_csv(use_settings, engine, tmp_path):
+    add_customers(engine, {"customer_id": "S1"})
+    buy(engine, "S1", datetime(2026, 6, 3, 8, tzinfo=UTC), "120.50")
+    buy(engine, "S1", datetime(2026, 6, 20, 8, tzinfo=UTC), "-20.50")
+    out = CliRunner().invoke(main, ["report", "sales", "--by", "month", "--refresh", "2026-06-30", "--json",
+                                    "--csv", str(tmp_path / "s.csv")])
+    assert out.exit_code == 0, out.output
+    [june] = json.loads(out.stdout)["rows"]
+    assert (june["period"], june["revenue"], june["refunded"], june["orders"], june["buyers"]) == \
+        ("2026-06-01", "100.00", "20.50", 1, 1)
+    assert (tmp_path / "s.csv").read_text(encoding="utf-8").splitlines()[0].startswith("period,revenue")
+    bad = CliRunner().invoke(main, ["report", "sales", "--by", "year"])
+    assert bad.exit_code == 2

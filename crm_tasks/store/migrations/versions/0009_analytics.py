@@ -1,4 +1,4 @@
-"""Analytics: the daily sales cube (by store and category, and by segment), customer lifetime value and its
+"""Analytics: the daily sales cube (by store and category, and by segment) with each day's fingerprint, customer lifetime value and its
 fits, and the revenue forecast with its backtest.
 
 Revision ID: 0009
@@ -36,6 +36,14 @@ def upgrade() -> None:
         sa.Column("new_buyers", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_sales_daily_category", "sales_daily", ["category", "day"])
+    op.create_table(
+        "sales_days",
+        sa.Column("day", sa.Date, primary_key=True),
+        sa.Column("purchases", sa.BigInteger, nullable=False),
+        sa.Column("id_sum", sa.BigInteger, nullable=False),
+        sa.Column("amount_sum", Money, nullable=False),
+        sa.Column("first_orders", sa.BigInteger, nullable=False),
+    )
     op.create_table(
         "sales_daily_segments",
         sa.Column("day", sa.Date, primary_key=True),
@@ -91,5 +99,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in ("forecast_fits", "revenue_forecasts", "clv_fits", "customer_clv", "sales_daily_segments",
-                  "sales_daily"):
+                  "sales_days", "sales_daily"):
         op.drop_table(table)

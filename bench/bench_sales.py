@@ -1,0 +1,105 @@
+"""Sales cube benchmark: the first build over 10M purchases, a night with nothing new, and a night that adds a
+day of purchases and corrects an old one.
+
+    .venv/bin/python bench/bench_sales.py                       # both dialects, full size
+    .venv/bin/python bench/bench_sales.py --customers 100000 --purchases 1000000 --dialects sqlite
+
+The data is bench_reports.py's (1M customers, 10M purchases over 2025-2026, written inside the database),
+with customer_metrics' first orders derived from it in SQL. Timed steps, as of 2026-12-31, each against
+the reference in the same session: one sequential pass over all purchases (`SELECT currency, COUNT(*),
+SUM(amount) FROM purchases GROUP BY currency`).
+
+1. ``build``: the empty cube filled (every day recomputed);
+2. ``unchanged``: the same date again (every fingerprint equal: nothing recomputed);
+3. ``nightly``: 20,000 purchases of a new day and 1,000 of a day six months back (a late file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from bench_ingest import fresh_database, peak_rss_mib
+from bench_reports import build, reference
+
+AS_OF = date(2026, 12, 31)
+
+
+def first_orders(url: str) -> None:
+    """customer_metrics' first order per customer, as ingest would leave it (the cube reads nothing else)."""
+    from sqlalchemy import text
+
+    from crm_tasks.store.engine import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("""
+            INSERT INTO customer_metrics (customer_id, currency, first_purchase_at, last_purchase_at, orders, refunds,
+                                          items, revenue, avg_basket, favourite_category)
+            SELECT customer_id, currency, MIN(CASE WHEN amount >= 0 THEN purchased_at END), MAX(purchased_at),
+                   SUM(CASE WHEN amount >= 0 THEN 1 ELSE 0 END), SUM(CASE WHEN amount < 0 THEN 1 ELSE 0 END),
+                   SUM(quantity), SUM(amount), NULL, NULL
+            FROM purchases GROUP BY customer_id, currency"""))
+
+
+def late_and_new(url: str) -> None:
+    from sqlalchemy import text
+
+    from crm_tasks.store.engine import make_engine
+
+    engine = make_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    money = "12340000" if sqlite else "1234"
+    stamp = (lambda d, s: f"'{d}T{s}.000000'") if sqlite else (lambda d, s: f"TIMESTAMPTZ '{d} {s}+00'")
+    with engine.begin() as conn:
+        for n, day, prefix in ((20_000, "2026-12-30", "N"), (1_000, "2026-06-15", "L")):
+            values = ", ".join(
+                f"('{prefix}{i}', 'C{i * 37 % 1000000:07d}', {stamp(day, f'{6 + i % 12:02d}:{i % 60:02d}:00')}, "
+                f"{money}, 'INR', 'S1', 'SKU-1', 'grocery', 1, NULL, 2, {i})" for i in range(n))
+            conn.execute(text("INSERT INTO purchases (transaction_id, customer_id, purchased_at, amount, currency, "
+                              "store_id, sku, category, quantity, coupon_code, batch_id, line_no) VALUES " + values))
+
+
+def cube(url: str) -> dict:
+    from crm_tasks.analytics.sales import refresh_sales
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.engine import make_engine
+
+    t = time.perf_counter()
+    result = refresh_sales(make_engine(url), load_settings(), AS_OF)
+    return {"seconds": round(time.perf_counter() - t, 2), **result.summary()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--purchases", type=int, default=10_000_000)
+    parser.add_argument("--dialects", default="sqlite,postgresql")
+    parser.add_argument("--root", type=Path, default=HERE.parent / "var" / "bench")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for dialect in args.dialects.split(","):
+        url = fresh_database(dialect, args.root, file="bench-sales.db", schema="crm_bench_sales")
+        build(url, args.customers, args.purchases)
+        first_orders(url)
+        steps = {"reference_scan_s": round(reference(url), 2), "build": cube(url), "unchanged": cube(url)}
+        late_and_new(url)
+        steps["nightly"] = cube(url)
+        steps["peak_rss_mib"] = peak_rss_mib()
+        figures[dialect] = steps
+        print(json.dumps({dialect: steps}, indent=1), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
