@@ -132,3 +132,27 @@ def report_sales(by, start, end, category, store, csv_path, refresh_as_of, as_js
     emit(as_json, {"by": by, "rows": rows}, "\n".join(lines) or "no sales in the cube for that range "
                                                               "(crm report sales --refresh DATE builds it)")
 
+
+@report_group.command("kpis")
+@click.option("--as-of", "as_of", callback=parse_date, required=True, help="The last day counted (YYYY-MM-DD).")
+@click.option("--months", default=12, show_default=True, type=click.IntRange(1, 60))
+@json_output
+def report_kpis(as_of, months, as_json) -> None:
+    """Lifecycle KPIs per month: customers per stage, new (acquisition), churned, reactivated, the 12-month
+    churn rate, expansion (a category new to the customer) and the average basket.
+
+    Example: crm report kpis --as-of 2026-03-31 --months 6
+    """
+    from crm_tasks.analytics.kpis import lifecycle_kpis
+
+    with reported(as_json):
+        rows = [k.to_dict() for k in lifecycle_kpis(store_engine(as_json), settings(), as_of, months)]
+    stages = ("new", "active", "at_risk", "churned", "reactivated")
+    lines = ["month    " + " ".join(f"{s:>11}" for s in stages) + "   acquired  churn/12m  expansion  basket"]
+    for r in rows:
+        rate = r["churn_rate_12m"]
+        lines.append(f"{r['month'][:7]}{'' if r['complete'] else '*'} "
+                     + " ".join(f"{'-' if r['stages'][s] is None else r['stages'][s]:>11}" for s in stages)
+                     + f"   {r['new_customers']:>8}  {'n/a' if rate is None else f'{rate:.1%}':>9}"
+                     f"  {r['expansion']:>9}  {r['avg_basket'] or '-'}")
+    emit(as_json, {"months": rows}, "\n".join(lines))

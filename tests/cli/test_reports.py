@@ -96,3 +96,15 @@ def test_sales_report_refreshes_the_cube_and_writes_safe_csv(use_settings, engin
     assert (tmp_path / "s.csv").read_text(encoding="utf-8").splitlines()[0].startswith("period,revenue")
     bad = CliRunner().invoke(main, ["report", "sales", "--by", "year"])
     assert bad.exit_code == 2
+
+
+def test_kpis_command_prints_one_row_per_month(use_settings, engine):
+    add_customers(engine, {"customer_id": "K1"})
+    buy(engine, "K1", datetime(2026, 2, 3, 8, tzinfo=UTC), "10")
+    out = CliRunner().invoke(main, ["report", "kpis", "--as-of", "2026-03-31", "--months", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    months = json.loads(out.stdout)["months"]
+    assert [m["month"] for m in months] == ["2026-01-01", "2026-02-01", "2026-03-01"]
+    assert [m["new_customers"] for m in months] == [0, 1, 0]
+    text = CliRunner().invoke(main, ["report", "kpis", "--as-of", "2026-03-15", "--months", "1"])
+    assert text.exit_code == 0 and "2026-03*" in text.output  # the month is not over yet
