@@ -160,3 +160,49 @@ def lifecycle_kpis(engine: Engine, cfg: Settings, as_of: date, months: int = 12)
             basket_growth=float(basket / prev_basket - 1) if basket is not None and prev_basket else None,
         ))
     return out
+
+
+# Retention by acquisition cohort: for each month of first order and each later month, the cohort's
+# customers with an order in it. One pass over the purchases since the first cohort, each joined to its
+# customer's first order (customer_metrics).
+_COHORTS = """
+SELECT {cohort} AS cohort, {month} AS month_no, COUNT(DISTINCT p.customer_id)
+FROM purchases p
+JOIN (SELECT customer_id, MIN(first_purchase_at) AS first_at FROM customer_metrics
+      WHERE first_purchase_at IS NOT NULL GROUP BY customer_id) f ON f.customer_id = p.customer_id
+WHERE p.purchased_at >= :lo AND p.purchased_at < :hi AND p.amount >= 0 AND f.first_at >= :lo
+GROUP BY 1, 2
+"""
+
+
+@dataclass
+class Cohort:
+    month: str  # the month of the cohort's first orders
+    customers: int
+    active: list[int]  # customers of the cohort with an order in its month 0, 1, 2, ... (up to the as-of month)
+    retention: list[float]  # active / customers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cohort_matrix(engine: Engine, cfg: Settings, as_of: date, months: int = 12) -> list[Cohort]:
+    """Retention of the cohorts acquired in the last ``months`` months up to ``as_of`` (oldest first)."""
+    zone = ZoneInfo(cfg.timezone)
+    starts = _months(as_of, months)
+    instants = [datetime.combine(m, datetime.min.time(), tzinfo=zone).astimezone(UTC) for m in starts[:-1]]
+    params: dict = {"lo": instants[0], "hi": cutoff_for(as_of, cfg.timezone)}
+    types = {"lo": UtcDateTime(), "hi": UtcDateTime()} | {f"ms_{i}": UtcDateTime() for i in range(len(instants))}
+    with engine.connect() as conn:
+        cells = sql.execute(conn, _COHORTS.format(cohort=_month_case("f.first_at", instants, params),
+                                                  month=_month_case("p.purchased_at", instants, params)),
+                            params, **types).all()
+    grid: dict[int, dict[int, int]] = defaultdict(dict)
+    for cohort, month_no, n in cells:
+        grid[int(cohort)][int(month_no)] = int(n)
+    out = []
+    for c in range(len(instants)):
+        size = grid[c].get(c, 0)  # everyone of a cohort orders in its own month
+        active = [grid[c].get(m, 0) for m in range(c, len(instants))]
+        out.append(Cohort(starts[c].isoformat(), size, active, [a / size if size else 0.0 for a in active]))
+    return out

@@ -156,3 +156,23 @@ def report_kpis(as_of, months, as_json) -> None:
                      + f"   {r['new_customers']:>8}  {'n/a' if rate is None else f'{rate:.1%}':>9}"
                      f"  {r['expansion']:>9}  {r['avg_basket'] or '-'}")
     emit(as_json, {"months": rows}, "\n".join(lines))
+
+
+@report_group.command("cohorts")
+@click.option("--as-of", "as_of", callback=parse_date, required=True, help="The last day counted (YYYY-MM-DD).")
+@click.option("--months", default=12, show_default=True, type=click.IntRange(1, 36))
+@json_output
+def report_cohorts(as_of, months, as_json) -> None:
+    """Retention by monthly acquisition cohort: of the customers whose first order was in a month, the share
+    who ordered in each later month.
+
+    Example: crm report cohorts --as-of 2026-03-31 --months 6
+    """
+    from crm_tasks.analytics.kpis import cohort_matrix
+
+    with reported(as_json):
+        rows = [c.to_dict() for c in cohort_matrix(store_engine(as_json), settings(), as_of, months)]
+    lines = ["cohort   customers  " + " ".join(f"{'m' + str(i):>6}" for i in range(months))]
+    lines += [f"{r['month'][:7]}  {r['customers']:>9}  " + " ".join(f"{x:>6.0%}" for x in r["retention"])
+              for r in rows]
+    emit(as_json, {"cohorts": rows}, "\n".join(lines))

@@ -50,3 +50,23 @@ def test_kpis_match_the_segment_history_the_first_orders_and_the_cube(engine, cf
     march_revenue = Decimal(50) + Decimal(40) + (Decimal(-10) * rate).quantize(Decimal("0.0001"))
     assert Decimal(march.avg_basket) == (march_revenue / 3).quantize(Decimal("0.01"))
     assert march.churn_rate_12m is None  # the segment history is younger than a year: no honest rate
+
+
+def test_the_cohort_matrix_counts_each_cohort_in_every_later_month(engine, cfg):
+    from crm_tasks.analytics.kpis import cohort_matrix
+
+    add_customers(engine, *({"customer_id": c} for c in ("A", "B", "C", "D")))
+    _buy(engine, [
+        ("A", _at(1, 5), "10", "INR", "S0", "toys", 1), ("A", _at(1, 9), "10", "INR", "S0", "toys", 1),
+        ("A", _at(3, 9), "10", "INR", "S0", "toys", 1),
+        ("B", _at(1, 20), "10", "INR", "S0", "toys", 1), ("B", _at(2, 2), "-10", "INR", "S0", "toys", 1),  # a refund
+        ("C", _at(2, 2), "10", "PKR", "S1", "toys", 1), ("C", _at(2, 3), "10", "PKR", "S1", "toys", 1),
+        ("C", _at(3, 3), "10", "PKR", "S1", "toys", 1),
+        ("D", datetime(2025, 12, 30, tzinfo=UTC), "10", "INR", "S0", "toys", 1),  # an older cohort
+        ("D", _at(2, 10), "10", "INR", "S0", "toys", 1),
+    ])
+    cohorts = {c.month: c for c in cohort_matrix(engine, cfg, date(2026, 3, 31), months=3)}
+    assert cohorts["2026-01-01"].customers == 2 and cohorts["2026-01-01"].active == [2, 0, 1]
+    assert cohorts["2026-01-01"].retention == [1.0, 0.0, 0.5]
+    assert cohorts["2026-02-01"].active == [1, 1] and cohorts["2026-03-01"].active == [0]
+    assert "2025-12-01" not in cohorts  # D's cohort is older than the window

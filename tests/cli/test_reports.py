@@ -108,3 +108,14 @@ def test_kpis_command_prints_one_row_per_month(use_settings, engine):
     assert [m["new_customers"] for m in months] == [0, 1, 0]
     text = CliRunner().invoke(main, ["report", "kpis", "--as-of", "2026-03-15", "--months", "1"])
     assert text.exit_code == 0 and "2026-03*" in text.output  # the month is not over yet
+
+
+def test_cohorts_command(use_settings, engine):
+    add_customers(engine, {"customer_id": "K1"})
+    buy(engine, "K1", datetime(2026, 2, 3, 8, tzinfo=UTC), "10")
+    buy(engine, "K1", datetime(2026, 3, 3, 8, tzinfo=UTC), "10")
+    out = CliRunner().invoke(main, ["report", "cohorts", "--as-of", "2026-03-31", "--months", "2", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["cohorts"] == [
+        {"month": "2026-02-01", "customers": 1, "active": [1, 1], "retention": [1.0, 1.0]},
+        {"month": "2026-03-01", "customers": 0, "active": [0], "retention": [0.0]}]
