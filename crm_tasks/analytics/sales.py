@@ -5,11 +5,13 @@ A business day is a local day of crm.yaml's time zone, daylight saving included:
 ``(epoch seconds + the zone's offset at that instant) / 86400``, the offset a CASE over the zone's
 transitions (``day_number_sql``), so no per-row time-zone library is needed in either database.
 
-Incremental and exact: each refresh takes one fingerprint per day of all purchases (rows, sum of ids,
-sum of amounts) and of first orders (customers whose first order ever is that day), compares it with what
-the cube last saw (``sales_days``), and recomputes only the days that differ — a new night, a late file
-with older purchases, a corrected or replaced file, a customer whose first order moved. Unchanged days
-are never touched, and the result equals a full recomputation (tests/analytics/test_sales.py).
+Incremental and exact: each refresh takes one fingerprint per UTC day of all purchases (rows, sum of
+ids, sum of amounts) and of first orders (customers whose first order ever is that day), grouped by the
+instant's date part (cheap in both databases), compares it with what the cube last saw (``sales_days``),
+and recomputes only the business days a changed UTC day overlaps (the day before, of and after) — a new
+night, a late file with older purchases, a corrected or replaced file, a customer whose first order
+moved. Unchanged days are never touched, and the result equals a full recomputation
+(tests/analytics/test_sales.py).
 
 Money stays in each purchase's currency in the cube; reports convert each currency's exact sum once into
 the base currency of segments.
@@ -77,31 +79,25 @@ def day_number_sql(column: str, tz: str, start: datetime, end: datetime, dialect
     return f"(({epoch} + {shift}) / 86400)"
 
 
-# One fingerprint per business day of every purchase before the cutoff: a single pass, ~days groups.
+# One fingerprint per UTC day of every purchase before the cutoff: a single pass grouped by a cheap key
+# (the date part of the instant), ~days groups. A changed UTC day changes the local days it overlaps.
 _FINGERPRINT = """
-SELECT day_no, COUNT(*), SUM(id), SUM(amount) AS amount_sum
-FROM (SELECT {day} AS day_no, id, amount FROM purchases WHERE purchased_at < :cutoff) p
-GROUP BY day_no
+SELECT {utc_day} AS utc_day, COUNT(*), SUM(id), SUM(amount) AS amount_sum
+FROM purchases WHERE purchased_at < :cutoff
+GROUP BY 1
 """
 
-# Customers whose first order ever falls on each day (customer_metrics keeps the first order per currency).
+# Customers whose first order ever falls on each UTC day (customer_metrics keeps each currency's first order).
 _FIRST_ORDERS = """
-SELECT {day} AS day_no, COUNT(*)
+SELECT {utc_day} AS utc_day, COUNT(*)
 FROM (SELECT customer_id, MIN(first_purchase_at) AS first_at FROM customer_metrics
       WHERE first_purchase_at IS NOT NULL GROUP BY customer_id) f
 WHERE first_at < :cutoff
 GROUP BY 1
 """
 
-_FIRST_DAYS = """
-INSERT INTO sales_first_days (customer_id, first_day)
-SELECT customer_id, {day} FROM (SELECT customer_id, MIN(first_purchase_at) AS first_at FROM customer_metrics
-                                WHERE first_purchase_at IS NOT NULL GROUP BY customer_id) f
-WHERE first_at < :cutoff
-"""
-
-# The changed days, recomputed from their purchases; a day's new buyers are its buyers whose first order
-# ever is that day.
+# The changed local days of one span, recomputed from their purchases; a day's new buyers are its buyers
+# whose first order ever is that day (looked up per buyer in customer_metrics by its primary key).
 _RECOMPUTE = """
 INSERT INTO sales_daily (day, store_id, category, currency, orders, refunds, items, revenue, refunded, buyers,
                          new_buyers)
@@ -110,11 +106,14 @@ SELECT {as_date}, p.store_id, p.category, p.currency,
        SUM(CASE WHEN p.amount >= 0 THEN p.quantity ELSE 0 END), SUM(p.amount),
        -SUM(CASE WHEN p.amount < 0 THEN p.amount ELSE 0 END),
        COUNT(DISTINCT CASE WHEN p.amount >= 0 THEN p.customer_id END),
-       COUNT(DISTINCT CASE WHEN p.amount >= 0 AND f.first_day = p.day_no THEN p.customer_id END)
-FROM (SELECT {day} AS day_no, customer_id, store_id, category, currency, amount, quantity
-      FROM purchases WHERE purchased_at >= :lo AND purchased_at < :hi) p
+       COUNT(DISTINCT CASE WHEN p.amount >= 0 AND p.first_day = p.day_no THEN p.customer_id END)
+FROM (SELECT q.customer_id, q.store_id, q.category, q.currency, q.amount, q.quantity, {day} AS day_no,
+             {first_day} AS first_day
+      FROM (SELECT pu.customer_id, pu.store_id, pu.category, pu.currency, pu.amount, pu.quantity, pu.purchased_at,
+                   (SELECT MIN(m.first_purchase_at) FROM customer_metrics m
+                    WHERE m.customer_id = pu.customer_id) AS first_at
+            FROM purchases pu WHERE pu.purchased_at >= :lo AND pu.purchased_at < :hi) q) p
 JOIN sales_changed_days c ON c.day_no = p.day_no
-LEFT JOIN sales_first_days f ON f.customer_id = p.customer_id
 GROUP BY p.day_no, p.store_id, p.category, p.currency
 """
 
@@ -141,24 +140,23 @@ def refresh_sales(engine: Engine, cfg: Settings, as_of: date) -> CubeResult:
     cutoff = cutoff_for(as_of, cfg.timezone)
     with engine.begin() as conn:
         dialect = conn.dialect.name
-        first = sql.execute(conn, "SELECT MIN(purchased_at) AS first FROM purchases",
-                            result_types={"first": UtcDateTime()}).scalar()
-        start = first or cutoff
         params: dict = {"cutoff": cutoff}
-        day = day_number_sql("purchased_at", cfg.timezone, start, cutoff, dialect, params)
-        now = {row[0]: (int(row[1]), int(row[2]), row[3]) for row in sql.execute(
-            conn, _FINGERPRINT.format(day=day), params, result_types={"amount_sum": Money()}, cutoff=UtcDateTime())}
-        first_day = day_number_sql("first_at", cfg.timezone, start, cutoff, dialect, params, prefix="fz")
-        firsts = dict(sql.execute(conn, _FIRST_ORDERS.format(day=first_day), params, cutoff=UtcDateTime()).all())
-        seen = {(d - EPOCH).days: (p, i, a, f) for d, p, i, a, f in conn.execute(
+        now = {_utc_day(d): (int(n), int(i), a) for d, n, i, a in sql.execute(
+            conn, _FINGERPRINT.format(utc_day=sql.utc_date("purchased_at", dialect)), params,
+            result_types={"amount_sum": Money()}, cutoff=UtcDateTime())}
+        firsts = {_utc_day(d): int(n) for d, n in sql.execute(
+            conn, _FIRST_ORDERS.format(utc_day=sql.utc_date("first_at", dialect)), params, cutoff=UtcDateTime())}
+        seen = {d: (p, i, a, f) for d, p, i, a, f in conn.execute(
             select(SalesDay.day, SalesDay.purchases, SalesDay.id_sum, SalesDay.amount_sum, SalesDay.first_orders))}
         result.phases["fingerprint"] = round(time.perf_counter() - started, 3)
-        fingerprints = {d: (*now[d], int(firsts.get(d, 0))) if d in now else (0, 0, Decimal(0), int(firsts[d]))
-                        for d in set(now) | set(firsts)}
-        changed = sorted(d for d in set(fingerprints) | set(seen) if fingerprints.get(d) != seen.get(d))
-        result.days, result.changed = len(now), len(changed)
-        if changed:
-            result.rows = _recompute(conn, cfg, changed, fingerprints, start, cutoff)
+        fingerprints = {d: (*now.get(d, (0, 0, Decimal(0))), firsts.get(d, 0)) for d in set(now) | set(firsts)}
+        changed_utc = sorted(d for d in set(fingerprints) | set(seen) if fingerprints.get(d) != seen.get(d))
+        # A UTC day overlaps the local days before, of and after it (whatever the zone's offset).
+        local = sorted({(d - EPOCH).days + k for d in changed_utc for k in (-1, 0, 1)
+                        if EPOCH + timedelta(days=(d - EPOCH).days + k) <= as_of})
+        result.days, result.changed = len(now), len(local)
+        if changed_utc:
+            result.rows = _recompute(conn, cfg, local, changed_utc, fingerprints, cutoff)
         result.phases["recompute"] = round(time.perf_counter() - started - result.phases["fingerprint"], 3)
     result.seconds = time.perf_counter() - started
     log.info("sales cube as of %s: %d days, %d recomputed, %d rows (%.1f s)", as_of, result.days, result.changed,
@@ -166,31 +164,48 @@ def refresh_sales(engine: Engine, cfg: Settings, as_of: date) -> CubeResult:
     return result
 
 
-def _recompute(conn: Connection, cfg: Settings, changed: list[int], fingerprints: dict, start: datetime,
+def _utc_day(value) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(value)
+
+
+def _spans(days: list[int], gap: int = 3) -> list[list[int]]:
+    """Sorted day numbers in runs no more than ``gap`` days apart: each run is read as one range."""
+    runs: list[list[int]] = []
+    for d in days:
+        if runs and d - runs[-1][-1] <= gap:
+            runs[-1].append(d)
+        else:
+            runs.append([d])
+    return runs
+
+
+def _recompute(conn: Connection, cfg: Settings, local: list[int], changed_utc: list[date], fingerprints: dict,
                cutoff: datetime) -> int:
-    """Replace the cube rows and fingerprints of the ``changed`` day numbers; returns the rows written."""
+    """Replace the cube rows of the ``local`` day numbers and the fingerprints of the ``changed_utc`` days;
+    returns the cube rows written."""
     dialect = conn.dialect.name
-    days = [EPOCH + timedelta(days=d) for d in changed]
+    days = [EPOCH + timedelta(days=d) for d in local]
     for chunk in range(0, len(days), 500):
         conn.execute(delete(SalesDaily).where(SalesDaily.day.in_(days[chunk:chunk + 500])))
-        conn.execute(delete(SalesDay).where(SalesDay.day.in_(days[chunk:chunk + 500])))
+    for chunk in range(0, len(changed_utc), 500):
+        conn.execute(delete(SalesDay).where(SalesDay.day.in_(changed_utc[chunk:chunk + 500])))
     sql.scratch(conn, "sales_changed_days", "day_no BIGINT PRIMARY KEY")
     conn.exec_driver_sql("INSERT INTO sales_changed_days (day_no) VALUES (?)" if dialect == "sqlite" else
-                         "INSERT INTO sales_changed_days (day_no) VALUES (%s)", [(d,) for d in changed])
-    params: dict = {"cutoff": cutoff}
-    sql.scratch(conn, "sales_first_days", "customer_id VARCHAR(64) PRIMARY KEY, first_day BIGINT")
-    first_day = day_number_sql("first_at", cfg.timezone, start, cutoff, dialect, params, prefix="fz")
-    sql.execute(conn, _FIRST_DAYS.format(day=first_day), params, cutoff=UtcDateTime())
-    # Only the purchases of the changed days' span are read (with a margin for the zone's offset).
-    lo = datetime.combine(days[0], datetime.min.time(), tzinfo=UTC) - timedelta(days=1)
-    hi = min(datetime.combine(days[-1], datetime.min.time(), tzinfo=UTC) + timedelta(days=2), cutoff)
-    params |= {"lo": lo, "hi": hi}
-    day = day_number_sql("purchased_at", cfg.timezone, start, cutoff, dialect, params)
-    written = sql.execute(conn, _RECOMPUTE.format(day=day, as_date=sql.date_of_day_number("p.day_no", dialect)),
-                          params, lo=UtcDateTime(), hi=UtcDateTime()).rowcount
-    rows = [{"day": EPOCH + timedelta(days=d), "purchases": fingerprints[d][0], "id_sum": fingerprints[d][1],
+                         "INSERT INTO sales_changed_days (day_no) VALUES (%s)", [(d,) for d in local])
+    written = 0
+    for run in _spans(local):
+        # The run's instants, with a day's margin either side for the zone's offset.
+        lo = datetime.combine(EPOCH + timedelta(days=run[0] - 1), datetime.min.time(), tzinfo=UTC)
+        hi = min(datetime.combine(EPOCH + timedelta(days=run[-1] + 2), datetime.min.time(), tzinfo=UTC), cutoff)
+        params: dict = {"lo": lo, "hi": hi}
+        day = day_number_sql("q.purchased_at", cfg.timezone, lo, hi, dialect, params)
+        first_day = day_number_sql("q.first_at", cfg.timezone, lo, hi, dialect, params, prefix="fz")
+        written += sql.execute(conn, _RECOMPUTE.format(day=day, first_day=first_day,
+                                                       as_date=sql.date_of_day_number("p.day_no", dialect)),
+                               params, lo=UtcDateTime(), hi=UtcDateTime()).rowcount
+    rows = [{"day": d, "purchases": fingerprints[d][0], "id_sum": fingerprints[d][1],
              "amount_sum": fingerprints[d][2], "first_orders": fingerprints[d][3]}
-            for d in changed if d in fingerprints]
+            for d in changed_utc if d in fingerprints]
     for chunk in range(0, len(rows), 1000):
         conn.execute(insert(SalesDay), rows[chunk:chunk + 1000])
     return written

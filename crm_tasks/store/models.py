@@ -689,13 +689,13 @@ class SalesDaily(Base):
 
 
 class SalesDay(Base):
-    """What the cube last saw of one business day's purchases: when a day's fingerprint differs from the
-    purchases now (a late file, a correction, a replaced file, a customer's first order moved), its cube
-    rows are recomputed, and only then."""
+    """What the cube last saw of one UTC day's purchases: when a day's fingerprint differs from the
+    purchases now (a late file, a correction, a replaced file, a customer's first order moved), the cube
+    rows of the business days it overlaps are recomputed, and only then."""
 
     __tablename__ = "sales_days"
 
-    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)  # a UTC day: a cheap grouping key in both databases
     purchases: Mapped[int] = mapped_column(BigInteger)  # rows with purchased_at on that day
     id_sum: Mapped[int] = mapped_column(BigInteger)  # sum of their ids: changes when rows are replaced
     amount_sum: Mapped[Decimal] = mapped_column(Money)

@@ -97,3 +97,11 @@ def date_of_day_number(expr: str, dialect: str) -> str:
     if dialect == "sqlite":
         return f"date(({expr}) * 86400, 'unixepoch')"
     return f"(DATE '1970-01-01' + CAST({expr} AS INTEGER))"
+
+
+def utc_date(column: str, dialect: str) -> str:
+    """The UTC date of a timestamp column, cheaply (a grouping key): text 'YYYY-MM-DD' on SQLite (the stored
+    form's prefix), a date on PostgreSQL."""
+    if dialect == "sqlite":
+        return f"substr({column}, 1, 10)"
+    return f"CAST({column} AT TIME ZONE 'UTC' AS DATE)"
