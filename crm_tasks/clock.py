@@ -139,3 +139,9 @@ def report_as_of(as_of: str | None, announced: list[str], interval_end: datetime
     if announced:
         return max(date.fromisoformat(d) for d in announced)
     return cleanup_as_of(interval_end, run_after, tz)
+
+
+def months_up_to(day: date, months: int) -> list[date]:
+    """The first days of the ``months`` months ending with ``day``'s, and of the month after (oldest first)."""
+    index = day.year * 12 + day.month - 1
+    return [date(i // 12, i % 12 + 1, 1) for i in range(index - months + 1, index + 2)]

@@ -27,15 +27,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, func, select
 
-from crm_tasks.clock import cutoff_for
-from crm_tasks.errors import ConfigError
+from crm_tasks.clock import cutoff_for, months_up_to
 from crm_tasks.segments.compute import LIFECYCLE_STAGES
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import SalesDaily, Segment, SegmentSize
-from crm_tasks.store.types import UtcDateTime
-
-_QUANT = Decimal("0.0001")
+from crm_tasks.store.types import UtcDateTime, to_base
 
 
 @dataclass
@@ -54,11 +51,6 @@ class MonthKpis:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _months(as_of: date, n: int) -> list[date]:
-    index = as_of.year * 12 + as_of.month - 1
-    return [date(i // 12, i % 12 + 1, 1) for i in range(index - n + 1, index + 2)]
 
 
 # Each customer's first order ever (customer_metrics keeps the first order per currency): acquisition.
@@ -94,8 +86,8 @@ def _month_case(column: str, starts: list[datetime], params: dict) -> str:
 def lifecycle_kpis(engine: Engine, cfg: Settings, as_of: date, months: int = 12) -> list[MonthKpis]:
     """The KPIs of the last ``months`` months up to ``as_of``'s (oldest first)."""
     zone = ZoneInfo(cfg.timezone)
-    starts = _months(as_of, months)  # and the month after
-    window = _months(starts[0] - timedelta(days=1), 12)[0]  # 12 months before the first: the churn base
+    starts = months_up_to(as_of, months)  # and the month after
+    window = months_up_to(starts[0] - timedelta(days=1), 12)[0]  # 12 months before the first: the churn base
     cutoff = cutoff_for(as_of, cfg.timezone)
     lo = datetime.combine(starts[0], datetime.min.time(), tzinfo=zone).astimezone(UTC)
     with engine.connect() as conn:
@@ -134,22 +126,19 @@ def lifecycle_kpis(engine: Engine, cfg: Settings, as_of: date, months: int = 12)
     revenue: dict[date, Decimal] = defaultdict(Decimal)
     orders: dict[date, int] = defaultdict(int)
     for day, currency, amount, n in cube:
-        if currency not in rates:
-            raise ConfigError(f"kpis: sales in {currency}, which has no exchange rate: add it under "
-                              "segments.exchange_rates in crm.yaml")
-        revenue[month_of(day)] += (amount * rates[currency]).quantize(_QUANT)
+        revenue[month_of(day)] += to_base(amount, currency, rates, cfg.segments.base_currency)
         orders[month_of(day)] += int(n)
 
     out = []
     for m, nxt in pairwise(starts):
         last = latest.get(m)
         stages = {s: (stage_at.get((last, s), 0) if last else None) for s in LIFECYCLE_STAGES}
-        base_day = max((d for d in {d for d, _ in stage_at} if d < _months(m, 12)[0]), default=None)
-        churned_12m = sum(entered[(mm, "churned")] for mm in _months(m, 12)[:-1])
+        base_day = max((d for d in {d for d, _ in stage_at} if d < months_up_to(m, 12)[0]), default=None)
+        churned_12m = sum(entered[(mm, "churned")] for mm in months_up_to(m, 12)[:-1])
         base = sum(stage_at.get((base_day, s), 0) for s in LIFECYCLE_STAGES if s not in ("prospect", "churned")) \
             if base_day else 0
         basket = (revenue[m] / orders[m]).quantize(Decimal("0.01")) if orders[m] else None
-        prev = _months(m - timedelta(days=1), 1)[0]
+        prev = months_up_to(m - timedelta(days=1), 1)[0]
         prev_basket = revenue[prev] / orders[prev] if orders[prev] else None
         out.append(MonthKpis(
             month=m.isoformat(), complete=nxt <= as_of + timedelta(days=1), stages=stages,
@@ -189,7 +178,7 @@ class Cohort:
 def cohort_matrix(engine: Engine, cfg: Settings, as_of: date, months: int = 12) -> list[Cohort]:
     """Retention of the cohorts acquired in the last ``months`` months up to ``as_of`` (oldest first)."""
     zone = ZoneInfo(cfg.timezone)
-    starts = _months(as_of, months)
+    starts = months_up_to(as_of, months)
     instants = [datetime.combine(m, datetime.min.time(), tzinfo=zone).astimezone(UTC) for m in starts[:-1]]
     params: dict = {"lo": instants[0], "hi": cutoff_for(as_of, cfg.timezone)}
     types = {"lo": UtcDateTime(), "hi": UtcDateTime()} | {f"ms_{i}": UtcDateTime() for i in range(len(instants))}

@@ -34,12 +34,11 @@ from crm_tasks.errors import ConfigError
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import SalesDaily, SalesDay
-from crm_tasks.store.types import Money, UtcDateTime
+from crm_tasks.store.types import Money, UtcDateTime, to_base
 
 log = logging.getLogger(__name__)
 
 EPOCH = date(1970, 1, 1)
-_QUANT = Decimal("0.0001")
 
 
 def offsets(tz: str, start: datetime, end: datetime) -> list[tuple[int, int]]:
@@ -276,9 +275,6 @@ def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | N
     with engine.connect() as conn:
         rows = conn.execute(stmt).all()
         for day, currency, revenue, refunded, orders, refunds, items in rows:
-            if currency not in rates:
-                raise ConfigError(f"sales: purchases in {currency}, which has no exchange rate: add it under "
-                                  f"segments.exchange_rates in crm.yaml")
             p = period_of(day, by)
             money[(p, currency, "revenue")] += revenue
             money[(p, currency, "refunded")] += refunded
@@ -293,7 +289,8 @@ def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | N
     out = []
     for p in sorted(totals):
         t = totals[p]
-        base = {k: sum(((money.get((p, c, k)) or Decimal(0)) * r).quantize(_QUANT) for c, r in rates.items())
+        base = {k: sum(to_base(amount, c, rates, cfg.segments.base_currency)
+                       for (pp, c, kk), amount in money.items() if pp == p and kk == k)
                 for k in ("revenue", "refunded")}
         out.append(SalesRow(p.isoformat(), base["revenue"], base["refunded"], t["orders"], t["refunds"], t["items"],
                             t["buyers"], t["new_buyers"], t["buyers"] - t["new_buyers"]))

@@ -37,12 +37,11 @@ from crm_tasks.results.attribution import attribute
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import CampaignResult, CampaignRun, RunStatus
-from crm_tasks.store.types import Money, UtcDateTime
+from crm_tasks.store.types import Money, UtcDateTime, to_base
 
 log = logging.getLogger(__name__)
 
 TREATMENT, HOLDOUT = "treatment", "holdout"
-_QUANT = Decimal("0.0001")
 
 
 @dataclass(frozen=True)
@@ -262,7 +261,7 @@ def _base_totals(frame: pd.DataFrame, rates: dict, by: list[str]) -> dict[tuple,
     totals: dict[tuple, Decimal] = defaultdict(Decimal)
     for key, amount in frame.groupby([*by, "currency"], sort=False)["revenue"].sum().items():
         *group, currency = key
-        totals[tuple(group)] += (Decimal(amount) * rates[currency]).quantize(_QUANT)
+        totals[tuple(group)] += to_base(Decimal(amount), currency, rates, "")
     return dict(totals)
 
 
@@ -271,9 +270,8 @@ def _attributed(conn: Connection, rates: dict, base: str) -> dict[tuple, tuple[i
     out: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0), 0])
     for run_id, variant, currency, orders, revenue, coupons in sql.execute(
             conn, _ATTRIBUTED, result_types={"revenue": Money()}):
-        _check_rates(pd.Series([currency]), rates, base)
         acc = out[(run_id, variant)]
         acc[0] += int(orders)
-        acc[1] += (revenue * rates[currency]).quantize(_QUANT)
+        acc[1] += to_base(revenue, currency, rates, base)
         acc[2] += int(coupons)
     return {k: tuple(v) for k, v in out.items()}

@@ -22,16 +22,15 @@ import pandas as pd
 from sqlalchemy import Connection, delete, insert
 
 from crm_tasks.campaigns.planning import global_control
-from crm_tasks.clock import cutoff_for
+from crm_tasks.clock import cutoff_for, months_up_to
 from crm_tasks.results import lift
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.bulk import bulk_insert
 from crm_tasks.store.models import ControlResult
-from crm_tasks.store.types import Money, UtcDateTime
+from crm_tasks.store.types import Money, UtcDateTime, to_base
 
 CONTROL, MARKETED = "control", "marketed"
-_QUANT = Decimal("0.0001")
 
 # Each customer's month in one pass over the months' purchases (ix_purchases_customer is not used: the
 # range is on time alone, and a year of purchases is read once). Exact per-currency sums for the totals;
@@ -58,9 +57,7 @@ GROUP BY m.month_no, CASE WHEN g.customer_id IS NULL THEN 'marketed' ELSE 'contr
 def month_starts(as_of: date, months: int, tz: str) -> list[datetime]:
     """The first instants (UTC) of the last ``months`` local months up to ``as_of``'s, and of the next."""
     zone = ZoneInfo(tz)
-    index = as_of.year * 12 + as_of.month - 1
-    return [datetime(i // 12, i % 12 + 1, 1, tzinfo=zone).astimezone(UTC)
-            for i in range(index - months + 1, index + 2)]
+    return [datetime.combine(m, datetime.min.time(), tzinfo=zone).astimezone(UTC) for m in months_up_to(as_of, months)]
 
 
 def refresh_control(conn: Connection, cfg: Settings, as_of: date) -> int:
@@ -117,7 +114,7 @@ def refresh_control(conn: Connection, cfg: Settings, as_of: date) -> int:
             row = sums.get((i, grp))
             buyers, total, sum_sq = (int(row[2]), float(row[3] or 0), float(row[4] or 0)) if row else (0, 0.0, 0.0)
             groups[grp] = lift.Group(sizes[grp], buyers, total, sum_sq)
-            revenue = sum(((row[5 + k] or Decimal(0)) * rates[c]).quantize(_QUANT)
+            revenue = sum(to_base(row[5 + k] or Decimal(0), c, rates, cfg.segments.base_currency)
                           for k, c in enumerate(currencies)) if row else Decimal(0)
             rows.append({"month": start.astimezone(ZoneInfo(cfg.timezone)).date(), "grp": grp, "as_of": as_of,
                          "month_complete": end <= cutoff, "customers": sizes[grp], "buyers": buyers,

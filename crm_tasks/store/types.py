@@ -19,6 +19,7 @@ from sqlalchemy.types import TypeDecorator
 MONEY_SCALE = 4
 MONEY_UNITS = 10**MONEY_SCALE
 _QUANT = Decimal(1).scaleb(-MONEY_SCALE)
+MONEY_QUANTUM = _QUANT  # the smallest amount money keeps: 0.0001
 
 # SQLite stores timestamps as ISO 8601 text with a 'T', which sorts correctly,
 # is what numpy writes in bulk, and is understood by SQLite's date functions.
@@ -88,3 +89,14 @@ def timestamp_texts(utc_us: np.ndarray, dialect: str) -> list[str | None]:
     text = np.datetime_as_string(utc_us, unit="us", timezone="naive" if dialect == "sqlite" else "UTC")
     nat = np.isnat(utc_us)
     return np.where(nat, None, text).tolist() if nat.any() else text.tolist()
+
+
+def to_base(amount: Decimal, currency: str, rates: dict[str, Decimal], base: str) -> Decimal:
+    """An exact amount in ``currency`` in the base currency of segments, at crm.yaml's fixed rate, to the
+    decimals money keeps (each currency's exact sum is converted once, then the results are added)."""
+    from crm_tasks.errors import ConfigError
+
+    if currency not in rates:
+        raise ConfigError(f"amounts in {currency}, which has no exchange rate: add it under segments.exchange_rates "
+                          f"in crm.yaml (units of {base} per unit)")
+    return (amount * rates[currency]).quantize(_QUANT)
