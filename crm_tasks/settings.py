@@ -250,6 +250,26 @@ class CleanupSettings(BaseModel):
         return self
 
 
+class ClvSettings(BaseModel):
+    """Customer lifetime value (crm_tasks/analytics/clv.py; README "Customer lifetime value")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # An L2 penalty on the models' log-parameters (lifetimes' penalizer_coef): 0 is the published fit; a
+    # small one (0.001) helps a fit that does not converge, at the price of a slight pull towards 1.
+    penalizer: float = Field(0.0, ge=0, le=10)
+    # A fit that does not converge (typically when everyone drops out at nearly the same rate and a, b run
+    # off to infinity) is tried once more with this penalizer, recorded in the fit's params; null: fail.
+    retry_penalizer: float | None = Field(0.001, gt=0, le=10)
+    discount_rate: float = Field(0.01, ge=0, lt=1)  # per month, for the 12-month CLV
+    # Below this many buyers, or this many with a repeat purchase day, no fit: "not enough data".
+    min_customers: int = Field(100, ge=10)
+    min_repeat_customers: int = Field(20, ge=5)
+    # Above this |correlation| between repeat purchase days and their mean value, the Gamma-Gamma model's
+    # independence assumption is doubtful: the fit is kept and the log and params say so.
+    max_correlation: float = Field(0.3, gt=0, le=1)
+
+
 class ResultsSettings(BaseModel):
     """How campaign success is measured (crm_tasks/results); the README's "Success measures" explains each."""
 
@@ -265,6 +285,23 @@ class ResultsSettings(BaseModel):
     min_group: int = Field(100, ge=10)
     min_converters: int = Field(10, ge=1)
     bootstrap_resamples: int = Field(2000, ge=200, le=100_000)
+
+
+class ForecastSettings(BaseModel):
+    """The daily revenue forecast (crm_tasks/analytics/forecast.py; README "Revenue forecast")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    horizon_days: int = Field(90, ge=7, le=366)  # days forecast after the fit date
+    history_days: int = Field(730, ge=56, le=3660)  # days of purchases the model sees, at most
+    # Below this many days from the first purchase: "not enough data", no forecast (two seasons of a week
+    # are too few to tell a weekday's pattern from noise).
+    min_history_days: int = Field(56, ge=28)
+    # Rolling-origin backtest: this many weekly origins, each forecasting 28 days it did not see.
+    backtest_weeks: int = Field(8, ge=1, le=52)
+    simulations: int = Field(1000, ge=200, le=20_000)  # sample paths for the 7/30/90-day totals' intervals
+    # "Better than seasonal naive" needs errors at least this share below its errors: a tie is not better.
+    margin: float = Field(0.02, ge=0, lt=1)
 
 
 class Settings(BaseModel):
@@ -290,6 +327,8 @@ class Settings(BaseModel):
     cleanup: CleanupSettings = CleanupSettings()
     delivery: DeliverySettings = DeliverySettings()
     results: ResultsSettings = ResultsSettings()
+    clv: ClvSettings = ClvSettings()
+    forecast: ForecastSettings = ForecastSettings()
     # The SMTP server: smtp[s]://user:password@host:port (see crm_tasks/delivery/smtp.py). Environment only
     # (CRM_SMTP_URL), since it holds a password; inside Airflow the connection smtp_default also works.
     smtp_url: str | None = Field(None, repr=False)

@@ -14,11 +14,18 @@ and every morning at 06:30 in any case, and measures as of that date:
   `results.global_control_share` (5%) that no marketing campaign mails, month by month;
 - **the sales cube** (`sales_daily`): revenue, refunds, orders, items and buyers per
   business day, store, category and currency; only the days whose purchases changed
-  (a late or corrected file too) are recomputed.
+  (a late or corrected file too) are recomputed;
+- **the revenue forecast** (`revenue_forecasts`): the next 90 days with 80% and 95%
+  intervals, fitted on the cube's days, and a backtest that says whether it beats
+  seasonal naive;
+- **customer lifetime value** (`customer_clv`): BG/NBD and Gamma-Gamma fitted on the
+  purchases up to the date; every buyer's P(alive), expected purchases in 90 and 365
+  days and 12-month CLV, usable in segment rules from the next recompute.
 
 Re-running a date replaces its results. **Trigger by hand** with *As of* to measure
 as of another day. From a shell: `crm report campaign NAME`, `crm report lift`,
-`crm report control`, `crm report sales --by month`.
+`crm report control`, `crm report sales --by month`, `crm report kpis`, `crm report forecast`,
+`crm report clv`.
 """
 
 from __future__ import annotations
@@ -62,8 +69,23 @@ def crm_reports():
 
         return tasks.refresh_sales()
 
+    @task
+    def forecast() -> dict:
+        """Fit the 90-day revenue forecast on the cube's days, with its backtest against seasonal naive."""
+        from crm_tasks.airflow import tasks
+
+        return tasks.forecast_revenue()
+
+    @task
+    def clv() -> dict:
+        """Fit BG/NBD and Gamma-Gamma and score every buyer: P(alive), expected purchases, 12-month CLV."""
+        from crm_tasks.airflow import tasks
+
+        return tasks.fit_clv()
+
     refresh()
-    sales()
+    sales() >> forecast()
+    clv()
 
 
 crm_reports()

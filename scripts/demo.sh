@@ -138,6 +138,14 @@ done < var/log/demo-campaign-days.txt
 echo
 "$BIN/crm" report control | tail -n 3 | sed "s/^/    /"
 echo
+echo "==> Sales and lifecycle KPIs as of $LATER (the sales cube is built by the first command)"
+"$BIN/crm" report sales --by month --refresh "$LATER" | tail -n 6 | sed "s/^/    /"
+echo
+"$BIN/crm" report kpis --as-of "$LATER" --months 6 | sed "s/^/    /"
+echo
+echo "==> Revenue forecast: the next 90 days as of $LATER (ETS with a weekly season), backtested against seasonal naive"
+"$BIN/crm" report forecast --fit --as-of "$LATER" | sed "s/^/    /"
+echo
 echo "==> Cleanup: a dry run as of $END (stale profiles archived, duplicates merged; nothing is changed)"
 "$BIN/crm" cleanup --as-of "$END" --dry-run
 echo

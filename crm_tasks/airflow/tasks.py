@@ -223,3 +223,42 @@ def refresh_sales() -> dict:
     engine = task_engine(cfg)
     check_schema(engine)
     return refresh(engine, cfg, _report_as_of(cfg)).summary()
+
+
+def forecast_revenue() -> dict:
+    """The revenue forecast fitted as of the run's date (90 days, intervals, backtest); returns its summary.
+    Too little history is a logged warning; a model that cannot be fitted fails the task, once recorded."""
+    from crm_tasks.analytics.forecast import FAILED, NOT_ENOUGH_DATA
+    from crm_tasks.analytics.forecast import forecast_revenue as fit
+    from crm_tasks.errors import CrmError
+    from crm_tasks.store.engine import check_schema
+
+    cfg = settings()
+    engine = task_engine(cfg)
+    check_schema(engine)
+    result = fit(engine, cfg, _report_as_of(cfg))
+    if result.status == FAILED:
+        raise CrmError(f"the revenue forecast could not be fitted: {result.detail}")
+    if result.status == NOT_ENOUGH_DATA:
+        log.warning("no revenue forecast: %s", result.detail)
+    return result.summary()
+
+
+def fit_clv() -> dict:
+    """Customer lifetime value fitted as of the run's date, every buyer scored; returns counts and parameters.
+    Too few buyers is a logged warning; a fit that does not converge fails the task, once recorded (the
+    previous scores stay in both cases)."""
+    from crm_tasks.analytics.clv import ClvStatus
+    from crm_tasks.analytics.clv import fit_clv as fit
+    from crm_tasks.errors import CrmError
+    from crm_tasks.store.engine import check_schema
+
+    cfg = settings()
+    engine = task_engine(cfg)
+    check_schema(engine)
+    result = fit(engine, cfg, _report_as_of(cfg))
+    if result.status == ClvStatus.FAILED:
+        raise CrmError(f"the lifetime-value models could not be fitted: {result.detail}")
+    if result.status == ClvStatus.NOT_ENOUGH_DATA:
+        log.warning("no lifetime-value fit: %s", result.detail)
+    return result.summary()

@@ -176,3 +176,11 @@ def report_cohorts(as_of, months, as_json) -> None:
     lines += [f"{r['month'][:7]}  {r['customers']:>9}  " + " ".join(f"{x:>6.0%}" for x in r["retention"])
               for r in rows]
     emit(as_json, {"cohorts": rows}, "\n".join(lines))
+
+from crm_tasks.cli.forecast import report_forecast
+
+report_group.add_command(report_forecast)
+
+from crm_tasks.cli.clv import report_clv
+
+report_group.add_command(report_clv)

@@ -89,6 +89,7 @@ from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import (
     Customer,
+    CustomerClv,
     CustomerScore,
     Purchase,
     Segment,
@@ -178,24 +179,37 @@ _SCORE_FIELDS = [
     ("lifecycle", "text", "Lifecycle stage, for example at_risk."),
     ("value_tier", "text", "high_value, high_potential or other."),
 ]
+# From the latest lifetime-value fit on or before the as-of date (customer_clv, crm_tasks/analytics/clv.py);
+# empty (unknown: no comparison is true) for a customer without a score or before the first fit.
+_CLV_FIELDS = [
+    ("p_alive", "number", "Probability the customer is still buying (BG/NBD), 0-1."),
+    ("purchases_90", "number", "Expected purchase days in the next 90 days."),
+    ("purchases_365", "number", "Expected purchase days in the next 365 days."),
+    ("clv_12m", "money", "Expected spend over the next 12 months, discounted, in the base currency."),
+]
 _ATTRIBUTE_TYPES = {"date": "date", "number": "number", "text": "text", "boolean": "boolean"}
 
 
 def rule_fields(cfg: Settings) -> dict[str, rules.FieldInfo]:
     """The documented fields of a custom rule: profile, scores and declared custom attributes."""
-    out = {n: rules.FieldInfo(n, t, d) for n, t, d in _PROFILE_FIELDS + _SCORE_FIELDS}
+    out = {n: rules.FieldInfo(n, t, d) for n, t, d in _PROFILE_FIELDS + _SCORE_FIELDS + _CLV_FIELDS}
     for attr in cfg.custom_attributes:
         out[attr.name] = rules.FieldInfo(attr.name, _ATTRIBUTE_TYPES[attr.type],
                                          attr.description or "Custom attribute (crm.yaml).")
     return out
 
 
-def _rule_columns(c, s, cfg: Settings, dialect: str) -> dict:
+def _rule_columns(c, s, cfg: Settings, dialect: str, as_of: date) -> dict:
     cols = {n: c.c[n] for n in ("customer_id", "country", "locale", "timezone", "email_consent", "birthday",
                                 "created_at", "updated_at")}
     cols["has_email"] = c.c.email.is_not(None)
     cols["has_phone"] = c.c.phone.is_not(None)
     cols.update({n: s.c[n] for n, _t, _d in _SCORE_FIELDS})
+    # A lookup by primary key, made only where a rule names the field (a join would cost every rule);
+    # a fit after the as-of date is not seen when looking back.
+    v = CustomerClv.__table__
+    cols.update({n: select(v.c[n]).where(v.c.customer_id == c.c.customer_id, v.c.as_of <= as_of).scalar_subquery()
+                 for n, _t, _d in _CLV_FIELDS})
     for attr in cfg.custom_attributes:
         value = c.c.attributes[attr.name]
         if attr.type == "number":
@@ -807,7 +821,7 @@ def _stage_custom(conn: Connection, cfg: Settings, definitions: list, ids: dict[
     c = Customer.__table__.alias("c")
     s = CustomerScore.__table__.alias("s")
     stage = SegmentStage.__table__
-    columns = _rule_columns(c, s, cfg, conn.dialect.name)
+    columns = _rule_columns(c, s, cfg, conn.dialect.name, as_of)
     failed: dict[str, str] = {}
 
     def member_of(name: str):

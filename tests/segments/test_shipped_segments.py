@@ -17,7 +17,8 @@ from crm_tasks.store.models import Customer, CustomerScore, Segment, SegmentMemb
 from tests.conftest import REPO
 
 SHIPPED = REPO / "segments"
-EXPECTED = {"birthday_next_7_days", "lapsed_high_spenders", "new_telugu_hindi", "warranty_ending_30_days"}
+EXPECTED = {"birthday_next_7_days", "lapsed_high_spenders", "new_telugu_hindi", "valuable_slipping_away",
+            "warranty_ending_30_days"}
 
 
 @pytest.fixture

@@ -1,0 +1,87 @@
+"""Forecast benchmark: the nightly revenue forecast on 1M customers and 10M purchases.
+
+    .venv/bin/python bench/bench_forecast.py                        # both dialects, full size
+    .venv/bin/python bench/bench_forecast.py --customers 100000 --purchases 1000000 --dialects sqlite
+
+The database is the results benchmark's (``bench_reports.build``: 10M purchases over 2025-2026, 2 %
+refunds), so the two share their figures' ground. Timed, as of 2026-12-31, twice (the second replaces the
+first fit's rows): ``forecast_revenue`` (the daily series read from the sales cube, four ETS forms fitted
+and compared, 90 days with intervals, 8 backtest refits, one transaction), next to two references in the
+same session: the bare pass over all purchases (``bench_reports.reference``) and statsmodels alone fitting the
+chosen form once to the same series and forecasting 90 days with intervals. Figures go to stdout (and
+--json FILE); bench/README.md records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from bench_ingest import PG_URL, fresh_database, peak_rss_mib
+from bench_reports import AS_OF, build, reference
+from bench_sales import cube, first_orders
+
+
+def forecast(url: str) -> dict:
+    from crm_tasks.analytics.forecast import forecast_revenue
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.engine import make_engine
+
+    return forecast_revenue(make_engine(url), load_settings(), AS_OF).summary()
+
+
+def statsmodels_alone(url: str, model: str) -> dict:
+    """The same series, fitted once in the chosen form by statsmodels, 90 days forecast with 95 % intervals."""
+    from crm_tasks.analytics.forecast import CANDIDATES, daily_revenue, fit_ets
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.engine import make_engine
+
+    series = daily_revenue(make_engine(url), load_settings(), AS_OF)
+    spec = next(s for s in CANDIDATES if s.name == model)
+    t = time.perf_counter()
+    fit_ets(series, spec).get_prediction(start=len(series), end=len(series) + 89).summary_frame(alpha=0.05)
+    return {"days": len(series), "fit_and_predict_s": round(time.perf_counter() - t, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--purchases", type=int, default=10_000_000)
+    parser.add_argument("--dialects", default="sqlite,postgresql")
+    parser.add_argument("--root", type=Path, default=HERE.parent / "var" / "bench")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-build", action="store_true", help="Time the database an earlier run built.")
+    args = parser.parse_args()
+    args.root.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    for dialect in args.dialects.split(","):
+        if args.no_build:
+            url = (f"sqlite:///{args.root / 'bench-forecast.db'}" if dialect == "sqlite"
+                   else f"{PG_URL}?options=-csearch_path%3Dcrm_bench_forecast")
+        else:
+            url = fresh_database(dialect, args.root, file="bench-forecast.db", schema="crm_bench_forecast")
+            build(url, args.customers, args.purchases)
+            first_orders(url)
+            cube(url)  # the forecast reads the sales cube, which crm_reports refreshes first (bench_sales.py)
+        scan = reference(url)
+        runs = []
+        for _ in range(2):
+            t = time.perf_counter()
+            summary = forecast(url)
+            runs.append({**summary, "wall_s": round(time.perf_counter() - t, 2)})
+        figures[dialect] = {"reference_scan_s": round(scan, 2),
+                            "statsmodels_alone": statsmodels_alone(url, runs[0]["model"]),
+                            "forecast": runs, "peak_rss_mib": peak_rss_mib()}
+        print(json.dumps({dialect: figures[dialect]}, indent=1), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
