@@ -15,7 +15,6 @@ FILE); bench/README.md records them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_ingest import fresh_database, peak_rss_mib
+from bench_ingest import fresh_database, parse_args, peak_rss_mib
 from bench_reports import build
 from bench_reports import reference as scan_purchases
 
@@ -77,17 +76,10 @@ def fit(url: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--purchases", type=int, default=10_000_000)
-    parser.add_argument("--dialects", default="sqlite,postgresql")
-    parser.add_argument("--root", type=Path, default=HERE.parent / "var" / "bench")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    args.root.mkdir(parents=True, exist_ok=True)
+    args = parse_args(__doc__)
     figures = {}
     for dialect in args.dialects.split(","):
-        url = fresh_database(dialect, args.root, file="bench-clv.db", schema="crm_bench_clv")
+        url = fresh_database(dialect, args.data, file="bench-clv.db", schema="crm_bench_clv")
         build(url, args.customers, args.purchases)
         vary_spend(url)
         scan = scan_purchases(url)

@@ -14,7 +14,6 @@ chosen form once to the same series and forecasting 90 days with intervals. Figu
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_ingest import PG_URL, fresh_database, peak_rss_mib
+from bench_ingest import PG_URL, fresh_database, parse_args, peak_rss_mib
 from bench_reports import AS_OF, build, reference
 from bench_sales import cube, first_orders
 
@@ -50,22 +49,15 @@ def statsmodels_alone(url: str, model: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--purchases", type=int, default=10_000_000)
-    parser.add_argument("--dialects", default="sqlite,postgresql")
-    parser.add_argument("--root", type=Path, default=HERE.parent / "var" / "bench")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--no-build", action="store_true", help="Time the database an earlier run built.")
-    args = parser.parse_args()
-    args.root.mkdir(parents=True, exist_ok=True)
+    args = parse_args(__doc__, (("--no-build",), {"action": "store_true",
+                                                   "help": "Time the database an earlier run built."}))
     figures = {}
     for dialect in args.dialects.split(","):
         if args.no_build:
-            url = (f"sqlite:///{args.root / 'bench-forecast.db'}" if dialect == "sqlite"
+            url = (f"sqlite:///{args.data / 'bench-forecast.db'}" if dialect == "sqlite"
                    else f"{PG_URL}?options=-csearch_path%3Dcrm_bench_forecast")
         else:
-            url = fresh_database(dialect, args.root, file="bench-forecast.db", schema="crm_bench_forecast")
+            url = fresh_database(dialect, args.data, file="bench-forecast.db", schema="crm_bench_forecast")
             build(url, args.customers, args.purchases)
             first_orders(url)
             cube(url)  # the forecast reads the sales cube, which crm_reports refreshes first (bench_sales.py)

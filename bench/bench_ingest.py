@@ -77,15 +77,18 @@ def peak_rss_mib() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def parse_args(doc: str) -> argparse.Namespace:
-    """The benchmarks' shared options: data sizes, dialects, where data and results go."""
+def parse_args(doc: str, *extra: tuple[tuple, dict]) -> argparse.Namespace:
+    """The benchmarks' shared options: data sizes, dialects, where data and results go; ``extra`` adds a
+    benchmark's own, as (names, keywords) of ``add_argument``."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, default=1_000_000)
     ap.add_argument("--purchases", type=int, default=10_000_000)
     ap.add_argument("--night", type=int, default=30_000)
     ap.add_argument("--dialects", default="sqlite,postgresql")
-    ap.add_argument("--data", type=Path, default=HERE / "data")
+    ap.add_argument("--data", type=Path, default=HERE / "data", help="where data files and databases go")
     ap.add_argument("--json", type=Path, help="also write the results to this file")
+    for names, keywords in extra:
+        ap.add_argument(*names, **keywords)
     args = ap.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     return args

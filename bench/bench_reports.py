@@ -20,7 +20,6 @@ records them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_ingest import fresh_database, peak_rss_mib
+from bench_ingest import fresh_database, parse_args, peak_rss_mib
 
 AS_OF = date(2026, 12, 31)
 FIRST_RUN = datetime(2026, 7, 1, 3, 30, tzinfo=UTC)
@@ -173,17 +172,10 @@ def refresh(url: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--purchases", type=int, default=10_000_000)
-    parser.add_argument("--dialects", default="sqlite,postgresql")
-    parser.add_argument("--root", type=Path, default=HERE.parent / "var" / "bench")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    args.root.mkdir(parents=True, exist_ok=True)
+    args = parse_args(__doc__)
     figures = {}
     for dialect in args.dialects.split(","):
-        url = fresh_database(dialect, args.root, file="bench-reports.db", schema="crm_bench_reports")
+        url = fresh_database(dialect, args.data, file="bench-reports.db", schema="crm_bench_reports")
         build(url, args.customers, args.purchases)
         ref = reference(url)
         runs = []

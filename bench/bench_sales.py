@@ -16,7 +16,6 @@ SUM(amount) FROM purchases GROUP BY currency`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_ingest import fresh_database, peak_rss_mib
+from bench_ingest import fresh_database, parse_args, peak_rss_mib
 from bench_reports import build, reference
 
 AS_OF = date(2026, 12, 31)
@@ -78,17 +77,10 @@ def cube(url: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--purchases", type=int, default=10_000_000)
-    parser.add_argument("--dialects", default="sqlite,postgresql")
-    parser.add_argument("--root", type=Path, default=HERE.parent / "var" / "bench")
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    args.root.mkdir(parents=True, exist_ok=True)
+    args = parse_args(__doc__)
     figures = {}
     for dialect in args.dialects.split(","):
-        url = fresh_database(dialect, args.root, file="bench-sales.db", schema="crm_bench_sales")
+        url = fresh_database(dialect, args.data, file="bench-sales.db", schema="crm_bench_sales")
         build(url, args.customers, args.purchases)
         first_orders(url)
         steps = {"reference_scan_s": round(reference(url), 2), "build": cube(url), "unchanged": cube(url)}
