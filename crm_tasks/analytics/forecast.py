@@ -27,6 +27,7 @@ stored ``mape``/``mase`` are those of the 28-day horizon; both horizons' are in 
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import logging
 import time
@@ -122,12 +123,21 @@ def choose(series: pd.Series) -> tuple[Spec, object, dict[str, float]]:
     return best[0], best[1], aics
 
 
+def _seeded(seed: int) -> dict:
+    """The simulation's seed, by the name the installed statsmodels gives it (``random_state`` up to 0.14,
+    ``rng`` from 0.15)."""
+    from statsmodels.tsa.exponential_smoothing.ets import ETSResults
+
+    name = "rng" if "rng" in inspect.signature(ETSResults.simulate).parameters else "random_state"
+    return {name: np.random.default_rng(seed)}
+
+
 def forecast_frame(results, horizon: int, seed: int = _SEED) -> pd.DataFrame:
     """The next ``horizon`` days after the fitted series: ``mean``, ``lower_80``, ``upper_80``, ``lower_95``,
     ``upper_95``, indexed by day. Both levels come from one prediction (the same simulated paths where the
     form needs them), so the 95 % interval always contains the 80 % one."""
     n = results.nobs
-    pred = results.get_prediction(start=n, end=n + horizon - 1, random_state=seed)
+    pred = results.get_prediction(start=n, end=n + horizon - 1, **_seeded(seed))
     frame = pd.DataFrame({"mean": np.asarray(pred.predicted_mean, dtype=float)})
     for level in LEVELS:
         bounds = pred.pred_int(alpha=1 - level / 100)
@@ -143,7 +153,7 @@ def totals(results, frame: pd.DataFrame, simulations: int, seed: int = _SEED) ->
     horizon = len(frame)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        paths = np.asarray(results.simulate(horizon, anchor="end", repetitions=simulations, random_state=seed),
+        paths = np.asarray(results.simulate(horizon, anchor="end", repetitions=simulations, **_seeded(seed)),
                            dtype=float).reshape(horizon, -1)
     out = {}
     for days in (d for d in TOTALS if d <= horizon):
