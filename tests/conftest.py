@@ -115,6 +115,16 @@ def cfg(landing, db_url):
 
 
 @pytest.fixture
+def seg_cfg(landing, db_url, tmp_path):
+    """The repo's crm.yaml with this test's database, landing folder and an empty segment folder of its own
+    (segment and lifetime-value tests write their rule files there)."""
+    folder = tmp_path / "segments"
+    folder.mkdir()
+    return load_settings(REPO / "crm.yaml", env={
+        "CRM_LANDING_DIR": str(landing), "CRM_DATABASE_URL": db_url, "CRM_SEGMENTS_DIR": str(folder)})
+
+
+@pytest.fixture
 def use_settings(cfg, monkeypatch):
     """Make the process-wide settings (read by the CLI and the DAGs) those of this test."""
     monkeypatch.setenv("CRM_LANDING_DIR", str(cfg.landing_dir))

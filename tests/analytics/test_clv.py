@@ -18,9 +18,8 @@ from crm_tasks.analytics.clv import ClvStatus, calibration_summary, fit_clv, fit
 from crm_tasks.errors import ConfigError
 from crm_tasks.ingest import metrics
 from crm_tasks.segments import compute as segments
-from crm_tasks.settings import ClvSettings, load_settings
+from crm_tasks.settings import ClvSettings
 from crm_tasks.store.models import ClvFit, CustomerClv, Purchase
-from tests.conftest import REPO
 from tests.factories import add_customers
 from tests.segments.support import members
 
@@ -290,15 +289,6 @@ def test_fit_models_reports_a_non_converging_fit():
 
 
 # --- (d) the scores in segment rules ----------------------------------------------------------------
-
-
-@pytest.fixture
-def seg_cfg(landing, db_url, tmp_path):
-    """The repository's settings with an empty segment folder of this test's own."""
-    folder = tmp_path / "segments"
-    folder.mkdir()
-    return load_settings(REPO / "crm.yaml", env={
-        "CRM_LANDING_DIR": str(landing), "CRM_DATABASE_URL": db_url, "CRM_SEGMENTS_DIR": str(folder)})
 
 
 def test_rule_on_p_alive_and_clv_selects_exactly_the_scored_customers(engine, seg_cfg):
