@@ -5,7 +5,8 @@ day of purchases and corrects an old one.
     .venv/bin/python bench/bench_sales.py --customers 100000 --purchases 1000000 --dialects sqlite
 
 The data is bench_reports.py's (1M customers, 10M purchases over 2025-2026, written inside the database),
-with customer_metrics' first orders derived from it in SQL. Timed steps, as of 2026-12-31, each against
+with customer_metrics' first orders derived from it in SQL and a year of RFM and lifecycle history for every
+customer (for the cube by segment). Timed steps, as of 2026-12-31, each against
 the reference in the same session: one sequential pass over all purchases (`SELECT currency, COUNT(*),
 SUM(amount) FROM purchases GROUP BY currency`).
 
@@ -48,6 +49,38 @@ def first_orders(url: str) -> None:
             FROM purchases GROUP BY customer_id, currency"""))
 
 
+def memberships(url: str) -> None:
+    """A year of segment history, as the nightly recompute leaves it: every customer in an RFM segment and a
+    lifecycle stage from 2025-06-01, half of them moved to another on 2026-06-01 (4.5M rows), so the cube by
+    segment seeks a real history for each purchase."""
+    from sqlalchemy import text
+
+    from crm_tasks.store.engine import make_engine
+
+    engine = make_engine(url)
+    sqlite = engine.dialect.name == "sqlite"
+    stamp = "'2026-01-01T00:00:00.000000'" if sqlite else "TIMESTAMPTZ '2026-01-01 00:00:00+00'"
+    odd = "CAST(substr(customer_id, 2) AS INTEGER) % 2 = 1"
+
+    def day(iso: str) -> str:
+        return f"'{iso}'" if sqlite else f"DATE '{iso}'"
+
+    with engine.begin() as conn:
+        for i, name in enumerate(("rfm:champions", "rfm:at_risk", "lifecycle:active", "lifecycle:at_risk"), 1):
+            conn.execute(text(f"INSERT INTO segments (id, name, family, description, status, updated_at) VALUES "
+                              f"({i}, '{name}', '{name.split(':')[0]}', '', 'active', {stamp})"))
+        for first, moved in ((1, 2), (3, 4)):
+            conn.execute(text(f"""
+                INSERT INTO segment_memberships (segment_id, customer_id, valid_from, valid_to)
+                SELECT {first}, customer_id, {day('2025-06-01')}, CASE WHEN {odd} THEN {day('2026-06-01')} END
+                FROM customers"""))
+            conn.execute(text(f"""
+                INSERT INTO segment_memberships (segment_id, customer_id, valid_from, valid_to)
+                SELECT {moved}, customer_id, {day('2026-06-01')}, NULL FROM customers WHERE {odd}"""))
+        if not sqlite:
+            conn.execute(text("ANALYZE segment_memberships"))
+
+
 def late_and_new(url: str) -> None:
     from sqlalchemy import text
 
@@ -83,6 +116,7 @@ def main() -> None:
         url = fresh_database(dialect, args.data, file="bench-sales.db", schema="crm_bench_sales")
         build(url, args.customers, args.purchases)
         first_orders(url)
+        memberships(url)
         steps = {"reference_scan_s": round(reference(url), 2), "build": cube(url), "unchanged": cube(url)}
         late_and_new(url)
         steps["nightly"] = cube(url)

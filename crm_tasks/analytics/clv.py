@@ -1,14 +1,12 @@
 """Customer lifetime value: BG/NBD for how often a customer buys and whether they are still a customer,
 Gamma-Gamma for how much they spend, fitted on every purchase up to the as-of date.
 
-The calibration data is one row per buyer, built in SQL in one pass over the purchases before the cutoff
-(the end of the as-of business day, ``crm_tasks.clock.cutoff_for``):
+The calibration data is one row per buyer, read in SQL from each customer's purchase days up to the end of
+the as-of business day (``customer_days``, kept as the metrics are: ``crm_tasks/analytics/purchase_days.py``):
 
-- **purchase days**: the business days on which the customer placed at least one order (amount >= 0);
-  several orders on one day are one purchase day (BG/NBD models the day as the purchase occasion, as
-  lifetimes' ``summary_data_from_transaction_data`` does). Days are counted as segments count them:
-  whole 24-hour periods before the cutoff, so the as-of day is day 0 (in a time zone without daylight
-  saving these are exactly the local calendar days).
+- **purchase days**: the local business days (crm.yaml's time zone) on which the customer placed at least
+  one order (amount >= 0); several orders on one day are one purchase day (BG/NBD models the day as the
+  purchase occasion, as lifetimes' ``summary_data_from_transaction_data`` does with local dates).
 - ``frequency`` (x): purchase days after the first; ``recency_days`` (t_x): first to last purchase day;
   ``tenure_days`` (T): first purchase day to the as-of day.
 - ``monetary`` (m): the mean value of the repeat purchase days, each day's orders converted into the
@@ -39,16 +37,16 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, delete, func, select, text
 
-from crm_tasks.clock import Phases, cutoff_for
+from crm_tasks.analytics.purchase_days import day_number, refresh_purchase_days
+from crm_tasks.clock import Phases
 from crm_tasks.errors import ConfigError
 from crm_tasks.settings import ClvSettings, Settings
 from crm_tasks.store import sql
 from crm_tasks.store.bulk import bulk_insert, dialect_insert
 from crm_tasks.store.models import ClvFit, CustomerClv
-from crm_tasks.store.types import MONEY_UNITS, UtcDateTime
+from crm_tasks.store.types import MONEY_UNITS
 
 log = logging.getLogger(__name__)
-DAY = 86_400
 MONTH_DAYS = 30  # lifetimes' month for CLV in days (freq="D")
 HORIZON_MONTHS = 12
 
@@ -114,22 +112,14 @@ class FitFailed(Exception):
 
 # --- the calibration data, in SQL ---------------------------------------------------------------
 
-# Each buyer's purchase days in one pass over the orders before the cutoff (ix_purchases_customer gives
-# them in customer order): the days first, then per buyer the count, first and last day, and the value of
-# the days after the first (the window marks the first day). day_no counts back from the cutoff in whole
-# 24-hour periods, the segments' way: 0 is the as-of day.
+# Each buyer's purchase days up to the as-of day, from customer_days (kept per customer as the metrics are):
+# the count, first and last day, and the value of the days after the first. The table's key order serves
+# the grouping, so this is one pass over narrow rows, not a sort of every purchase.
 _PURCHASE_DAYS = """
-SELECT customer_id, COUNT(*) - 1 AS frequency, MAX(day_no) - MIN(day_no) AS recency_days,
-       MAX(day_no) AS tenure_days, SUM(CASE WHEN day_no < first_day THEN value END) AS repeat_value
-FROM (
-    SELECT customer_id, day_no, value, MAX(day_no) OVER (PARTITION BY customer_id) AS first_day
-    FROM (
-        SELECT customer_id, (:cutoff_epoch - 1 - {epoch}) / {day} AS day_no, SUM({value}) AS value
-        FROM purchases
-        WHERE purchased_at < :cutoff AND amount >= 0
-        GROUP BY customer_id, (:cutoff_epoch - 1 - {epoch}) / {day}
-    ) days
-) marked
+SELECT customer_id, COUNT(DISTINCT day) - 1 AS frequency, MAX(day) - MIN(day) AS recency_days,
+       :as_of_day - MIN(day) AS tenure_days, SUM(CASE WHEN first_day THEN NULL ELSE {value} END) AS repeat_value
+FROM customer_days
+WHERE day <= :as_of_day
 GROUP BY customer_id
 """
 
@@ -147,21 +137,20 @@ def calibration_summary(conn: Connection, cfg: Settings, as_of: date) -> Summary
         listed = ", ".join(f"{cur} ({n} customers)" for cur, n in sorted(missing.items()))
         raise ConfigError(f"clv: purchases in currencies without an exchange rate: {listed}. Add them under "
                           f"segments.exchange_rates in crm.yaml (units of {cfg.segments.base_currency} per unit).")
-    cutoff = cutoff_for(as_of, cfg.timezone)
-    params: dict = {"cutoff": cutoff, "cutoff_epoch": int(cutoff.timestamp())}
+    params: dict = {"as_of_day": day_number(as_of)}
     whens = []
     for i, (code, rate) in enumerate(sorted(rates.items())):
         params[f"cur_{i}"], params[f"rate_{i}"] = code, float(Fraction(rate))
         whens.append(f"WHEN :cur_{i} THEN :rate_{i}")
-    value = f"{sql.money_as_float('amount', dialect)} * (CASE currency {' '.join(whens)} END)"
-    statement = _PURCHASE_DAYS.format(epoch=sql.epoch_seconds("purchased_at", dialect), day=DAY, value=value)
+    value = f"{sql.money_as_float('value', dialect)} * (CASE currency {' '.join(whens)} END)"
+    statement = _PURCHASE_DAYS.format(value=value)
     if dialect == "postgresql":
-        # The day grouping and the window sort ten million rows: in memory rather than spilled to disk (this
-        # transaction only); JIT compiling a one-off statement costs more than it saves.
+        # The distinct days are counted by sorting each buyer's rows: in memory rather than spilled to disk
+        # (this transaction only); JIT compiling a one-off statement costs more than it saves.
         conn.execute(text("SET LOCAL work_mem = '256MB'"))
         conn.execute(text("SET LOCAL jit = off"))
     # Raw rows, no type processing: a million buyers through the ORM would take seconds.
-    rows = sql.execute(conn, statement, params, cutoff=UtcDateTime()).all()
+    rows = sql.execute(conn, statement, params).all()
     if not rows:
         empty = np.empty(0)
         return Summary(np.empty(0, dtype=object), empty.astype(np.int64), empty, empty, empty)
@@ -294,6 +283,24 @@ def score(models: Models, frequency, recency, T, monetary, *, discount_rate: flo
                   np.where(np.isfinite(clv), clv, np.nan))
 
 
+def unscored_reason(models: Models, scores: Scores, frequency) -> str | None:
+    """Why some buyers got no finite score, or None when all did. BG/NBD's expected purchases of a buyer
+    without a repeat day need a + b > 1 (the hypergeometric term's c = a + b - 1): a fit in which almost
+    nobody ever stops buying drives a and b to 0, and those buyers cannot be scored."""
+    broken = ~np.isfinite(np.stack([scores.p_alive, scores.purchases_90, scores.purchases_365])).all(0)
+    if not broken.any():
+        return None
+    b = models.params["bgnbd"]
+    one_timers = int((broken & (np.asarray(frequency) == 0)).sum())
+    reason = (f"the fitted models give no finite score for {int(broken.sum())} buyers ({one_timers} of them "
+              f"without a repeat purchase day); BG/NBD fitted a = {b['a']:.3g}, b = {b['b']:.3g}")
+    if b["a"] + b["b"] <= 1:
+        reason += (": with a + b below 1 the expected purchases of a buyer without a repeat day are undefined. "
+                   "The data shows almost nobody stop buying (a, b near 0); a longer history, with customers "
+                   "who did stop, fits")
+    return reason
+
+
 # --- the nightly fit ------------------------------------------------------------------------------
 
 
@@ -305,6 +312,8 @@ def fit_clv(engine: Engine, cfg: Settings, as_of: date) -> ClvResult:
     phases = Phases()
     settings = cfg.clv
     result = ClvResult(as_of, ClvStatus.FITTED)
+    refresh_purchase_days(engine, cfg)
+    phases.done("purchase days")
     with engine.connect() as conn:
         summary = calibration_summary(conn, cfg, as_of)
         conn.rollback()
@@ -327,11 +336,9 @@ def fit_clv(engine: Engine, cfg: Settings, as_of: date) -> ClvResult:
         scores = score(models, summary.frequency, summary.recency, summary.T, summary.monetary,
                        discount_rate=settings.discount_rate)
         phases.done("score")
-        broken = int((~np.isfinite(np.stack([scores.p_alive, scores.purchases_90, scores.purchases_365]))).any(0).sum())
-        if broken:
-            result.status = ClvStatus.FAILED
-            result.detail = f"the fitted models give no finite score for {broken} buyers; try clv.penalizer: 0.001"
-            scores = None
+        reason = unscored_reason(models, scores, summary.frequency)
+        if reason:
+            result.status, result.detail, scores = ClvStatus.FAILED, reason, None
     with engine.begin() as conn:
         if scores is not None:
             _replace_scores(conn, as_of, summary, scores)

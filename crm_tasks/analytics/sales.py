@@ -13,6 +13,13 @@ night, a late file with older purchases, a corrected or replaced file, a custome
 moved. Unchanged days are never touched, and the result equals a full recomputation
 (tests/analytics/test_sales.py).
 
+By segment (``sales_daily_segments``): the same figures per day by the buyer's RFM segment and, separately,
+lifecycle stage when the day began, that is the membership valid on the day before (what a campaign that
+day targeted; the day's own purchases do not move it). Buyers in no segment of a family count under
+``rfm:(none)`` or ``lifecycle:(none)``, so each family adds up to the day's totals. A segment recompute of
+date X that is new or re-run (``segment_runs.computed_at``, against ``sales_segment_runs``) recomputes day
+X + 1.
+
 Money stays in each purchase's currency in the cube; reports convert each currency's exact sum once into
 the base currency of segments.
 """
@@ -33,7 +40,7 @@ from crm_tasks.clock import cutoff_for
 from crm_tasks.errors import ConfigError
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
-from crm_tasks.store.models import SalesDaily, SalesDay
+from crm_tasks.store.models import SalesDaily, SalesDailySegment, SalesDay, SalesSegmentRun, SegmentRun
 from crm_tasks.store.types import Money, UtcDateTime, to_base
 
 log = logging.getLogger(__name__)
@@ -151,11 +158,17 @@ def refresh_sales(engine: Engine, cfg: Settings, as_of: date) -> CubeResult:
         fingerprints = {d: (*now.get(d, (0, 0, Decimal(0))), firsts.get(d, 0)) for d in set(now) | set(firsts)}
         changed_utc = sorted(d for d in set(fingerprints) | set(seen) if fingerprints.get(d) != seen.get(d))
         # A UTC day overlaps the local days before, of and after it (whatever the zone's offset).
-        local = sorted({(d - EPOCH).days + k for d in changed_utc for k in (-1, 0, 1)
-                        if EPOCH + timedelta(days=(d - EPOCH).days + k) <= as_of})
+        local = {(d - EPOCH).days + k for d in changed_utc for k in (-1, 0, 1)}
+        runs = dict(conn.execute(select(SegmentRun.as_of, SegmentRun.computed_at)).all())
+        seen_runs = dict(conn.execute(select(SalesSegmentRun.as_of, SalesSegmentRun.computed_at)).all())
+        local |= {(x - EPOCH).days + 1 for x in set(runs) | set(seen_runs) if runs.get(x) != seen_runs.get(x)}
+        local = sorted(d for d in local if EPOCH + timedelta(days=d) <= as_of)
         result.days, result.changed = len(now), len(local)
-        if changed_utc:
+        if local:
             result.rows = _recompute(conn, cfg, local, changed_utc, fingerprints, cutoff)
+        if runs != seen_runs:
+            conn.execute(delete(SalesSegmentRun))
+            conn.execute(insert(SalesSegmentRun), [{"as_of": x, "computed_at": t} for x, t in runs.items()])
         result.phases["recompute"] = round(time.perf_counter() - started - result.phases["fingerprint"], 3)
     result.seconds = time.perf_counter() - started
     log.info("sales cube as of %s: %d days, %d recomputed, %d rows (%.1f s)", as_of, result.days, result.changed,
@@ -186,6 +199,7 @@ def _recompute(conn: Connection, cfg: Settings, local: list[int], changed_utc: l
     days = [EPOCH + timedelta(days=d) for d in local]
     for chunk in range(0, len(days), 500):
         conn.execute(delete(SalesDaily).where(SalesDaily.day.in_(days[chunk:chunk + 500])))
+        conn.execute(delete(SalesDailySegment).where(SalesDailySegment.day.in_(days[chunk:chunk + 500])))
     for chunk in range(0, len(changed_utc), 500):
         conn.execute(delete(SalesDay).where(SalesDay.day.in_(changed_utc[chunk:chunk + 500])))
     sql.scratch(conn, "sales_changed_days", "day_no BIGINT PRIMARY KEY")
@@ -199,15 +213,53 @@ def _recompute(conn: Connection, cfg: Settings, local: list[int], changed_utc: l
         params: dict = {"lo": lo, "hi": hi}
         day = day_number_sql("q.purchased_at", cfg.timezone, lo, hi, dialect, params)
         first_day = day_number_sql("q.first_at", cfg.timezone, lo, hi, dialect, params, prefix="fz")
-        written += sql.execute(conn, _RECOMPUTE.format(day=day, first_day=first_day,
-                                                       as_date=sql.date_of_day_number("p.day_no", dialect)),
+        as_date = sql.date_of_day_number("p.day_no", dialect)
+        written += sql.execute(conn, _RECOMPUTE.format(day=day, first_day=first_day, as_date=as_date),
                                params, lo=UtcDateTime(), hi=UtcDateTime()).rowcount
+        segment = _SEGMENT_OF.format(customer="r.customer_id", eve=sql.date_of_day_number("r.day_no - 1", dialect))
+        for family in SEGMENT_FAMILIES:
+            sql.execute(conn, _RECOMPUTE_SEGMENTS.format(day=day, first_day=first_day, as_date=as_date,
+                                                         segment=segment),
+                        params | {"family": family, "none": f"{family}:{NO_SEGMENT}"},
+                        lo=UtcDateTime(), hi=UtcDateTime())
     rows = [{"day": d, "purchases": fingerprints[d][0], "id_sum": fingerprints[d][1],
              "amount_sum": fingerprints[d][2], "first_orders": fingerprints[d][3]}
             for d in changed_utc if d in fingerprints]
     for chunk in range(0, len(rows), 1000):
         conn.execute(insert(SalesDay), rows[chunk:chunk + 1000])
     return written
+
+
+SEGMENT_FAMILIES = ("rfm", "lifecycle")
+NO_SEGMENT = "(none)"
+
+# The buyer's segment of one family when the purchase's day began: the membership valid on the day before,
+# one seek into ix_segment_memberships_customer per purchase.
+_SEGMENT_OF = """(SELECT g.name FROM segment_memberships m JOIN segments g ON g.id = m.segment_id
+ WHERE m.customer_id = {customer} AND g.family = :family
+   AND m.valid_from <= {eve} AND (m.valid_to IS NULL OR m.valid_to > {eve})
+ ORDER BY m.valid_from DESC LIMIT 1)"""
+
+# The changed local days by segment of one family: the same figures as _RECOMPUTE, per segment.
+_RECOMPUTE_SEGMENTS = """
+INSERT INTO sales_daily_segments (day, segment, currency, orders, refunds, items, revenue, refunded, buyers,
+                                  new_buyers)
+SELECT {as_date}, p.segment, p.currency,
+       SUM(CASE WHEN p.amount >= 0 THEN 1 ELSE 0 END), SUM(CASE WHEN p.amount < 0 THEN 1 ELSE 0 END),
+       SUM(CASE WHEN p.amount >= 0 THEN p.quantity ELSE 0 END), SUM(p.amount),
+       -SUM(CASE WHEN p.amount < 0 THEN p.amount ELSE 0 END),
+       COUNT(DISTINCT CASE WHEN p.amount >= 0 THEN p.customer_id END),
+       COUNT(DISTINCT CASE WHEN p.amount >= 0 AND p.first_day = p.day_no THEN p.customer_id END)
+FROM (SELECT r.customer_id, r.currency, r.amount, r.quantity, r.day_no, r.first_day,
+             COALESCE({segment}, :none) AS segment
+      FROM (SELECT q.customer_id, q.currency, q.amount, q.quantity, {day} AS day_no, {first_day} AS first_day
+            FROM (SELECT pu.customer_id, pu.currency, pu.amount, pu.quantity, pu.purchased_at,
+                         (SELECT MIN(m.first_purchase_at) FROM customer_metrics m
+                          WHERE m.customer_id = pu.customer_id) AS first_at
+                  FROM purchases pu WHERE pu.purchased_at >= :lo AND pu.purchased_at < :hi) q) r
+      JOIN sales_changed_days c ON c.day_no = r.day_no) p
+GROUP BY p.day_no, p.segment, p.currency
+"""
 
 
 @dataclass
@@ -254,22 +306,35 @@ GROUP BY period
 
 
 def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | None = None, end: date | None = None,
-                 *, category: str | None = None, store: str | None = None) -> list[SalesRow]:
+                 *, category: str | None = None, store: str | None = None,
+                 segment: str | None = None) -> list[SalesRow]:
     """Sales per day, week or month from the cube (``start``..``end`` inclusive), optionally one category or
-    store: money exact in the base currency (each currency's exact sum converted once)."""
+    store, or the buyers of one RFM or lifecycle segment when the day began ('rfm:champions',
+    'lifecycle:(none)'): money exact in the base currency (each currency's exact sum converted once)."""
     if by not in PERIODS:
         raise ConfigError(f"--by {by!r}: use one of {', '.join(PERIODS)}")
+    if segment is not None:
+        family = segment.split(":", 1)[0]
+        if family not in SEGMENT_FAMILIES or ":" not in segment:
+            raise ConfigError(f"--segment {segment!r}: the sales cube is kept by RFM and lifecycle segment; name "
+                              f"one as rfm:<segment> or lifecycle:<stage> (crm segments list shows them), or "
+                              f"{SEGMENT_FAMILIES[0]}:{NO_SEGMENT} for buyers in none")
+        if category or store:
+            raise ConfigError("--segment cannot be combined with --category or --store: the cube by segment is "
+                              "kept per day and segment only")
     rates = cfg.segments.exchange_rates
-    stmt = select(SalesDaily.day, SalesDaily.currency, SalesDaily.revenue, SalesDaily.refunded, SalesDaily.orders,
-                  SalesDaily.refunds, SalesDaily.items)
+    cube = SalesDailySegment if segment is not None else SalesDaily
+    stmt = select(cube.day, cube.currency, cube.revenue, cube.refunded, cube.orders, cube.refunds, cube.items)
     if start:
-        stmt = stmt.where(SalesDaily.day >= start)
+        stmt = stmt.where(cube.day >= start)
     if end:
-        stmt = stmt.where(SalesDaily.day <= end)
+        stmt = stmt.where(cube.day <= end)
     if category:
         stmt = stmt.where(SalesDaily.category == category)
     if store:
         stmt = stmt.where(SalesDaily.store_id == store)
+    if segment is not None:
+        stmt = stmt.where(SalesDailySegment.segment == segment)
     totals: dict[date, dict] = defaultdict(lambda: defaultdict(int))
     money: dict[tuple, Decimal] = defaultdict(Decimal)
     with engine.connect() as conn:
@@ -283,7 +348,7 @@ def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | N
             t["refunds"] += refunds
             t["items"] += items
         if totals:
-            distinct = _distinct_buyers(conn, cfg, by, min(totals), max(totals), category, store)
+            distinct = _distinct_buyers(conn, cfg, by, min(totals), max(totals), category, store, segment)
             for p, t in totals.items():
                 t["buyers"], t["new_buyers"] = distinct.get(p, (0, 0))
     out = []
@@ -298,7 +363,7 @@ def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | N
 
 
 def _distinct_buyers(conn: Connection, cfg: Settings, by: str, first: date, last: date, category: str | None,
-                     store: str | None) -> dict[date, tuple[int, int]]:
+                     store: str | None, segment: str | None) -> dict[date, tuple[int, int]]:
     """(buyers, new buyers) per day, week or month from the period starting ``first`` to the one starting
     ``last``; a day's number is its period for days, a CASE over the periods' first days otherwise."""
     periods = [first]
@@ -316,6 +381,12 @@ def _distinct_buyers(conn: Connection, cfg: Settings, by: str, first: date, last
         params["store"], filters = store, filters + " AND store_id = :store"
     dialect = conn.dialect.name
     day = day_number_sql("purchased_at", cfg.timezone, lo, hi, dialect, params)
+    if segment is not None:
+        # The buyer's segment when the purchase's day began, as the cube counts it.
+        of = _SEGMENT_OF.format(customer="purchases.customer_id", eve=sql.date_of_day_number(f"{day} - 1", dialect))
+        params |= {"segment": segment, "family": segment.split(":", 1)[0],
+                   "none": f"{segment.split(':', 1)[0]}:{NO_SEGMENT}"}
+        filters += f" AND COALESCE({of}, :none) = :segment"
     # A first order before the range only has to land before it: the offsets of the range serve.
     first_day = day_number_sql("f.first_at", cfg.timezone, lo, hi, dialect, params, prefix="fz")
     if by == "day":

@@ -101,16 +101,19 @@ def report_control(as_json) -> None:
 @click.option("--to", "end", callback=parse_date, help="Last day, inclusive.")
 @click.option("--category", help="Only this category.")
 @click.option("--store", help="Only this store.")
+@click.option("--segment", help="Only buyers in this RFM or lifecycle segment when the day began "
+                                "(rfm:champions, lifecycle:at_risk, rfm:(none)).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the rows as CSV (cells never start a spreadsheet formula).")
 @click.option("--refresh", "refresh_as_of", callback=parse_date,
               help="First bring the sales cube up to the end of this day (what crm_reports runs).")
 @json_output
-def report_sales(by, start, end, category, store, csv_path, refresh_as_of, as_json) -> None:
+def report_sales(by, start, end, category, store, segment, csv_path, refresh_as_of, as_json) -> None:
     """Revenue (net, exact, in the base currency), refunds, orders, items and buyers (new and returning) per
     day, week or month, from the daily sales cube.
 
-    Example: crm report sales --by month --from 2026-01-01 --category grocery
+    Examples: crm report sales --by month --from 2026-01-01 --category grocery
+              crm report sales --by week --segment rfm:at_risk --json
     """
     from crm_tasks.analytics.sales import refresh_sales, sales_report
     from crm_tasks.results.reports import safe_cell
@@ -119,7 +122,8 @@ def report_sales(by, start, end, category, store, csv_path, refresh_as_of, as_js
     with reported(as_json):
         if refresh_as_of is not None:
             refresh_sales(db, settings(), refresh_as_of)
-        rows = [r.to_dict() for r in sales_report(db, settings(), by, start, end, category=category, store=store)]
+        rows = [r.to_dict() for r in sales_report(db, settings(), by, start, end, category=category, store=store,
+                                                  segment=segment)]
     if csv_path is not None:
         out = io.StringIO()
         writer = csv.writer(out)

@@ -215,6 +215,13 @@ FROM (
 """
 
 
+# SQLite reads "ON CONFLICT" after a SELECT as a join constraint unless the SELECT has a WHERE.
+_QUEUE_DAYS = """
+INSERT INTO customer_days_dirty (customer_id)
+SELECT customer_id FROM metrics_dirty WHERE {true} ON CONFLICT (customer_id) DO NOTHING
+"""
+
+
 def refresh(conn: Connection) -> int:
     """Rebuild marked customers' category state, re-derive every queued customer's
     metrics, and empty the queue; returns how many customers were refreshed."""
@@ -230,5 +237,7 @@ def refresh(conn: Connection) -> int:
     # Average basket = revenue / orders, rounded as money is everywhere (store.sql.money_per).
     avg_basket = sql.money_per("agg.revenue", "agg.orders", conn.dialect.name)
     conn.execute(text(_DERIVE_CUSTOMERS.format(avg_basket=avg_basket, collate=sql.byte_order(conn))))
+    # The same customers' purchase days are stale too; the nightly lifetime-value fit recomputes them.
+    conn.execute(text(_QUEUE_DAYS.format(true=sql.true(conn))))
     conn.execute(delete(MetricsDirty))
     return queued

@@ -266,6 +266,8 @@ class SegmentMembership(Base):
         # rows are the few that changed, so the index costs nothing on the first run.
         Index("ix_segment_memberships_closed", "valid_to", "segment_id", "customer_id",
               sqlite_where=text("valid_to IS NOT NULL"), postgresql_where=text("valid_to IS NOT NULL")),
+        # One customer's history: the sales cube's segment of each buyer on a day, a customer's page.
+        Index("ix_segment_memberships_customer", "customer_id", "valid_from"),
     )
 
 
@@ -703,16 +705,59 @@ class SalesDay(Base):
 
 
 class SalesDailySegment(Base):
-    """The sales cube by the buyer's RFM and lifecycle segment on the day of the purchase."""
+    """The sales cube by the buyer's RFM and lifecycle segment when the day began (the membership of the
+    day before: what a campaign that day targeted); buyers in no segment of a family count under
+    '<family>:(none)', so each family's rows add up to the day's totals."""
 
     __tablename__ = "sales_daily_segments"
 
     day: Mapped[date] = mapped_column(Date, primary_key=True)
-    segment: Mapped[str] = mapped_column(String(64), primary_key=True)  # 'rfm:champions', 'lifecycle:active', '(none)'
+    segment: Mapped[str] = mapped_column(String(64), primary_key=True)  # 'rfm:champions', 'lifecycle:(none)'
     currency: Mapped[str] = mapped_column(String(3), primary_key=True)
     orders: Mapped[int] = mapped_column(BigInteger)
-    revenue: Mapped[Decimal] = mapped_column(Money)
+    refunds: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    items: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    revenue: Mapped[Decimal] = mapped_column(Money)  # net: orders minus refunds
+    refunded: Mapped[Decimal] = mapped_column(Money, server_default="0")
     buyers: Mapped[int] = mapped_column(BigInteger)
+    new_buyers: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class CustomerDay(Base):
+    """Each customer's purchase days: the orders (amount >= 0) of one local business day in one currency, kept
+    per customer as the metrics are (``crm_tasks/analytics/purchase_days.py``); the lifetime-value fit reads
+    its calibration data from here instead of grouping every purchase each night."""
+
+    __tablename__ = "customer_days"
+    # Keyed by text: on SQLite the primary key B-tree holds the row, in the order the fit reads it.
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[int] = mapped_column(Integer, primary_key=True)  # the local day, as days since 1970-01-01
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    first_day: Mapped[bool]  # the customer's first purchase day in any currency (BG/NBD's time zero)
+    orders: Mapped[int] = mapped_column(BigInteger)
+    value: Mapped[Decimal] = mapped_column(Money)  # the orders' amount, in the currency
+
+
+class CustomerDaysDirty(Base):
+    """Customers whose purchase days must be recomputed from their purchases: queued by every metrics
+    refresh (so by ingest, replaced files, corrections and merges) and drained by the nightly fit."""
+
+    __tablename__ = "customer_days_dirty"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class SalesSegmentRun(Base):
+    """The segment recomputes the segment cube last saw: a recompute of date X that is new or was re-run
+    changes the segments of day X + 1, whose rows are then recomputed."""
+
+    __tablename__ = "sales_segment_runs"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class CustomerClv(Base):

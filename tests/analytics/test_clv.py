@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from crm_tasks.analytics.clv import ClvStatus, calibration_summary, fit_clv, fit_models, score
+from crm_tasks.analytics.purchase_days import refresh_purchase_days
 from crm_tasks.errors import ConfigError
 from crm_tasks.ingest import metrics
 from crm_tasks.segments import compute as segments
@@ -125,6 +126,7 @@ SUMMARY_ROWS = [
 
 def test_sql_summary_equals_lifetimes_summary(engine, cfg):
     _purchases(engine, SUMMARY_ROWS)
+    refresh_purchase_days(engine, cfg)
     with engine.connect() as conn:
         ours = calibration_summary(conn, cfg, AS_OF).frame().sort_index()
     expected = _reference(SUMMARY_ROWS, cfg.segments.exchange_rates, AS_OF).sort_index()
@@ -275,6 +277,28 @@ def test_a_fit_that_does_not_converge_is_retried_with_the_retry_penalizer(engine
     assert retried.status == ClvStatus.FITTED and retried.params["penalizer"] == 0.001
     assert retried.params["retried_because"] == failed.detail
     assert len(_stored(engine)) == retried.customers
+
+
+def test_buyers_the_fit_cannot_score_are_named_with_the_reason():
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    from crm_tasks.analytics.clv import Models, unscored_reason
+
+    # What a fit in which nobody ever stops buying gives (the benchmark's synthetic data): a and b near 0.
+    bgf, ggf = BetaGeoFitter(), GammaGammaFitter()
+    bgf.params_ = pd.Series({"r": 2.4, "alpha": 90.2, "a": 1.7e-23, "b": 3.0e-12})
+    ggf.params_ = pd.Series({"p": 6.2, "q": 3.7, "v": 15.4})
+    models = Models(bgf, ggf, {"bgnbd": dict(bgf.params_), "gamma_gamma": dict(ggf.params_)})
+    frequency, recency, T = np.array([0, 5, 0]), np.array([0.0, 100.0, 0.0]), np.array([1.0, 300.0, 40.0])
+    scores = score(models, frequency, recency, T, np.array([0.0, 40.0, 0.0]), discount_rate=0.01)
+    assert np.isnan(scores.purchases_90[[0, 2]]).all() and np.isfinite(scores.purchases_90[1])
+    reason = unscored_reason(models, scores, frequency)
+    assert "no finite score for 2 buyers (2 of them without a repeat purchase day)" in reason
+    assert "a + b below 1" in reason
+    bgf.params_ = pd.Series({"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426})  # CDNOW's: everyone scored
+    models.params["bgnbd"] = dict(bgf.params_)
+    assert unscored_reason(models, score(models, frequency, recency, T, np.array([0.0, 40.0, 0.0]),
+                                         discount_rate=0.01), frequency) is None
 
 
 def test_fit_models_reports_a_non_converging_fit():

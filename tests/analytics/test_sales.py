@@ -10,13 +10,15 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 
 from crm_tasks.analytics.sales import EPOCH, day_number_sql, refresh_sales, sales_report
+from crm_tasks.errors import ConfigError
 from crm_tasks.ingest import metrics
 from crm_tasks.store import sql
-from crm_tasks.store.models import Purchase, SalesDaily
+from crm_tasks.store.models import Purchase, SalesDaily, SalesDailySegment, Segment, SegmentMembership, SegmentRun
 from crm_tasks.store.types import UtcDateTime
+from tests.factories import add_membership
 
 TZ = "Asia/Kolkata"
 _IDS = iter(range(1, 10**7))
@@ -84,7 +86,7 @@ def test_the_cube_equals_a_recomputation_through_late_files_corrections_and_move
     rows += [("C01", _t(2, 5), "-7.50", "INR", "S1", "toys", 1), ("C99", _t(3, 6), "-3", "INR", "S0", "toys", 1)]
     _buy(engine, rows)
     as_of = date(2026, 3, 12)
-    first = refresh_sales(engine, cfg, as_of)
+    refresh_sales(engine, cfg, as_of)
     reference = _recomputed(engine)
     assert _cube(engine) == reference
     # 18:24 UTC is still the day in Kolkata, 18:30 the next one; every local day was computed.
@@ -142,3 +144,116 @@ def test_weeks_and_months_roll_up_exactly_with_distinct_buyers(engine, cfg):
     assert (d50.orders, d50.buyers, d50.new_buyers) == (2, 1, 1)
     weeks = sales_report(engine, cfg, "week", category="toys")
     assert sum(w.orders for w in weeks) == 4 and weeks[0].period == "2026-02-23" and weeks[0].buyers == 1  # Sunday
+
+
+# --- by segment ------------------------------------------------------------------------------------------
+
+
+def _segment_reference(engine) -> dict:
+    """The cube by segment recomputed here: each purchase under the buyer's membership of the day before."""
+    with engine.connect() as conn:
+        purchases = conn.execute(select(Purchase.customer_id, Purchase.purchased_at, Purchase.amount,
+                                        Purchase.currency, Purchase.quantity)).all()
+        spans = conn.execute(select(Segment.name, Segment.family, SegmentMembership.customer_id,
+                                    SegmentMembership.valid_from, SegmentMembership.valid_to)
+                             .join(Segment, Segment.id == SegmentMembership.segment_id)).all()
+    zone = ZoneInfo(TZ)
+    first: dict[str, date] = {}
+    for c, at, a, *_ in purchases:
+        if a >= 0:
+            first[c] = min(first.get(c, at.astimezone(zone).date()), at.astimezone(zone).date())
+    cells: dict = defaultdict(lambda: [0, 0, 0, Decimal(0), Decimal(0), set(), set()])
+    for c, at, a, cur, q in purchases:
+        d = at.astimezone(zone).date()
+        eve = d - timedelta(days=1)
+        for family in ("rfm", "lifecycle"):
+            names = [n for n, f, who, lo, hi in spans if f == family and who == c and lo <= eve and (hi is None or hi > eve)]
+            cell = cells[(d, names[0] if names else f"{family}:(none)", cur)]
+            cell[3] += a
+            if a >= 0:
+                cell[0] += 1
+                cell[2] += q
+                cell[5].add(c)
+                if first[c] == d:
+                    cell[6].add(c)
+            else:
+                cell[1] += 1
+                cell[4] -= a
+    return {k: (v[0], v[1], v[2], v[3], v[4], len(v[5]), len(v[6])) for k, v in cells.items()}
+
+
+def _segment_cube(engine) -> dict:
+    with engine.connect() as conn:
+        return {(r.day, r.segment, r.currency): (r.orders, r.refunds, r.items, r.revenue, r.refunded, r.buyers,
+                                                 r.new_buyers)
+                for r in conn.execute(select(SalesDailySegment)).all()}
+
+
+def _segment_run(engine, as_of: date, minute: int) -> None:
+    """A segment recompute of ``as_of`` as it is recorded (only its date and time matter to the cube)."""
+    with engine.begin() as conn:
+        conn.execute(delete(SegmentRun).where(SegmentRun.as_of == as_of))
+        conn.execute(insert(SegmentRun).values(
+            as_of=as_of, cutoff=datetime(2026, 3, 1, tzinfo=UTC), computed_at=datetime(2026, 3, 1, 0, minute, tzinfo=UTC),
+            source="metrics", customers=0, scored=0, buyers_without_profile=0, memberships=0, entered=0, exited=0,
+            parameters={}, problems=[]))
+
+
+def test_the_cube_by_segment_counts_each_purchase_under_the_segment_of_the_day_before(engine, cfg):
+    add_membership(engine, "rfm:champions", "A", date(2026, 3, 1), date(2026, 3, 3))
+    add_membership(engine, "rfm:at_risk", "A", date(2026, 3, 3))
+    add_membership(engine, "lifecycle:active", "A", date(2026, 2, 1))
+    add_membership(engine, "lifecycle:active", "B", date(2026, 3, 2))
+    _buy(engine, [("A", _t(1, 4), "10", "INR", "S0", "toys", 2),  # 2 March: champions since the 1st
+                  ("A", _t(3, 4), "20", "INR", "S0", "toys", 1),  # 4 March: at risk since the 3rd
+                  ("A", _t(3, 6), "-5", "INR", "S0", "toys", 1),
+                  ("B", _t(2, 4), "30", "PKR", "S1", "grocery", 1),  # 3 March: active since the 2nd
+                  ("B", _t(1, 5), "7", "INR", "S1", "grocery", 1),  # 2 March: in no segment on the 1st
+                  ("C", _t(2, 5), "1", "INR", "S1", "grocery", 1)])
+    as_of = date(2026, 3, 10)
+    refresh_sales(engine, cfg, as_of)
+    cube = _segment_cube(engine)
+    assert cube == _segment_reference(engine)
+    assert cube[(date(2026, 3, 2), "rfm:champions", "INR")][:4] == (1, 0, 2, Decimal(10))
+    assert cube[(date(2026, 3, 4), "rfm:at_risk", "INR")][:5] == (1, 1, 1, Decimal(15), Decimal(5))
+    assert cube[(date(2026, 3, 2), "lifecycle:(none)", "INR")][5] == 1  # B, before the stage began
+    # Each family adds up to the day's totals in the cube by store and category.
+    for family in ("rfm", "lifecycle"):
+        by_family: dict = defaultdict(lambda: [0, Decimal(0)])
+        for (d, segment, cur), v in cube.items():
+            if segment.startswith(family + ":"):
+                by_family[(d, cur)][0] += v[0]
+                by_family[(d, cur)][1] += v[3]
+        totals: dict = defaultdict(lambda: [0, Decimal(0)])
+        for (d, _store, _cat, cur), v in _cube(engine).items():
+            totals[(d, cur)][0] += v[0]
+            totals[(d, cur)][1] += v[3]
+        assert by_family == totals
+
+    # A segment recompute of 3 March re-run with a different result changes the segments of 4 March only.
+    _segment_run(engine, date(2026, 3, 3), 1)
+    refresh_sales(engine, cfg, as_of)
+    with engine.begin() as conn:
+        conn.execute(delete(SegmentMembership).where(SegmentMembership.customer_id == "A",
+                                                     SegmentMembership.valid_from == date(2026, 3, 3)))
+        conn.execute(update(SegmentMembership).where(SegmentMembership.customer_id == "A",
+                                                     SegmentMembership.valid_to == date(2026, 3, 3))
+                     .values(valid_to=None))
+    _segment_run(engine, date(2026, 3, 3), 2)
+    again = refresh_sales(engine, cfg, as_of)
+    assert again.changed == 1
+    assert _segment_cube(engine) == _segment_reference(engine)
+    assert (date(2026, 3, 4), "rfm:champions", "INR") in _segment_cube(engine)
+
+    # Reports by segment: the same figures, distinct buyers per period, and clear errors.
+    [march] = sales_report(engine, cfg, "month", segment="lifecycle:active")
+    rate = cfg.segments.exchange_rates["PKR"]
+    assert march.revenue == Decimal(10) + Decimal(15) + (Decimal(30) * rate).quantize(Decimal("0.0001"))
+    # Both first ordered in March (B outside the segment, on the 2nd): new in the month, whatever the day.
+    assert (march.orders, march.refunds, march.buyers, march.new_buyers) == (3, 1, 2, 2)
+    [none] = sales_report(engine, cfg, "month", segment="rfm:(none)")
+    assert (none.orders, none.buyers, none.new_buyers) == (3, 2, 2)  # B twice, and C
+    with pytest.raises(ConfigError, match="rfm:<segment>"):
+        sales_report(engine, cfg, "month", segment="champions")
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        sales_report(engine, cfg, "month", segment="rfm:champions", category="toys")
