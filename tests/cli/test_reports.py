@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from crm_tasks.cli import main
 from crm_tasks.store.models import Message
 from tests.conftest import REPO
-from tests.factories import add_customers, buy, campaign, plan
+from tests.factories import add_customers, add_membership, buy, campaign, plan
 from tests.smtp_servers import SmtpServer
 
 
@@ -96,6 +96,20 @@ def test_sales_report_refreshes_the_cube_and_writes_safe_csv(use_settings, engin
     assert (tmp_path / "s.csv").read_text(encoding="utf-8").splitlines()[0].startswith("period,revenue")
     bad = CliRunner().invoke(main, ["report", "sales", "--by", "year"])
     assert bad.exit_code == 2
+
+
+def test_sales_report_by_segment(use_settings, engine):
+    add_customers(engine, {"customer_id": "G1"}, {"customer_id": "G2"})
+    add_membership(engine, "rfm:champions", "G1", date(2026, 6, 1))
+    buy(engine, "G1", datetime(2026, 6, 3, 8, tzinfo=UTC), "70")
+    buy(engine, "G2", datetime(2026, 6, 3, 9, tzinfo=UTC), "30")
+    out = CliRunner().invoke(main, ["report", "sales", "--by", "month", "--refresh", "2026-06-30", "--segment",
+                                    "rfm:champions", "--json"])
+    assert out.exit_code == 0, out.output
+    [june] = json.loads(out.stdout)["rows"]
+    assert (june["revenue"], june["orders"], june["buyers"]) == ("70.00", 1, 1)
+    bad = CliRunner().invoke(main, ["report", "sales", "--segment", "champions"])
+    assert bad.exit_code != 0 and "rfm:<segment>" in bad.output
 
 
 def test_kpis_command_prints_one_row_per_month(use_settings, engine):
