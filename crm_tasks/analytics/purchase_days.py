@@ -49,26 +49,26 @@ def refresh_purchase_days(engine: Engine, cfg: Settings) -> int:
     started = time.perf_counter()
     with engine.begin() as conn:
         queued = conn.execute(select(func.count()).select_from(CustomerDaysDirty)).scalar_one()
-        if queued:
-            _rebuild(conn, cfg)
-        rows = conn.execute(select(func.count()).select_from(CustomerDay)).scalar_one() if queued else None
+        rows = _rebuild(conn, cfg) if queued else 0
     if queued:
-        log.info("purchase days: %d customers recomputed, %d rows in all (%.1f s)", queued, rows,
+        log.info("purchase days: %d customers recomputed into %d rows (%.1f s)", queued, rows,
                  time.perf_counter() - started)
     return queued
 
 
-def _rebuild(conn: Connection, cfg: Settings) -> None:
+def _rebuild(conn: Connection, cfg: Settings) -> int:
     queue = select(CustomerDaysDirty.customer_id)
     conn.execute(delete(CustomerDay).where(CustomerDay.customer_id.in_(queue)))
     lo, hi = conn.execute(select(func.min(CustomerMetrics.first_purchase_at), func.max(CustomerMetrics.last_purchase_at))
                           .where(CustomerMetrics.customer_id.in_(queue))).one()
+    rows = 0
     if lo is not None:  # else the queued customers have no orders left (refunds only, erased, merged away)
         params: dict = {}
         day = day_number_sql("p.purchased_at", cfg.timezone, lo, hi, conn.dialect.name, params)
         first_day = day_number_sql("f.first_at", cfg.timezone, lo, hi, conn.dialect.name, params, prefix="fz")
-        sql.execute(conn, _REBUILD.format(day=day, first_day=first_day), params)
+        rows = sql.execute(conn, _REBUILD.format(day=day, first_day=first_day), params).rowcount
     conn.execute(delete(CustomerDaysDirty))
+    return rows
 
 
 def queue_everyone(conn: Connection) -> None:
