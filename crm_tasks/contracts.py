@@ -23,6 +23,12 @@ PURCHASE_COLUMNS = (
     "transaction_id", "customer_id", "purchased_at", "amount", "currency", "store_id",
     "sku", "category", "quantity", "coupon_code",
 )
+# The catalogue's names in the engine's other languages; `name` is the English (default) one.
+PRODUCT_NAME_LOCALES = ("hi", "te", "fa", "ur")
+PRODUCT_COLUMNS = (
+    "sku", "name", "category", "price", "currency", "url", "image_url", "in_stock", "updated_at", "brand",
+    *(f"name_{lang}" for lang in PRODUCT_NAME_LOCALES),
+)
 
 
 class CustomAttribute(BaseModel):

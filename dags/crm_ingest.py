@@ -1,11 +1,14 @@
 """
-### Nightly ingest: purchases and customer profiles into the CRM store
+### Nightly ingest: purchases, customer profiles and the product catalogue into the CRM store
 
 Every night at 02:00 (time zone from `crm.yaml`, default Asia/Kolkata) this DAG
 loads the previous local day's landing partitions:
 
 - `landing/customers/dt=YYYY-MM-DD/*.csv`, profiles (the latest `updated_at` wins);
-- `landing/purchases/dt=YYYY-MM-DD/*.csv|*.parquet`, transactions.
+- `landing/purchases/dt=YYYY-MM-DD/*.csv|*.parquet`, transactions;
+- `landing/products/dt=YYYY-MM-DD/*.csv|*.parquet`, the product catalogue (the latest
+  `updated_at` wins). Optional: a night without a products partition is an ordinary night,
+  while a night without customers or purchases still fails.
 
 Each file is one batch: good rows load, bad rows go to the `quarantine` table
 with file, line, raw text and reason, and the batch reconciles
@@ -18,7 +21,9 @@ are refreshed for the customers each batch touched.
 for example a backfill or the demo's year of data.
 
 On success it updates the assets `crm://customers` and `crm://purchases`
-(their events carry the dates loaded), which `crm_segments` schedules on.
+(their events carry the dates loaded), which `crm_segments` schedules on, and
+`crm://products` (through the alias `crm-products-loaded`) only when a new or corrected
+products file was loaded.
 Failures caused by the data (rejected or unreadable files) fail at once without
 retries; see the task log for the file, the counts and the first reasons.
 """
@@ -30,7 +35,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-from crm_tasks.airflow.defaults import CUSTOMERS, PURCHASES, default_args
+from crm_tasks.airflow.defaults import CUSTOMERS, PRODUCTS_LOADED, PURCHASES, default_args
 from crm_tasks.errors import IngestFailed
 from crm_tasks.settings import settings
 
@@ -76,19 +81,29 @@ def crm_ingest():
 
         return tasks.ingest(dates, "purchases")
 
-    @task(outlets=[CUSTOMERS, PURCHASES])
-    def publish(dates: list[str], customers: dict, purchases: dict) -> dict:
+    # The catalogue neither needs nor holds back the others (a sale of an unlisted SKU still loads);
+    # it runs after them so that two writers never share a SQLite file.
+    @task(trigger_rule="all_done")
+    def ingest_products(dates: list[str]) -> dict:
+        from crm_tasks.airflow import tasks
+
+        return tasks.ingest(dates, "products")
+
+    # The alias lets the task announce crm://products only on a night that loaded a products file.
+    @task(outlets=[CUSTOMERS, PURCHASES, PRODUCTS_LOADED])
+    def publish(dates: list[str], customers: dict, purchases: dict, products: dict) -> dict:
         """Reconcile the run's counts and announce fresh data, with the dates loaded, to downstream DAGs."""
         from crm_tasks.airflow import tasks
 
-        return tasks.publish_ingest(dates, customers, purchases)
+        return tasks.publish_ingest(dates, customers, purchases, products)
 
     # Each ingest task checks the schema itself (purchases run even when profiles failed).
     dates = business_dates()
     customers = ingest_customers(dates)
     purchases = ingest_purchases(dates)
-    customers >> purchases
-    publish(dates, customers, purchases)
+    products = ingest_products(dates)
+    customers >> purchases >> products
+    publish(dates, customers, purchases, products)
 
 
 crm_ingest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AssetAlias
 from airflow.sdk.definitions.retry_policy import ExceptionRetryPolicy, RetryAction, RetryRule
 
 from crm_tasks.errors import ConfigError, CrmError, SchemaNotReady
@@ -13,6 +13,11 @@ from crm_tasks.errors import ConfigError, CrmError, SchemaNotReady
 # Producer and consumer DAGs meet here; an event's extra carries the dates it covers.
 CUSTOMERS = Asset("crm://customers")
 PURCHASES = Asset("crm://purchases")
+# The catalogue: updated only on nights that loaded a new products/ file (it changes rarely). A task's
+# outlet asset gets an event whenever the task succeeds; an alias as the outlet lets the task decide,
+# adding the PRODUCTS event only when a file was loaded.
+PRODUCTS = Asset("crm://products")
+PRODUCTS_LOADED = AssetAlias("crm-products-loaded")
 SEGMENTS = Asset("crm://segments")
 
 # Every DAG's retries: transient failures (a database restart) get a few, further apart.

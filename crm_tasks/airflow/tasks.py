@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from airflow.sdk import get_current_context
 
 from crm_tasks.airflow.connections import smtp_target, task_engine
-from crm_tasks.airflow.defaults import CUSTOMERS, PURCHASES, SEGMENTS
+from crm_tasks.airflow.defaults import CUSTOMERS, PRODUCTS, PRODUCTS_LOADED, PURCHASES, SEGMENTS
 from crm_tasks.clock import business_dates, campaign_dates, cleanup_as_of, report_as_of, segment_dates
 from crm_tasks.settings import settings
 
@@ -47,14 +47,22 @@ def ingest(dates: list[str], source: str) -> dict:
     return load(engine, settings(), [date.fromisoformat(d) for d in dates], [source]).summary()
 
 
-def publish_ingest(dates: list[str], customers: dict, purchases: dict) -> dict:
-    """Reconcile the run's counts and announce the dates loaded to the consumer DAGs."""
+def publish_ingest(dates: list[str], customers: dict, purchases: dict, products: dict | None = None) -> dict:
+    """Reconcile the run's counts and announce the dates loaded to the consumer DAGs.
+
+    Customers and purchases are announced every night; the catalogue only when a new or corrected
+    products file was loaded (a file seen before, ``unchanged``, changed nothing).
+    """
     from crm_tasks.ingest.batches import combine_summaries
 
     outlets = get_current_context()["outlet_events"]
     for asset in (CUSTOMERS, PURCHASES):
         outlets[asset].extra = {"dates": dates}
-    return combine_summaries(customers, purchases)
+    summaries = [customers, purchases, *([products] if products else [])]
+    combined = combine_summaries(*summaries)
+    if products and products.get("by_status", {}).get("loaded", 0):
+        outlets[PRODUCTS_LOADED].add(PRODUCTS, extra={"dates": dates})
+    return combined
 
 
 # --- crm_segments --------------------------------------------------------------------------

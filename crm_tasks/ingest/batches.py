@@ -26,7 +26,7 @@ import pyarrow as pa
 from sqlalchemy import Connection, Engine, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from crm_tasks.contracts import CUSTOMER_COLUMNS, PURCHASE_COLUMNS
+from crm_tasks.contracts import CUSTOMER_COLUMNS, PRODUCT_COLUMNS, PURCHASE_COLUMNS
 from crm_tasks.errors import (
     BatchRejected,
     ConfigError,
@@ -47,19 +47,23 @@ from crm_tasks.ingest.readers import (
     read_parquet_header,
     scan_file,
 )
-from crm_tasks.ingest.standardise import standardise_customers, standardise_purchases
+from crm_tasks.ingest.standardise import standardise_customers, standardise_products, standardise_purchases
 from crm_tasks.settings import Settings
 from crm_tasks.store.bulk import bulk_insert, copy_instants, copy_money
 from crm_tasks.store.models import BatchStatus, IngestBatch, Purchase, QuarantinedRow
 from crm_tasks.store.types import timestamp_texts
 
-SOURCES = ("customers", "purchases")
+SOURCES = ("customers", "purchases", "products")
+# The sources every night must bring (one of them at least): the catalogue changes rarely and is
+# optional, so a night without a products/ partition is no missing night.
+NIGHTLY = ("customers", "purchases")
 REQUIRED = {
     "customers": ("customer_id", "email_consent", "locale", "timezone", "country", "created_at", "updated_at"),
     "purchases": tuple(c for c in PURCHASE_COLUMNS if c != "coupon_code"),
+    "products": ("sku", "name", "category", "price", "currency", "url", "image_url", "in_stock", "updated_at"),
 }
-CONTRACT = {"customers": CUSTOMER_COLUMNS, "purchases": PURCHASE_COLUMNS}
-PATTERNS = {"customers": ("*.csv",), "purchases": ("*.csv", "*.parquet")}
+CONTRACT = {"customers": CUSTOMER_COLUMNS, "purchases": PURCHASE_COLUMNS, "products": PRODUCT_COLUMNS}
+PATTERNS = {"customers": ("*.csv",), "purchases": ("*.csv", "*.parquet"), "products": ("*.csv", "*.parquet")}
 _COUNTS = ("rows_read", "rows_loaded", "rows_quarantined", "rows_duplicate", "rows_withheld")
 log = logging.getLogger(__name__)
 _PARTITION = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
@@ -259,15 +263,16 @@ def ingest_dates(
     failures: list[CrmError] = []
     missing: list[dict] = []
     for day in sorted(set(dates)):
-        # A night without input has no partition of any source (a night with purchases and no profile
-        # changes is normal), whichever sources this call loads.
+        # A night without input has no partition of any nightly source (a night with purchases and no
+        # profile changes is normal), whichever of them this call loads. The catalogue is optional: a call
+        # for products alone never reports a missing night, and products alone do not make a night.
         found = {source: landing_files(folder, source, day) for source in SOURCES}
-        if not any(found.values()):
+        if not any(found[s] for s in NIGHTLY) and set(sources) & set(NIGHTLY):
             night = _missing_night(engine, day)
             missing.append(night)
             if night["nights"] > settings.missing_partition_grace:
                 failures.append(MissingPartition(
-                    f"{folder}: no partition of {' or '.join(SOURCES)} for {day}, {night['nights']} night(s) in a row "
+                    f"{folder}: no partition of {' or '.join(NIGHTLY)} for {day}, {night['nights']} night(s) in a row "
                     f"without input (last loaded: {night['last_loaded'] or 'never'}), more than "
                     f"missing_partition_grace ({settings.missing_partition_grace}); check the export and the "
                     "landing folder"))
@@ -296,10 +301,10 @@ def ingest_dates(
 
 def _missing_night(engine: Engine, day: date) -> dict:
     """A night without input: how many nights in a row by ``day`` (since the latest partition of any
-    source loaded before it; 1 when there is none yet)."""
+    nightly source loaded before it; 1 when there is none yet)."""
     with engine.connect() as conn:
-        last = conn.execute(select(func.max(IngestBatch.partition_date)).where(IngestBatch.partition_date < day)
-                            ).scalar()
+        last = conn.execute(select(func.max(IngestBatch.partition_date)).where(
+            IngestBatch.partition_date < day, IngestBatch.source.in_(NIGHTLY))).scalar()
     return {"date": day.isoformat(), "nights": (day - last).days if last else 1,
             "last_loaded": last.isoformat() if last else None}
 
@@ -451,9 +456,12 @@ def _load(engine, settings, lf, scan, chunks, keep, report, started) -> BatchRep
                 _retire(conn, lf.source, prior, batch_id)
             replaced = [p.id for p in priors if p.status == BatchStatus.LOADED]
             report.replaced_batch_id = replaced[-1] if replaced else None
-            loader = _PurchaseLoader(conn, batch_id, lf, scan) if lf.source == "purchases" else _CustomerLoader(
-                conn, batch_id, lf, settings, replaced
-            )
+            if lf.source == "purchases":
+                loader = _PurchaseLoader(conn, batch_id, lf, scan)
+            elif lf.source == "products":
+                loader = _ProductLoader(conn, batch_id, lf, replaced)
+            else:
+                loader = _CustomerLoader(conn, batch_id, lf, settings, replaced)
             # Reading and validating the next chunk overlaps with writing this one.
             for prepared in prefetch(loader.prepare(_only(chunk, keep)) for chunk in chunks):
                 loader.write(prepared)
@@ -495,9 +503,9 @@ def _load(engine, settings, lf, scan, chunks, keep, report, started) -> BatchRep
 def _retire(conn: Connection, source: str, prior: IngestBatch, batch_id: int) -> None:
     """A corrected file replaces what its earlier versions loaded, rejected or failed to read.
 
-    Purchases of a replaced version are deleted. Profiles cannot be: an earlier
-    version's updates may have overwritten older ones. The new version's rows
-    re-apply over them instead (see _CustomerLoader).
+    Purchases of a replaced version are deleted. Profiles and products cannot be: an
+    earlier version's updates may have overwritten older ones. The new version's rows
+    re-apply over them instead (see _CustomerLoader, _ProductLoader).
     """
     if source == "purchases" and prior.status == BatchStatus.LOADED:
         metrics.mark_batch_for_rebuild(conn, prior.id)
@@ -730,3 +738,63 @@ class _CustomerLoader:
         # A null attribute means "clear it" during the merge; new profiles must not keep the nulls.
         strip = "json_patch('{}', attributes)" if self.dialect == "sqlite" else "jsonb_strip_nulls(attributes)"
         self.conn.execute(text(f"UPDATE customers SET attributes = {strip} WHERE batch_id = :b"), {"b": self.batch_id})
+
+
+class _ProductLoader:
+    """The catalogue: one row per SKU, the version with the latest ``updated_at`` wins, as for profiles.
+
+    Several versions of a SKU in one chunk keep the newest (the last line on a tie); a version older than
+    the stored one is counted as a duplicate (superseded), not applied; an equal one re-applies. A corrected
+    file overrides what its own earlier version wrote, whatever the timestamps say.
+    """
+
+    COLUMNS = ("sku", "name", "name_hi", "name_te", "name_fa", "name_ur", "brand", "category", "price", "currency",
+               "url", "image_url", "in_stock", "updated_at", "batch_id")
+
+    def __init__(self, conn: Connection, batch_id: int, lf: LandingFile, replaced: list[int]) -> None:
+        self.conn, self.batch_id, self.lf = conn, batch_id, lf
+        self.dialect = conn.dialect.name
+        self.loaded = self.duplicate = 0
+        updates = ", ".join(f"{c} = excluded.{c}" for c in self.COLUMNS if c != "sku")
+        # (Batch ids are integers from our own table, never input.)
+        own = f" OR products.batch_id IN ({', '.join(str(int(b)) for b in replaced)})" if replaced else ""
+        self.conflict = (
+            f"ON CONFLICT (sku) DO UPDATE SET {updates} WHERE excluded.updated_at >= products.updated_at{own}"
+        )
+
+    def prepare(self, chunk: Chunk) -> _Prepared:
+        if not len(chunk):
+            return _Prepared([], list(chunk.broken), len(chunk.broken))
+        values, reasons = standardise_products(chunk.columns, self.lf.partition_date)
+        idx, rejects = _good_and_rejects(chunk, reasons)
+        pick = _latest(values["sku"], values["updated_at"], chunk.line_no, idx)
+        units = values["price_units"][pick]
+        # SQLite keeps money as integer 1/10000 units and booleans as 0/1; PostgreSQL takes decimals.
+        price = units.tolist() if self.dialect == "sqlite" else copy_money(pa.array(units, pa.int64())).to_pylist()
+        stock = values["in_stock"][pick]
+        rows = list(zip(
+            *(values[c][pick].tolist() for c in self.COLUMNS[:8]), price, values["currency"][pick].tolist(),
+            values["url"][pick].tolist(), values["image_url"][pick].tolist(),
+            stock.astype(int).tolist() if self.dialect == "sqlite" else stock.tolist(),
+            _timestamps(values["updated_at"][pick], self.dialect), [self.batch_id] * len(pick),
+        ))
+        return _Prepared(rows, rejects, len(chunk) + len(chunk.broken), superseded=len(idx) - len(pick))
+
+    def write(self, prepared: _Prepared) -> None:
+        written = bulk_insert(self.conn, "products", list(self.COLUMNS), prepared.rows, self.conflict)
+        self.loaded += written
+        # Older than the stored product, or superseded within the chunk: counted, not applied.
+        self.duplicate += prepared.superseded + len(prepared.rows) - written
+
+    def finish(self) -> None:
+        pass
+
+
+def _latest(keys: np.ndarray, updated, line_no: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Of the good rows ``idx``, the positions of each key's newest version (the last line on a tie)."""
+    order = np.lexsort((line_no[idx], np.asarray(updated[idx].asi8)))
+    ordered = keys[idx][order]
+    _, first_from_end = np.unique(ordered[::-1], return_index=True)
+    last = np.zeros(len(ordered), dtype=bool)
+    last[len(ordered) - 1 - first_from_end] = True
+    return idx[order][last]

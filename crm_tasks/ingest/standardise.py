@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pycountry
 
-from crm_tasks.contracts import CustomAttribute
+from crm_tasks.contracts import PRODUCT_NAME_LOCALES, CustomAttribute
 
 
 class Reasons:
@@ -128,8 +128,18 @@ def canonical_locale(tag: str) -> str | None:
 # --- field parsers ------------------------------------------------------------
 
 
+# A value that ends in a time of day without a UTC offset, or is a bare date (midnight).
+_NAIVE_TIME = r"[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?)?$"
+_BARE_DATE = r"^\d{4}-\d{2}-\d{2}$"
+
+
 def parse_timestamps(arr: pa.Array) -> pd.DatetimeIndex:
     """ISO 8601 to UTC; naive times are UTC; invalid values become NaT."""
+    # pandas gives a naive value the offset of the first zoned value in the same array (so
+    # "10:00" after a "+05:30" became 04:30 UTC): naive values are made explicitly UTC first.
+    for pattern, suffix in ((_NAIVE_TIME, "Z"), (_BARE_DATE, "T00:00:00Z")):
+        naive = pc.fill_null(pc.match_substring_regex(arr, pattern), False)
+        arr = pc.if_else(naive, pc.binary_join_element_wise(arr, pa.scalar(suffix), ""), arr)
     return pd.DatetimeIndex(pd.to_datetime(_np(arr), format="ISO8601", utc=True, errors="coerce"))
 
 
@@ -330,6 +340,81 @@ def standardise_customers(
     out["created_at"] = created.where(~created.isna(), updated)
 
     out["attributes"] = _custom_attributes(cols, attributes, reasons, n)
+    return out, reasons
+
+
+# --- products -------------------------------------------------------------------
+
+# A link in an e-mail must not downgrade to plain HTTP (mixed content, tampering on the way), and must
+# name a host: "https:///x" or "https://" alone is no link. No user-info part ("user@host"), a
+# classic way to disguise where a link goes.
+_HTTPS_URL = r"^(?i:https)://[^\s/?#@:]+(?::\d{1,5})?(?:[/?#]\S*)?$"
+URL_MAX = 2048  # what browsers and mail clients reliably keep
+
+
+def standardise_products(cols: dict[str, pa.Array], partition: date) -> tuple[dict[str, np.ndarray], Reasons]:
+    """The catalogue's rows: text trimmed, exact prices, https links, a stock flag and the version time.
+
+    Nothing in a product row is personal data, so reasons quote the offending value.
+    """
+    n = len(cols["sku"])
+    reasons = Reasons(n)
+    out: dict[str, np.ndarray] = {}
+    blank = pa.array([""] * n, type=pa.string())
+    # (column, max length, required): sku and category match the purchases' columns they join to.
+    texts = [("sku", 64, True), ("name", 200, True), ("category", 64, True), ("brand", 100, False)]
+    texts += [(f"name_{lang}", 200, False) for lang in PRODUCT_NAME_LOCALES]
+    for name, max_len, required in texts:
+        arr = clean_text(cols.get(name, blank))
+        require(reasons, name, arr, max_len, required=required)
+        values = _np(arr)
+        out[name] = values if required else np.where(values == "", None, values)
+
+    raw_price = pc.utf8_trim_whitespace(cols["price"])
+    valid, units, frac = parse_decimal(raw_price)
+    reasons.add(empty(raw_price), "price is missing")
+    reasons.add_quoting(~valid & ~empty(raw_price), "price", raw_price,
+                        "is not a decimal number (use '.' for decimals, no thousands separators)")
+    units_int = np.where(valid, _np(pc.cast(pc.if_else(pa.array(valid), units, "0"), pa.int64())), 0)
+    reasons.add_quoting(valid & (units_int < 0), "price", raw_price, "is negative; a price is 0 or more")
+    out["price_units"] = units_int
+
+    currency = pc.utf8_upper(pc.utf8_trim_whitespace(cols["currency"]))
+    precision = currency_precision()
+    known = _mask(pc.is_in(currency, value_set=pa.array(list(precision))))
+    reasons.add_quoting(~known, "currency", currency, "is not an ISO 4217 code")
+    out["currency"] = _np(currency)
+    digits = pd.Series(out["currency"]).map(precision).fillna(4).to_numpy()
+    too_precise = valid & known & (_np(pc.utf8_length(frac)) > digits)
+    reasons.add_quoting(too_precise, "price has more decimal places than currency", currency, "allows")
+
+    for name in ("url", "image_url"):
+        arr = pc.utf8_trim_whitespace(cols[name])
+        missing = empty(arr)
+        reasons.add(missing, f"{name} is missing")
+        too_long = _mask(pc.greater(pc.utf8_length(arr), URL_MAX))
+        reasons.add(too_long, f"{name} is longer than {URL_MAX} characters")
+        https = _mask(pc.match_substring_regex(arr, _HTTPS_URL))
+        reasons.add_quoting(~https & ~missing & ~too_long, name, arr, "is not an https:// URL with a host")
+        out[name] = _np(arr)
+
+    # The same spellings as a profile's email_consent; empty means not in stock, so that a row
+    # without the flag is never recommended.
+    stock = pc.utf8_lower(clean_text(cols["in_stock"]))
+    stock_np = _np(stock)
+    is_true = np.isin(stock_np, list(_TRUE))
+    reasons.add_quoting(~is_true & ~np.isin(stock_np, list(_FALSE)), "in_stock", stock, "is not true or false")
+    out["in_stock"] = is_true
+
+    # As a profile's updated_at: the version time that decides which row of a product wins.
+    updated_raw = clean_text(cols["updated_at"])
+    updated = parse_timestamps(updated_raw)
+    reasons.add(empty(updated_raw), "updated_at is missing")
+    reasons.add_quoting(np.asarray(updated.isna()) & ~empty(updated_raw), "updated_at", updated_raw,
+                        "is not an ISO 8601 timestamp")
+    latest = pd.Timestamp(partition + timedelta(days=2), tz="UTC")
+    reasons.add(np.asarray(updated > latest), f"updated_at is after the partition date {partition}")
+    out["updated_at"] = updated
     return out, reasons
 
 

@@ -48,7 +48,7 @@ class IngestBatch(Base):
     __tablename__ = "ingest_batches"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    source: Mapped[str] = mapped_column(String(16))  # 'customers' | 'purchases'
+    source: Mapped[str] = mapped_column(String(16))  # 'customers' | 'purchases' | 'products'
     partition_date: Mapped[date] = mapped_column(Date)
     file_path: Mapped[str] = mapped_column(String(512))  # relative to the landing folder
     checksum: Mapped[str] = mapped_column(String(64))  # sha256 of the file's bytes
@@ -870,3 +870,36 @@ __all__ = [
     "SegmentStatus",
     "Suppression",
 ]
+
+
+# --- catalogue (crm_tasks/ingest: the products/ landing contract) ---------------------------------------------
+
+
+class Product(Base):
+    """One product of the shop's catalogue, as its latest version (by ``updated_at``) described it.
+
+    Purchases refer to a ``sku`` without a foreign key: the catalogue can lag behind the tills, and a sale
+    of a product not yet listed is still a sale.
+    """
+
+    __tablename__ = "products"
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))  # English, the default for every other language
+    name_hi: Mapped[str | None] = mapped_column(String(200))
+    name_te: Mapped[str | None] = mapped_column(String(200))
+    name_fa: Mapped[str | None] = mapped_column(String(200))
+    name_ur: Mapped[str | None] = mapped_column(String(200))
+    brand: Mapped[str | None] = mapped_column(String(100))
+    category: Mapped[str] = mapped_column(String(64))
+    price: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))  # ISO 4217
+    url: Mapped[str] = mapped_column(String(2048))  # https only
+    image_url: Mapped[str] = mapped_column(String(2048))  # https only
+    in_stock: Mapped[bool] = mapped_column(Boolean)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    batch_id: Mapped[int] = mapped_column(BigInteger)  # the batch that last wrote the product
+
+
+# The catalogue came after the alphabetical list above was written; appended rather than re-sorted.
+__all__ += ["Product"]

@@ -140,13 +140,46 @@ def test_crm_ingest_uses_the_airflow_connection_crm_db(ingest_dag, engine, landi
         assert c.execute(select(func.count()).select_from(Purchase)).scalar_one() == 1
 
 
+@pytest.mark.airflow
+def test_crm_ingest_loads_the_catalogue_and_announces_it_only_when_it_changed(ingest_dag, engine, landing):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from crm_tasks.store.models import Product
+
+    def product_events() -> int:
+        with create_session() as session:
+            return session.scalar(select(func.count()).select_from(AssetEvent).join(
+                AssetModel, AssetEvent.asset_id == AssetModel.id).where(AssetModel.uri.like("crm://products%")))
+
+    write_csv(landing, "purchases", "2026-03-01", [purchase("T1")])
+    write_csv(landing, "products", "2026-03-01", [
+        {"sku": "SKU-1", "name": "Rice", "category": "grocery", "price": "499.00", "currency": "INR",
+         "url": "https://shop.example.in/p/SKU-1", "image_url": "https://cdn.example.in/SKU-1.jpg",
+         "in_stock": "true", "updated_at": "2026-03-01T08:00:00Z"}])
+    before = product_events()
+    run = ingest_dag.test(run_conf={"start_date": "2026-03-01", "end_date": "2026-03-01"})
+    assert run.state == "success"
+    assert product_events() == before + 1
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Product)).scalar_one() == 1
+    # The same night again: nothing new in the catalogue, so no event, and no failure.
+    again = ingest_dag.test(run_conf={"start_date": "2026-03-01", "end_date": "2026-03-01"})
+    assert again.state == "success"
+    assert product_events() == before + 1
+
+
 def test_segments_run_after_ingest_and_announce_their_own_asset(dagbag):
     ingest = dagbag.dags["crm_ingest"]
     seg = dagbag.dags["crm_segments"]
-    produced = {o.uri for t in ingest.tasks for o in t.outlets}
+    produced = {o.uri for t in ingest.tasks for o in t.outlets if hasattr(o, "uri")}
     # Either asset triggers a recompute (fresh profiles alone change prospects and custom rules).
     consumed = {a.uri for a in seg.timetable.asset_condition.objects}
-    assert consumed == produced == {"crm://customers/", "crm://purchases/"}
+    assert consumed == {"crm://customers/", "crm://purchases/"}
+    assert produced == consumed
+    # The catalogue is announced through an alias (only on nights that loaded it), and does not
+    # recompute segments.
+    assert {o.name for t in ingest.tasks for o in t.outlets if not hasattr(o, "uri")} == {"crm-products-loaded"}
     assert {o.uri for t in seg.tasks for o in t.outlets} == {"crm://segments/"}
 
 

@@ -87,3 +87,18 @@ def test_amount_precision_follows_the_currency(engine, cfg, landing):
     reasons = sorted(r.reason for r in rows(engine, QuarantinedRow))
     assert reasons == ["amount has more decimal places than currency 'INR' allows",
                        "amount has more decimal places than currency 'IRR' allows"]
+
+
+def test_a_time_without_offset_is_utc_even_after_a_zoned_one_in_the_same_file(engine, cfg, landing):
+    # pandas alone gives a naive value the offset of the first zoned value it saw in the array.
+    from crm_tasks.store.models import Purchase
+
+    write_csv(landing, "purchases", DAY, [
+        purchase("T1", at="2026-03-01T10:00:00+05:30"),
+        purchase("T2", at="2026-03-01T10:00:00"),
+        purchase("T3", at="2026-03-01"),
+    ])
+    ingest_dates(engine, cfg, [D])
+    got = {r.transaction_id: r.purchased_at.isoformat() for r in rows(engine, Purchase)}
+    assert got == {"T1": "2026-03-01T04:30:00+00:00", "T2": "2026-03-01T10:00:00+00:00",
+                   "T3": "2026-03-01T00:00:00+00:00"}
