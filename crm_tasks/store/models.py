@@ -736,6 +736,9 @@ class CustomerDay(Base):
     day: Mapped[int] = mapped_column(Integer, primary_key=True)  # the local day, as days since 1970-01-01
     currency: Mapped[str] = mapped_column(String(3), primary_key=True)
     first_day: Mapped[bool]  # the customer's first purchase day in any currency (BG/NBD's time zero)
+    # True on one row of each customer and day (its first currency by code): counting these counts purchase
+    # days without COUNT(DISTINCT), which would sort every row by customer.
+    counts_day: Mapped[bool]
     orders: Mapped[int] = mapped_column(BigInteger)
     value: Mapped[Decimal] = mapped_column(Money)  # the orders' amount, in the currency
 

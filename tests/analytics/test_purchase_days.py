@@ -79,6 +79,10 @@ def test_late_corrected_and_removed_purchases_equal_a_rebuild_from_scratch(engin
     first = _table(engine)
     assert first == _expected(engine, tz)
     assert first[("a", day_number(date(2026, 3, 6)), "INR")] == (False, 1, Decimal("7.00"))
+    with engine.connect() as conn:  # a day bought in two currencies is counted once, on its first currency
+        counted = dict(conn.execute(select(CustomerDay.currency, CustomerDay.counts_day).where(
+            CustomerDay.customer_id == "a", CustomerDay.day == day_number(date(2026, 3, 1)))).all())
+    assert {k: bool(v) for k, v in counted.items()} == {"INR": True, "USD": False}
     assert sorted(k for k, v in first.items() if k[0] == "a" and v[0]) == [("a", day_number(date(2026, 3, 1)), "INR"),
                                                                   ("a", day_number(date(2026, 3, 1)), "USD")]
     # A late file moves a's first day earlier; b's order is corrected; c's only order is removed.

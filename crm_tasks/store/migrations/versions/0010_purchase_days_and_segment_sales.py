@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("day", sa.Integer, primary_key=True),
         sa.Column("currency", sa.String(3), primary_key=True),
         sa.Column("first_day", sa.Boolean, nullable=False),
+        sa.Column("counts_day", sa.Boolean, nullable=False),
         sa.Column("orders", sa.BigInteger, nullable=False),
         sa.Column("value", Money, nullable=False),
         sqlite_with_rowid=False,
