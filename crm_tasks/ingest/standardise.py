@@ -133,6 +133,15 @@ _NAIVE_TIME = r"[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?)?$"
 _BARE_DATE = r"^\d{4}-\d{2}-\d{2}$"
 
 
+def parse_flag(reasons: Reasons, name: str, arr: pa.Array) -> np.ndarray:
+    """A true/false column in the spellings _TRUE and _FALSE accept; anything else is a reason."""
+    flag = pc.utf8_lower(clean_text(arr))
+    values = _np(flag)
+    is_true = np.isin(values, list(_TRUE))
+    reasons.add_quoting(~is_true & ~np.isin(values, list(_FALSE)), name, flag, "is not true or false")
+    return is_true
+
+
 def parse_timestamps(arr: pa.Array) -> pd.DatetimeIndex:
     """ISO 8601 to UTC; naive times are UTC; invalid values become NaT."""
     # pandas gives a naive value the offset of the first zoned value in the same array (so
@@ -320,11 +329,7 @@ def standardise_customers(
     reasons.add_quoting(~tz_ok, "timezone", tz, "is not an IANA time zone (e.g. Asia/Kolkata)")
     out["timezone"] = _np(tz)
 
-    consent = pc.utf8_lower(clean_text(cols["email_consent"]))
-    consent_np = _np(consent)
-    is_true = np.isin(consent_np, list(_TRUE))
-    reasons.add_quoting(~is_true & ~np.isin(consent_np, list(_FALSE)), "email_consent", consent, "is not true or false")
-    out["email_consent"] = is_true
+    out["email_consent"] = parse_flag(reasons, "email_consent", cols["email_consent"])
 
     updated_raw = clean_text(cols["updated_at"])
     updated = parse_timestamps(updated_raw)
@@ -400,11 +405,7 @@ def standardise_products(cols: dict[str, pa.Array], partition: date) -> tuple[di
 
     # The same spellings as a profile's email_consent; empty means not in stock, so that a row
     # without the flag is never recommended.
-    stock = pc.utf8_lower(clean_text(cols["in_stock"]))
-    stock_np = _np(stock)
-    is_true = np.isin(stock_np, list(_TRUE))
-    reasons.add_quoting(~is_true & ~np.isin(stock_np, list(_FALSE)), "in_stock", stock, "is not true or false")
-    out["in_stock"] = is_true
+    out["in_stock"] = parse_flag(reasons, "in_stock", cols["in_stock"])
 
     # As a profile's updated_at: the version time that decides which row of a product wins.
     updated_raw = clean_text(cols["updated_at"])
