@@ -41,7 +41,7 @@ from crm_tasks.errors import ConfigError
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import SalesDaily, SalesDailySegment, SalesDay, SalesSegmentRun, SegmentRun
-from crm_tasks.store.types import Money, UtcDateTime, to_base
+from crm_tasks.store.types import MONEY_SCALE, Money, UtcDateTime, to_base
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _recompute(conn: Connection, cfg: Settings, local: list[int], changed_utc: l
     sql.scratch(conn, "sales_changed_days", "day_no BIGINT PRIMARY KEY")
     conn.exec_driver_sql("INSERT INTO sales_changed_days (day_no) VALUES (?)" if dialect == "sqlite" else
                          "INSERT INTO sales_changed_days (day_no) VALUES (%s)", [(d,) for d in local])
-    money = "BIGINT" if dialect == "sqlite" else "NUMERIC(18, 4)"  # as store.types.Money keeps it
+    money = "BIGINT" if dialect == "sqlite" else f"NUMERIC(18, {MONEY_SCALE})"  # as store.types.Money keeps it
     sql.scratch(conn, "sales_changed_purchases",
                 f"customer_id VARCHAR(64), store_id VARCHAR(64), category VARCHAR(64), currency VARCHAR(3), "
                 f"amount {money}, quantity INTEGER, day_no BIGINT, first_day BIGINT")
