@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_ingest import PG_URL, fresh_database, parse_args, peak_rss_mib
+from bench_ingest import built_database, fresh_database, parse_args, peak_rss_mib
 from bench_reports import build
 from bench_reports import reference as scan_purchases
 from bench_sales import first_orders
@@ -136,8 +136,7 @@ def main() -> None:
     figures = {}
     for dialect in args.dialects.split(","):
         if args.no_build:
-            url = (f"sqlite:///{args.data / 'bench-clv.db'}" if dialect == "sqlite"
-                   else f"{PG_URL}?options=-csearch_path%3Dcrm_bench_clv")
+            url = built_database(dialect, args.data, "bench-clv.db", "crm_bench_clv")
             upgrade(make_engine(url))
         else:
             url = fresh_database(dialect, args.data, file="bench-clv.db", schema="crm_bench_clv")

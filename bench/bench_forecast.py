@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_ingest import PG_URL, fresh_database, parse_args, peak_rss_mib
+from bench_ingest import built_database, fresh_database, parse_args, peak_rss_mib
 from bench_reports import AS_OF, build, reference
 from bench_sales import cube, first_orders
 
@@ -54,8 +54,7 @@ def main() -> None:
     figures = {}
     for dialect in args.dialects.split(","):
         if args.no_build:
-            url = (f"sqlite:///{args.data / 'bench-forecast.db'}" if dialect == "sqlite"
-                   else f"{PG_URL}?options=-csearch_path%3Dcrm_bench_forecast")
+            url = built_database(dialect, args.data, "bench-forecast.db", "crm_bench_forecast")
         else:
             url = fresh_database(dialect, args.data, file="bench-forecast.db", schema="crm_bench_forecast")
             build(url, args.customers, args.purchases)

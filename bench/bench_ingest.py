@@ -94,6 +94,12 @@ def parse_args(doc: str, *extra: tuple[tuple, dict]) -> argparse.Namespace:
     return args
 
 
+def built_database(dialect: str, root: Path, file: str, schema: str) -> str:
+    """The URL of a database an earlier run of a benchmark built (its ``--no-build``): the SQLite ``root/file``
+    or the PostgreSQL ``schema``, as ``fresh_database`` made it."""
+    return f"sqlite:///{root / file}" if dialect == "sqlite" else f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
 def fresh_database(dialect: str, root: Path, file: str = "bench-crm.db", schema: str = "crm_bench") -> str:
     """A new, migrated CRM database: the SQLite ``root/file``, or the PostgreSQL ``schema``, made anew."""
     from sqlalchemy import create_engine, text

@@ -133,6 +133,33 @@ _NAIVE_TIME = r"[T ]\d{2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?)?$"
 _BARE_DATE = r"^\d{4}-\d{2}-\d{2}$"
 
 
+def parse_money(reasons: Reasons, name: str, amount: pa.Array, currency: pa.Array, *,
+                required: bool = False, non_negative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Exact money: the amount in 1/10000 units and the ISO 4217 currency. Reasons for a value that is not
+    a decimal number (with ``required``, an empty one is "missing" instead), a negative one (with
+    ``non_negative``), an unknown currency, and more decimal places than the currency has."""
+    raw = pc.utf8_trim_whitespace(amount)
+    valid, units, frac = parse_decimal(raw)
+    not_number = ~valid
+    if required:
+        reasons.add(empty(raw), f"{name} is missing")
+        not_number &= ~empty(raw)
+    reasons.add_quoting(not_number, name, raw,
+                        "is not a decimal number (use '.' for decimals, no thousands separators)")
+    units_int = np.where(valid, _np(pc.cast(pc.if_else(pa.array(valid), units, "0"), pa.int64())), 0)
+    if non_negative:
+        reasons.add_quoting(valid & (units_int < 0), name, raw, f"is negative; a {name} is 0 or more")
+    code = pc.utf8_upper(pc.utf8_trim_whitespace(currency))
+    precision = currency_precision()
+    known = _mask(pc.is_in(code, value_set=pa.array(list(precision))))
+    reasons.add_quoting(~known, "currency", code, "is not an ISO 4217 code")
+    codes = _np(code)
+    digits = pd.Series(codes).map(precision).fillna(4).to_numpy()
+    too_precise = valid & known & (_np(pc.utf8_length(frac)) > digits)
+    reasons.add_quoting(too_precise, f"{name} has more decimal places than currency", code, "allows")
+    return units_int, codes
+
+
 def parse_flag(reasons: Reasons, name: str, arr: pa.Array) -> np.ndarray:
     """A true/false column in the spellings _TRUE and _FALSE accept; anything else is a reason."""
     flag = pc.utf8_lower(clean_text(arr))
@@ -197,21 +224,7 @@ def standardise_purchases(cols: dict[str, pa.Array], partition: date) -> tuple[d
     reasons.add(~bad_ts & np.asarray(ts > latest), f"purchased_at is after the partition date {partition}")
     out["purchased_at"] = ts
 
-    raw_amount = pc.utf8_trim_whitespace(cols["amount"])
-    valid, units, frac = parse_decimal(raw_amount)
-    reasons.add_quoting(
-        ~valid, "amount", raw_amount, "is not a decimal number (use '.' for decimals, no thousands separators)"
-    )
-    out["amount_units"] = np.where(valid, _np(pc.cast(pc.if_else(pa.array(valid), units, "0"), pa.int64())), 0)
-
-    currency = pc.utf8_upper(pc.utf8_trim_whitespace(cols["currency"]))
-    precision = currency_precision()
-    known = _mask(pc.is_in(currency, value_set=pa.array(list(precision))))
-    reasons.add_quoting(~known, "currency", currency, "is not an ISO 4217 code")
-    out["currency"] = _np(currency)
-    digits = pd.Series(out["currency"]).map(precision).fillna(4).to_numpy()
-    too_precise = valid & known & (_np(pc.utf8_length(frac)) > digits)
-    reasons.add_quoting(too_precise, "amount has more decimal places than currency", currency, "allows")
+    out["amount_units"], out["currency"] = parse_money(reasons, "amount", cols["amount"], cols["currency"])
 
     raw_qty = pc.utf8_trim_whitespace(cols["quantity"])
     qty_ok = _mask(pc.match_substring_regex(raw_qty, r"^[+-]?\d{1,6}$"))
@@ -375,23 +388,8 @@ def standardise_products(cols: dict[str, pa.Array], partition: date) -> tuple[di
         values = _np(arr)
         out[name] = values if required else np.where(values == "", None, values)
 
-    raw_price = pc.utf8_trim_whitespace(cols["price"])
-    valid, units, frac = parse_decimal(raw_price)
-    reasons.add(empty(raw_price), "price is missing")
-    reasons.add_quoting(~valid & ~empty(raw_price), "price", raw_price,
-                        "is not a decimal number (use '.' for decimals, no thousands separators)")
-    units_int = np.where(valid, _np(pc.cast(pc.if_else(pa.array(valid), units, "0"), pa.int64())), 0)
-    reasons.add_quoting(valid & (units_int < 0), "price", raw_price, "is negative; a price is 0 or more")
-    out["price_units"] = units_int
-
-    currency = pc.utf8_upper(pc.utf8_trim_whitespace(cols["currency"]))
-    precision = currency_precision()
-    known = _mask(pc.is_in(currency, value_set=pa.array(list(precision))))
-    reasons.add_quoting(~known, "currency", currency, "is not an ISO 4217 code")
-    out["currency"] = _np(currency)
-    digits = pd.Series(out["currency"]).map(precision).fillna(4).to_numpy()
-    too_precise = valid & known & (_np(pc.utf8_length(frac)) > digits)
-    reasons.add_quoting(too_precise, "price has more decimal places than currency", currency, "allows")
+    out["price_units"], out["currency"] = parse_money(reasons, "price", cols["price"], cols["currency"],
+                                                      required=True, non_negative=True)
 
     for name in ("url", "image_url"):
         arr = pc.utf8_trim_whitespace(cols[name])
