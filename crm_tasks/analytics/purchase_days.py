@@ -9,7 +9,8 @@ cutoff can move.
 Every metrics refresh (ingest, a replaced or corrected file, a merge) queues the customers it touched in
 ``customer_days_dirty``; ``refresh_purchase_days`` recomputes exactly those customers' rows from their own
 purchases and empties the queue, in one transaction. A night costs its buyers' purchases, not the
-history; the first refresh after the upgrade that created the table builds every customer's days once.
+history; the first refresh after the upgrade that created the table builds every customer's days once,
+and so does the first after crm.yaml's time zone changed (``zone.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import date
 from sqlalchemy import Connection, Engine, delete, func, select, text
 
 from crm_tasks.analytics.sales import EPOCH, day_number_sql
+from crm_tasks.analytics.zone import zone_changed
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import CustomerDay, CustomerDaysDirty, CustomerMetrics
@@ -49,6 +51,8 @@ def refresh_purchase_days(engine: Engine, cfg: Settings) -> int:
     """Recompute the queued customers' purchase days and empty the queue; returns how many were queued."""
     started = time.perf_counter()
     with engine.begin() as conn:
+        if zone_changed(conn, "customer_days", cfg.timezone):
+            queue_everyone(conn)
         queued = conn.execute(select(func.count()).select_from(CustomerDaysDirty)).scalar_one()
         rows = _rebuild(conn, cfg) if queued else 0
     if queued:

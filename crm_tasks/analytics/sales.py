@@ -18,7 +18,7 @@ lifecycle stage when the day began, that is the membership valid on the day befo
 day targeted; the day's own purchases do not move it). Buyers in no segment of a family count under
 ``rfm:(none)`` or ``lifecycle:(none)``, so each family adds up to the day's totals. A segment recompute of
 date X that is new or re-run (``segment_runs.computed_at``, against ``sales_segment_runs``) recomputes day
-X + 1.
+X + 1. A change of crm.yaml's time zone moves every day: the cube is then rebuilt (``zone.py``).
 
 Money stays in each purchase's currency in the cube; reports convert each currency's exact sum once into
 the base currency of segments.
@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine, delete, insert, select
 
+from crm_tasks.analytics.zone import zone_changed
 from crm_tasks.clock import cutoff_for
 from crm_tasks.errors import ConfigError
 from crm_tasks.settings import Settings
@@ -156,6 +157,9 @@ def refresh_sales(engine: Engine, cfg: Settings, as_of: date) -> CubeResult:
     cutoff = cutoff_for(as_of, cfg.timezone)
     with engine.begin() as conn:
         dialect = conn.dialect.name
+        if zone_changed(conn, "sales_cube", cfg.timezone):
+            for table in (SalesDaily, SalesDailySegment, SalesDay, SalesSegmentRun):
+                conn.execute(delete(table))  # with no fingerprints seen, every day is recomputed below
         params: dict = {"cutoff": cutoff}
         now = {_utc_day(d): (int(n), int(i), a) for d, n, i, a in sql.execute(
             conn, _FINGERPRINT.format(utc_day=sql.utc_date("purchased_at", dialect)), params,

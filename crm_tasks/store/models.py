@@ -111,6 +111,8 @@ class Purchase(Base):
         # by batch, rarely, and a scan then costs less than maintaining an index on
         # every nightly insert.
         Index("ix_purchases_customer", "customer_id", "purchased_at"),
+        # The sales cube reads the days a night changed as a time range (bench/README.md, sales cube).
+        Index("ix_purchases_time", "purchased_at"),
     )
 
 
@@ -858,6 +860,36 @@ class Product(Base):
     batch_id: Mapped[int] = mapped_column(BigInteger)  # the batch that last wrote the product
 
 
+class CustomerRecordAudit(Base):
+    """One look at (or action on) a customer's record in the CRM pages: who, when, which customer, what.
+
+    Nothing of the record is copied here, so the audit itself holds no personal data beyond the opaque id.
+    """
+
+    __tablename__ = "customer_record_audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    username: Mapped[str] = mapped_column(String(256))  # the Airflow user
+    customer_id: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # view, export, erase, restore
+
+    __table_args__ = (
+        Index("ix_customer_record_audit_customer", "customer_id", "at"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class DerivedZone(Base):
+    """The time zone a table of local business days was last built in (``sales_cube``, ``customer_days``):
+    when crm.yaml's zone changes, every day of that table moves, so it is rebuilt rather than patched."""
+
+    __tablename__ = "derived_zones"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    timezone: Mapped[str] = mapped_column(String(64))  # IANA
+
+
 __all__ = [
     "AddressBounce",
     "ArchiveStatus",
@@ -880,9 +912,11 @@ __all__ = [
     "CustomerDaysDirty",
     "CustomerMerge",
     "CustomerMetrics",
+    "CustomerRecordAudit",
     "CustomerScore",
     "DeliveryEvent",
     "DeliveryEventStatus",
+    "DerivedZone",
     "ForecastFit",
     "IngestBatch",
     "Message",

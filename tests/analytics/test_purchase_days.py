@@ -119,3 +119,14 @@ def test_days_are_local_calendar_days_across_daylight_saving(engine, cfg):
     assert sorted(d for (_c, d, _cur) in got) == [day_number(date(2026, 3, 29)), day_number(date(2026, 3, 30)),
                                                   day_number(date(2026, 10, 25)), day_number(date(2026, 10, 26))]
     assert got[("z", day_number(date(2026, 10, 25)), "EUR")][1] == 2
+
+
+def test_a_new_time_zone_rebuilds_every_customers_days(engine, cfg):
+    # 23:30 UTC is the next day in Berlin and in Kolkata, the same day in New York.
+    _add(engine, [("a", datetime(2026, 5, 4, 23, 30, tzinfo=UTC), "3.00", "EUR"),
+                  ("b", datetime(2026, 5, 5, 12, 0, tzinfo=UTC), "4.00", "EUR")])
+    refresh_purchase_days(engine, cfg.model_copy(update={"timezone": "Europe/Berlin"}))
+    assert _table(engine) == _expected(engine, BERLIN)
+    new_york = ZoneInfo("America/New_York")
+    assert refresh_purchase_days(engine, cfg.model_copy(update={"timezone": "America/New_York"})) == 2
+    assert _table(engine) == _expected(engine, new_york) != _expected(engine, BERLIN)

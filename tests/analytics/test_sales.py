@@ -35,13 +35,13 @@ def _buy(engine, rows: list[tuple]) -> None:
         metrics.refresh(conn)
 
 
-def _recomputed(engine) -> dict:
+def _recomputed(engine, tz: str = TZ) -> dict:
     """The cube, recomputed here from every purchase (Python, zoneinfo): the reference."""
     with engine.connect() as conn:
         purchases = conn.execute(select(Purchase.customer_id, Purchase.purchased_at, Purchase.amount,
                                         Purchase.currency, Purchase.store_id, Purchase.category,
                                         Purchase.quantity)).all()
-    zone = ZoneInfo(TZ)
+    zone = ZoneInfo(tz)
     first: dict[str, date] = {}
     for c, at, a, *_ in purchases:
         if a >= 0:
@@ -105,6 +105,17 @@ def test_the_cube_equals_a_recomputation_through_late_files_corrections_and_move
     # Only the local days around the touched UTC days (old day 1, day 0, C03's new and former first days,
     # day 5), not the others.
     assert again.changed <= 15 and _cube(engine) == _recomputed(engine)
+
+
+def test_a_new_time_zone_rebuilds_every_day_of_the_cube(engine, cfg):
+    # Evening purchases in UTC: in Kolkata they fall on the next day, in New York on the same one.
+    _buy(engine, [(f"C{i}", _t(i % 4, 19 + i % 3), "10", "INR", "S1", "toys", 1) for i in range(12)])
+    as_of = date(2026, 3, 12)
+    refresh_sales(engine, cfg, as_of)
+    assert _cube(engine) == _recomputed(engine, TZ)
+    again = refresh_sales(engine, cfg.model_copy(update={"timezone": "America/New_York"}), as_of)
+    assert again.changed > 0
+    assert _cube(engine) == _recomputed(engine, "America/New_York") != _recomputed(engine, TZ)
 
 
 @pytest.mark.parametrize("tz", ["America/New_York", "Asia/Tehran", "Asia/Kolkata"])
