@@ -7,7 +7,8 @@ transitions (``day_number_sql``), so no per-row time-zone library is needed in e
 
 Incremental and exact: each refresh takes one fingerprint per UTC day of all purchases (rows, sum of
 ids, sum of amounts) and of first orders (customers whose first order ever is that day), grouped by the
-instant's date part (cheap in both databases), compares it with what the cube last saw (``sales_days``),
+instant's UTC date (cheap in both databases; on SQLite read from the covering ``ix_purchases_time`` one day
+at a time), compares it with what the cube last saw (``sales_days``),
 and recomputes only the business days a changed UTC day overlaps (the day before, of and after) — a new
 night, a late file with older purchases, a corrected or replaced file, a customer whose first order
 moved. Unchanged days are never touched, and the result equals a full recomputation
@@ -26,6 +27,7 @@ the base currency of segments.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -34,14 +36,21 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, text
 
 from crm_tasks.analytics.zone import zone_changed
 from crm_tasks.clock import cutoff_for
 from crm_tasks.errors import ConfigError
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
-from crm_tasks.store.models import SalesDaily, SalesDailySegment, SalesDay, SalesSegmentRun, SegmentRun
+from crm_tasks.store.models import (
+    Purchase,
+    SalesDaily,
+    SalesDailySegment,
+    SalesDay,
+    SalesSegmentRun,
+    SegmentRun,
+)
 from crm_tasks.store.types import MONEY_SCALE, Money, UtcDateTime, to_base
 
 log = logging.getLogger(__name__)
@@ -92,6 +101,16 @@ _FINGERPRINT = """
 SELECT {utc_day} AS utc_day, COUNT(*), SUM(id), SUM(amount) AS amount_sum
 FROM purchases WHERE purchased_at < :cutoff
 GROUP BY 1
+"""
+
+# The same on SQLite, one UTC day at a time from a table of days: each day is a range of the covering
+# ix_purchases_time, read in order, so there is neither a table lookup per purchase nor a sort of every
+# purchase by its day (3.6 s for 10M purchases against 6.2 s grouped by the date part, and 6.6 s for a
+# plain scan of the table).
+_FINGERPRINT_BY_DAY = """
+SELECT d.day AS utc_day, COUNT(*), SUM(p.id), SUM(p.amount) AS amount_sum
+FROM sales_fingerprint_days d JOIN purchases p ON p.purchased_at >= d.lo AND p.purchased_at < d.hi
+GROUP BY d.day
 """
 
 # Customers whose first order ever falls on each UTC day (customer_metrics keeps each currency's first order).
@@ -161,9 +180,7 @@ def refresh_sales(engine: Engine, cfg: Settings, as_of: date) -> CubeResult:
             for table in (SalesDaily, SalesDailySegment, SalesDay, SalesSegmentRun):
                 conn.execute(delete(table))  # with no fingerprints seen, every day is recomputed below
         params: dict = {"cutoff": cutoff}
-        now = {_utc_day(d): (int(n), int(i), a) for d, n, i, a in sql.execute(
-            conn, _FINGERPRINT.format(utc_day=sql.utc_date("purchased_at", dialect)), params,
-            result_types={"amount_sum": Money()}, cutoff=UtcDateTime())}
+        now = {_utc_day(d): (int(n), int(i), a) for d, n, i, a in _fingerprints(conn, cutoff)}
         firsts = {_utc_day(d): int(n) for d, n in sql.execute(
             conn, _FIRST_ORDERS.format(utc_day=sql.utc_date("first_at", dialect)), params, cutoff=UtcDateTime())}
         seen = {d: (p, i, a, f) for d, p, i, a, f in conn.execute(
@@ -188,6 +205,23 @@ def refresh_sales(engine: Engine, cfg: Settings, as_of: date) -> CubeResult:
     log.info("sales cube as of %s: %d days, %d recomputed, %d rows (%.1f s)", as_of, result.days, result.changed,
              result.rows, result.seconds)
     return result
+
+
+def _fingerprints(conn: Connection, cutoff: datetime):
+    """(UTC day, purchases, sum of ids, sum of amounts) of every UTC day with purchases before ``cutoff``."""
+    if conn.dialect.name != "sqlite":
+        return sql.execute(conn, _FINGERPRINT.format(utc_day=sql.utc_date("purchased_at", "postgresql")),
+                           {"cutoff": cutoff}, result_types={"amount_sum": Money()}, cutoff=UtcDateTime())
+    first = conn.execute(select(func.min(Purchase.purchased_at))).scalar_one()
+    sql.scratch(conn, "sales_fingerprint_days", "day TEXT PRIMARY KEY, lo TEXT, hi TEXT")
+    if first is not None:
+        start = datetime.combine(first.date(), datetime.min.time(), tzinfo=UTC)
+        bounds = [start + timedelta(days=k) for k in range((cutoff - start).days + 2)]
+        days = [{"day": lo.date().isoformat(), "lo": lo, "hi": min(hi, cutoff)}
+                for lo, hi in itertools.pairwise(bounds) if lo < cutoff]
+        conn.execute(text("INSERT INTO sales_fingerprint_days (day, lo, hi) VALUES (:day, :lo, :hi)")
+                     .bindparams(bindparam("lo", type_=UtcDateTime()), bindparam("hi", type_=UtcDateTime())), days)
+    return sql.execute(conn, _FINGERPRINT_BY_DAY, result_types={"amount_sum": Money()})
 
 
 def _utc_day(value) -> date:

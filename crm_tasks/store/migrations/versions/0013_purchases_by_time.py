@@ -16,8 +16,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    # Without it, SQLite reads a day range by walking all of ix_purchases_customer (every purchase).
-    op.create_index("ix_purchases_time", "purchases", ["purchased_at"])
+    # Without it, SQLite reads a day range by walking all of ix_purchases_customer (every purchase); with the
+    # amount in it, the cube's fingerprint of every day reads the index alone, in order.
+    op.create_index("ix_purchases_time", "purchases", ["purchased_at", "amount"])
     op.create_table(
         "derived_zones",
         sa.Column("name", sa.String(32), primary_key=True),
