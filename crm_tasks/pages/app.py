@@ -4,7 +4,9 @@ The public routes (``/unsubscribe``, ``/r``, ``/o``, ``/webhooks``) come unchang
 ``crm_tasks.delivery.unsubscribe.create_app``: readers and providers reach them without credentials, a
 signed token or signature being the proof. The page router carries the login dependency on every route:
 the plugin passes Airflow's own ``requires_authenticated()``, so that this package never imports Airflow
-(tests/test_layout.py), and the argument has no default, so no app is built without a login. Both kinds of
+(tests/test_layout.py), and the argument has no default, so no app is built without a login. ``who``, also
+required, gives the logged-in user's name and roles (``crm_tasks.pages.access.PageUser``): the customer
+pages need the Admin or Op role, and the audit names the user. Both kinds of
 route share one lazily created engine: nothing touches the database or the settings at import.
 """
 
@@ -21,9 +23,11 @@ from crm_tasks.pages.routes import page_router
 from crm_tasks.settings import settings
 
 
-def create_crm_app(*, login: Callable, get_settings=settings, get_engine=None) -> FastAPI:
-    """The ``/crm`` app, its pages behind ``login``; ``get_engine`` (tests) else an engine on the settings'
-    database, made on first use."""
+def create_crm_app(*, login: Callable, who: Callable, get_settings=settings, get_engine=None,
+                   airflow_runs: Callable[[], dict] | None = None) -> FastAPI:
+    """The ``/crm`` app, its pages behind ``login`` and the roles ``who`` reports; ``get_engine`` (tests)
+    else an engine on the settings' database, made on first use; ``airflow_runs`` (the plugin's) reads
+    Airflow's scheduled and failed runs for the overview."""
 
     @lru_cache(maxsize=1)
     def engine() -> Engine:
@@ -35,5 +39,5 @@ def create_crm_app(*, login: Callable, get_settings=settings, get_engine=None) -
 
     app = create_app(get_settings, engine)
     app.title = "CRM"
-    app.include_router(page_router(login, engine, get_settings))
+    app.include_router(page_router(login, who, engine, get_settings, airflow_runs))
     return app

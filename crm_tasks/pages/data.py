@@ -6,12 +6,16 @@ holds that very object, so a page, ``crm report ... --json`` and a test read the
 queries here cover what no library function returns yet (failed campaign runs, the plan funnel,
 quarantine reasons and lines); each says so.
 
-Nothing here holds personal data beyond customer ids (the CLV list): no names, addresses or phones.
+Nothing here holds personal data beyond customer ids (the CLV list, a segment's members), except
+``export_rows``, the segment's CSV with its members' profiles, which only the Admin and Op routes call
+(``crm_tasks.pages.access``). A customer's record is ``crm_tasks.pages.customers``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -32,17 +36,24 @@ from crm_tasks.segments.history import SegmentList, TransitionList, list_segment
 from crm_tasks.settings import Settings
 from crm_tasks.store.models import (
     CampaignRun,
+    CleanupRun,
+    Customer,
+    CustomerClv,
     IngestBatch,
     Message,
     MessageState,
     QuarantinedRow,
     RunStatus,
     SalesDaily,
+    SalesDailySegment,
     Segment,
+    SegmentMembership,
     SegmentRun,
     SegmentSize,
 )
+from crm_tasks.store.types import to_base
 
+log = logging.getLogger(__name__)
 # How far back each period's chart reaches.
 SPAN = {"day": timedelta(days=89), "week": timedelta(weeks=25), "month": None}
 MONTHS_SHOWN = 12
@@ -92,6 +103,9 @@ class Overview:
     failed_runs: list[dict]
     week_ago: date | None = None  # the latest recompute at least a week before as_of
     stages_week_ago: dict[str, int] = field(default_factory=dict)
+    freshness: dict | None = None  # the latest cleanup run's shares of active, at-risk and archived profiles
+    # Airflow's own runs, when the plugin can read them: {"next": [...], "failed": [...]}, or {"error": "..."}.
+    airflow: dict | None = None
 
     def stage_change(self, stage: str) -> int | None:
         """The stage's customers now against a week before (None without a recompute then or now)."""
@@ -126,10 +140,13 @@ class Overview:
             "ingest": self.ingest.to_dict() if self.ingest else None,
             "failed_runs": self.failed_runs,
             "week_ago": self.week_ago.isoformat() if self.week_ago else None, "stages_week_ago": self.stages_week_ago,
+            "freshness": self.freshness, "airflow": self.airflow,
         }
 
 
-def overview(engine: Engine, cfg: Settings, as_of: date) -> Overview:
+def overview(engine: Engine, cfg: Settings, as_of: date, airflow_runs: Callable[[], dict] | None = None) -> Overview:
+    """``airflow_runs`` (the plugin's: it reads Airflow's metadata) gives the next scheduled campaign runs and
+    the CRM DAGs' latest failed runs; without it (no Airflow) the page says they are not available."""
     kpis = lifecycle_kpis(engine, cfg, as_of, months=1)
     month = as_of.replace(day=1)
     prev = months_up_to(month - timedelta(days=1), 1)[0]
@@ -161,7 +178,33 @@ def overview(engine: Engine, cfg: Settings, as_of: date) -> Overview:
         last_month_to_date=to_date[0] if to_date else None, forecast=forecast, forecast_rest_of_month=rest,
         ingest_night=night, ingest=stored_report(engine, night, night) if night else None,
         failed_runs=failed_runs(engine), week_ago=week_ago, stages_week_ago=then,
+        freshness=freshness(engine, as_of), airflow=_airflow(airflow_runs),
     )
+
+
+def _airflow(airflow_runs: Callable[[], dict] | None) -> dict | None:
+    if airflow_runs is None:
+        return None
+    try:
+        return airflow_runs()
+    except Exception as exc:  # noqa: BLE001 - Airflow's database down must not take the CRM's overview with it
+        log.warning("overview: Airflow's runs could not be read: %s", type(exc).__name__)
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+# The share of stale profiles is what the weekly cleanup measured (cleanup_runs, one row per as-of date):
+# profiles not active within cleanup.at_risk_months are at risk; the archived ones went stale already.
+def freshness(engine: Engine, as_of: date) -> dict | None:
+    """The latest cleanup run on or before ``as_of``: its date, profiles and shares; None before the first."""
+    r = CleanupRun
+    with engine.connect() as conn:
+        row = conn.execute(select(r.as_of, r.profiles_before, r.active_share, r.at_risk_share, r.archived_share)
+                           .where(r.as_of <= as_of).order_by(r.as_of.desc()).limit(1)).first()
+    if row is None:
+        return None
+    return {"as_of": row.as_of.isoformat(), "profiles_before": row.profiles_before, "active_share": row.active_share,
+            "at_risk_share": row.at_risk_share, "archived_share": row.archived_share,
+            "stale_share": row.at_risk_share + row.archived_share}
 
 
 # No library function lists failed runs yet: a run a guardrail blocked, or with messages that failed for
@@ -189,37 +232,121 @@ class SalesPage:
     as_of: date
     by: str
     start: date
-    rows: list[SalesRow]  # sales_report's rows, one per period with sales
+    rows: list[SalesRow]  # sales_report's rows, one per period with sales (of the filter, if any)
     periods: list[str]  # every period of the range, sales or not (the chart's x axis)
     forecast: ForecastReport | None
     cohorts: list[Cohort]
     clv: ClvReport
+    filters: dict[str, str] = field(default_factory=dict)  # category, store or segment shown, if any
+    breakdown: dict[str, list[dict]] = field(default_factory=dict)  # category|store|segment -> its totals
+    clv_bins: list[dict] = field(default_factory=list)  # the distribution of the stored 12-month CLV
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.filters)
 
     @property
     def forecast_days(self) -> list[dict]:
-        """The forecast's days after the as-of day (only shown by day: intervals of days do not add up)."""
-        if self.forecast is None or self.by != "day":
+        """The forecast's days after the as-of day (only shown by day: intervals of days do not add up; and
+        only for all sales, which is what was forecast)."""
+        if self.forecast is None or self.by != "day" or self.filters:  # the forecast is of all sales
             return []
         return [d for d in self.forecast.days if date.fromisoformat(d["date"]) > self.as_of]
 
     def to_dict(self) -> dict:
-        return {"as_of": self.as_of.isoformat(), "by": self.by, "rows": [r.to_dict() for r in self.rows],
-                "forecast_days": self.forecast_days, "cohorts": [c.to_dict() for c in self.cohorts],
-                "clv": self.clv.to_dict()}
+        return {"as_of": self.as_of.isoformat(), "by": self.by, "filters": self.filters,
+                "rows": [r.to_dict() for r in self.rows], "forecast_days": self.forecast_days,
+                "cohorts": [c.to_dict() for c in self.cohorts], "clv": self.clv.to_dict(),
+                "breakdown": self.breakdown, "clv_bins": self.clv_bins}
 
 
-def sales_page(engine: Engine, cfg: Settings, as_of: date, by: str) -> SalesPage:
-    """Raises ConfigError for a period that is not day, week or month (sales_report's own check)."""
+def sales_page(engine: Engine, cfg: Settings, as_of: date, by: str, *, category: str | None = None,
+               store: str | None = None, segment: str | None = None) -> SalesPage:
+    """Raises ConfigError for a period that is not day, week or month, or a segment that is not one the cube
+    keeps, or a segment with a category or store (sales_report's own checks)."""
     span = SPAN.get(by)
     start = months_up_to(as_of, MONTHS_SHOWN)[0] if span is None else period_of(as_of - span, by)
-    rows = sales_report(engine, cfg, by, start, as_of)
+    filters = {k: v for k, v in (("category", category), ("store", store), ("segment", segment)) if v}
+    rows = sales_report(engine, cfg, by, start, as_of, category=category, store=store, segment=segment)
     periods, p = [], period_of(start, by)
     while p <= as_of:
         periods.append(p.isoformat())
         p = {"day": p + timedelta(days=1), "week": p + timedelta(days=7),
              "month": (p + timedelta(days=32)).replace(day=1)}[by]
     return SalesPage(as_of, by, start, rows, periods, _forecast(engine, cfg),
-                     cohort_matrix(engine, cfg, as_of, MONTHS_SHOWN), clv_report(engine, top=20))
+                     cohort_matrix(engine, cfg, as_of, MONTHS_SHOWN), clv_report(engine, top=20), filters,
+                     {d: sales_breakdown(engine, cfg, start, as_of, d) for d in BREAKDOWNS}, clv_distribution(engine))
+
+
+BREAKDOWNS = ("category", "store", "segment")
+BREAKDOWN_ROWS = 50  # the largest values of a dimension shown (stores can be many); the rest are summed
+
+
+# sales_report answers for one category, store or segment at a time; the page's breakdown wants every
+# value's total over the range at once: one grouped read of the cube (its primary key leads with the day),
+# each currency's exact sum converted once, as sales_report converts.
+def sales_breakdown(engine: Engine, cfg: Settings, start: date, end: date, dimension: str) -> list[dict]:
+    """Net revenue, orders and refunds of each category, store or segment from ``start`` to ``end``, the
+    largest revenue first (segments: each family adds up to the total, so they sort by name)."""
+    cube = SalesDailySegment if dimension == "segment" else SalesDaily
+    column = {"category": SalesDaily.category, "store": SalesDaily.store_id,
+              "segment": SalesDailySegment.segment}[dimension]
+    stmt = (select(column, cube.currency, func.sum(cube.revenue), func.sum(cube.orders), func.sum(cube.refunds))
+            .where(cube.day >= start, cube.day <= end).group_by(column, cube.currency))
+    rates, base = cfg.segments.exchange_rates, cfg.segments.base_currency
+    totals: dict[str, dict] = defaultdict(lambda: {"revenue": Decimal(0), "orders": 0, "refunds": 0})
+    with engine.connect() as conn:
+        for value, currency, revenue, orders, refunds in conn.execute(stmt):
+            t = totals[value]
+            t["revenue"] += to_base(Decimal(revenue), currency, rates, base)
+            t["orders"] += int(orders)
+            t["refunds"] += int(refunds)
+    rows = [{"value": v, **t} for v, t in totals.items()]
+    if dimension == "segment":
+        return sorted(rows, key=lambda r: r["value"])
+    rows.sort(key=lambda r: (-r["revenue"], r["value"]))
+    if len(rows) > BREAKDOWN_ROWS:
+        rest = rows[BREAKDOWN_ROWS - 1:]
+        rows = rows[:BREAKDOWN_ROWS - 1] + [{"value": f"({len(rest)} others)", "other": True,
+                                              "revenue": sum(r["revenue"] for r in rest),
+                                              "orders": sum(r["orders"] for r in rest),
+                                              "refunds": sum(r["refunds"] for r in rest)}]
+    return rows
+
+
+CLV_BINS = 10
+
+
+# No library function returns the distribution: one pass over customer_clv, a SUM(CASE) per bin of round
+# width (the bins' edges from the highest score), on both dialects alike.
+def clv_distribution(engine: Engine, bins: int = CLV_BINS) -> list[dict]:
+    """Scored customers per range of 12-month CLV ([low, high), the last range closed), and those without a
+    CLV (no repeat purchase day to value) as a range with no bounds; empty before the first fit."""
+    from sqlalchemy import case
+
+    from crm_tasks.pages.charts import nice_ticks
+
+    c = CustomerClv.clv_12m
+    with engine.connect() as conn:
+        lo, hi, n, unvalued = conn.execute(select(func.min(c), func.max(c), func.count(),
+                                                  func.count().filter(c.is_(None)))
+                                           .select_from(CustomerClv)).one()
+        if not n:
+            return []
+        out = []
+        if lo is not None:
+            edges = nice_ticks(min(0.0, float(lo)), float(hi), bins)
+            if len(edges) < 2:
+                edges = [edges[0], edges[0] + 1]
+            conds = [(c >= edges[i]) & ((c < edges[i + 1]) if i < len(edges) - 2 else (c <= edges[i + 1]))
+                     for i in range(len(edges) - 1)]
+            counts = conn.execute(select(*[func.sum(case((cond, 1), else_=0)) for cond in conds])
+                                  .select_from(CustomerClv)).one()
+            out = [{"low": edges[i], "high": edges[i + 1], "customers": int(counts[i] or 0)}
+                   for i in range(len(edges) - 1)]
+        if unvalued:
+            out.append({"low": None, "high": None, "customers": int(unvalued)})
+    return out
 
 
 # --- data quality ---------------------------------------------------------------------------------------
@@ -395,3 +522,111 @@ def money(x: Decimal | float | str | None) -> str:
     if x is None:
         return "—"
     return f"{Decimal(str(x)):,.2f}"
+
+
+# --- segment members ------------------------------------------------------------------------------------
+
+MEMBERS_PAGE_SIZE = 100
+EXPORT_MAX_ROWS = 2_000_000  # a bigger export is refused, not cut short: a file missing members misleads
+EXPORT_FIELDS = ("customer_id", "member_since", "first_name", "last_name", "email", "phone", "locale", "country",
+                 "email_consent")
+
+
+@dataclass
+class Members:
+    segment: str
+    size: int  # current members
+    start: str | None  # the id the list starts at (a search), else None
+    found: bool | None  # whether ``start`` itself is a member (None without a search)
+    rows: list[dict]  # customer id and the day they entered
+    page: int
+    pages: int
+
+    def to_dict(self) -> dict:
+        return {"segment": self.segment, "size": self.size, "start": self.start, "found": self.found,
+                "rows": self.rows, "page": self.page, "pages": self.pages}
+
+
+def _segment_id(conn, name: str) -> int | None:
+    return conn.execute(select(Segment.id).where(Segment.name == name)).scalar_one_or_none()
+
+
+# Current members are the open memberships: the partial unique index ux_segment_memberships_open
+# (segment_id, customer_id WHERE valid_to IS NULL) serves the count, the order and a search by id.
+def _open(segment_id: int):
+    sm = SegmentMembership
+    return [sm.segment_id == segment_id, sm.valid_to.is_(None)]
+
+
+def segment_members(engine: Engine, segment: str, start: str | None = None, page: int = 1) -> Members | None:
+    """One page of a segment's current members (ids only) in id order, from ``start`` on when given; None for
+    a segment that does not exist."""
+    sm = SegmentMembership
+    with engine.connect() as conn:
+        sid = _segment_id(conn, segment)
+        if sid is None:
+            return None
+        size = conn.execute(select(func.count()).select_from(sm).where(*_open(sid))).scalar_one()
+        where = _open(sid) + ([sm.customer_id >= start] if start else [])
+        listed = size if not start else conn.execute(select(func.count()).select_from(sm).where(*where)).scalar_one()
+        pages = max(1, -(-listed // MEMBERS_PAGE_SIZE))
+        page = min(max(page, 1), pages)
+        rows = [{"customer_id": c, "member_since": d.isoformat()} for c, d in conn.execute(
+            select(sm.customer_id, sm.valid_from).where(*where).order_by(sm.customer_id)
+            .offset((page - 1) * MEMBERS_PAGE_SIZE).limit(MEMBERS_PAGE_SIZE))]
+    found = None if not start else bool(rows) and page == 1 and rows[0]["customer_id"] == start
+    return Members(segment, size, start, found, rows, page, pages)
+
+
+def export_size(engine: Engine, segment: str) -> int | None:
+    """How many rows the segment's export holds (its current members); None for no such segment."""
+    with engine.connect() as conn:
+        sid = _segment_id(conn, segment)
+        if sid is None:
+            return None
+        return conn.execute(select(func.count()).select_from(SegmentMembership).where(*_open(sid))).scalar_one()
+
+
+def _cell(value) -> str:
+    """A CSV cell; text that starts like a spreadsheet formula gets a quote first, so that it stays text
+    (numbers, a refund's minus included, stay numbers)."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def export_rows(engine: Engine, segment: str, batch: int = 5000):
+    """The segment's current members with their profile (empty for an archived or erased one), in id order,
+    as CSV text (a header first): read in batches by id, never all in memory, in one read transaction, so
+    that a recompute running meanwhile does not move members between batches (PostgreSQL: repeatable read;
+    SQLite's read transaction is a snapshot already)."""
+    import csv
+    import io
+
+    sm, c = SegmentMembership, Customer
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(EXPORT_FIELDS)
+    yield out.getvalue()
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn.begin():
+            sid = _segment_id(conn, segment)
+            after = None
+            while True:
+                rows = conn.execute(
+                    select(sm.customer_id, sm.valid_from, c.first_name, c.last_name, c.email, c.phone, c.locale,
+                           c.country, c.email_consent)
+                    .outerjoin(c, c.customer_id == sm.customer_id)
+                    .where(*_open(sid), *([sm.customer_id > after] if after is not None else []))
+                    .order_by(sm.customer_id).limit(batch)).all()
+                if not rows:
+                    return
+                out.seek(0)
+                out.truncate()
+                writer.writerows([[_cell(v) for v in r] for r in rows])
+                yield out.getvalue()
+                after = rows[-1][0]

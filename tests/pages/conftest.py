@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from collections import defaultdict
+from functools import cache
 from html.parser import HTMLParser
 from types import SimpleNamespace
 
@@ -16,22 +18,48 @@ from crm_tasks.store.engine import make_engine, upgrade
 from tests.conftest import POSTGRES_URL, REPO
 
 
+@cache
+def plugin_module():
+    """plugins/crm_plugin.py, loaded as the api-server loads it (the plugins folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("crm_plugin_under_test", REPO / "plugins" / "crm_plugin.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
-def airflow_token(airflow_db) -> str:
-    """A JWT signed by Airflow's own (simple) auth manager on the session's migrated metadata database: the
-    token the UI keeps in its ``_token`` cookie. Checking it reads the ``revoked_token`` table."""
+def tokens(airflow_db) -> dict[str, str]:
+    """A JWT per simple-auth-manager role, signed by Airflow's own auth manager on the session's migrated
+    metadata database: the token the UI keeps in its ``_token`` cookie (the user is named after the role).
+    Checking one reads the ``revoked_token`` table."""
     from airflow.api_fastapi.app import init_auth_manager
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
     manager = init_auth_manager()
-    return manager.generate_jwt(SimpleAuthManagerUser(username="viewer", role="viewer"))
+    return {role: manager.generate_jwt(SimpleAuthManagerUser(username=role, role=role))
+            for role in ("viewer", "user", "op", "admin")}
+
+
+@pytest.fixture(scope="session")
+def airflow_token(tokens) -> str:
+    """A viewer's token: enough for every page but the customer-level ones."""
+    return tokens["viewer"]
 
 
 def _app(cfg, engine):
-    """The /crm app with Airflow's own login, as the plugin builds it, on a test's database."""
+    """The /crm app with Airflow's own login, the plugin's user roles and its reader of Airflow's runs, as
+    the plugin builds it, on a test's database."""
     from airflow.api_fastapi.core_api.security import requires_authenticated
 
-    return create_crm_app(login=requires_authenticated(), get_settings=lambda: cfg, get_engine=lambda: engine)
+    plugin = plugin_module()
+    return create_crm_app(login=requires_authenticated(), who=plugin.page_user, get_settings=lambda: cfg,
+                          get_engine=lambda: engine, airflow_runs=plugin.airflow_runs)
+
+
+def browser(app, token: str) -> TestClient:
+    """A logged-in browser on ``app``: the UI's cookie on every request, and the app's own origin on a POST
+    (as a browser sends it from the app's pages)."""
+    return TestClient(app, cookies={"_token": token}, headers={"Origin": "http://testserver"})
 
 
 @pytest.fixture
@@ -88,6 +116,13 @@ def crm_client(crm, airflow_token):
 
 
 @pytest.fixture
+def staff_client(crm, tokens):
+    """An Op user's browser on the scenario's pages (customer records, members, exports)."""
+    with browser(_app(crm.cfg, crm.engine), tokens["op"]) as c:
+        yield c
+
+
+@pytest.fixture
 def crm_cli(crm, monkeypatch):
     """The ``crm`` command reads the scenario's database (the process-wide settings)."""
     monkeypatch.setenv("CRM_LANDING_DIR", str(crm.cfg.landing_dir))
@@ -99,7 +134,7 @@ def crm_cli(crm, monkeypatch):
 
 _VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 _CONTEXT = ("data-period", "data-night", "data-run", "data-cohort", "data-variant", "data-campaign", "data-batch",
-            "data-segment", "data-from")
+            "data-segment", "data-from", "data-customer")
 
 
 class Values(HTMLParser):

@@ -1,6 +1,7 @@
 """The overview in a real browser: a real ``airflow api-server`` with this repository's plugin, headless
 Chromium (Debian's package, driven by Playwright), logged in through Airflow's own login form. The test
-checks a number on the page against the library and keeps screenshots as artefacts in its tmp dir."""
+checks a number on the page against the library, opens every page from the menu, finds a customer through
+the search form, and keeps screenshots as artefacts in its tmp dir."""
 
 from __future__ import annotations
 
@@ -100,6 +101,15 @@ def test_a_logged_in_admin_reads_the_overview_in_chromium(api_server, engine, cf
                 page.wait_for_url(f"**/crm/{name}")
                 assert page.locator("h1").inner_text()
                 page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+            # The customer search is a form POST: the address never reaches a URL; the result opens the
+            # record under its opaque id (the admin may: Admin role).
+            page.goto(f"{base}/crm/customers")
+            page.get_by_label("Customer id, e-mail or phone").fill("c1@example.com")
+            page.get_by_role("button", name="Find").click()
+            page.get_by_role("link", name="C1", exact=True).click()
+            page.wait_for_url("**/crm/customers/C1")
+            assert "@" not in page.url and page.locator("h1").inner_text() == "Customer C1"
+            page.screenshot(path=str(tmp_path / "customer.png"), full_page=True)
             # Inside the UI: the menu entry's in-app route frames the page.
             page.goto(f"{base}/plugin/crm-overview")
             frame = page.frame_locator("iframe")

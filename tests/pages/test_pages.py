@@ -20,17 +20,21 @@ from crm_tasks.analytics.clv import clv_report
 from crm_tasks.analytics.kpis import cohort_matrix, lifecycle_kpis
 from crm_tasks.analytics.sales import sales_report
 from crm_tasks.cli import main
-from crm_tasks.pages.data import QUARANTINE_PAGE_SIZE
+from crm_tasks.pages.data import QUARANTINE_PAGE_SIZE, clv_distribution
 from crm_tasks.results.reports import campaign_report
 from crm_tasks.segments.history import list_segments, transitions
+from crm_tasks.settings import settings
 from crm_tasks.store.models import (
     CampaignPlanRow,
+    CustomerClv,
     CustomerScore,
     IngestBatch,
     Message,
     Purchase,
     QuarantinedRow,
     RevenueForecast,
+    SalesDaily,
+    SalesDailySegment,
     Segment,
     SegmentMembership,
     SegmentSize,
@@ -284,9 +288,10 @@ def test_the_campaigns_page_shows_the_funnel_ledger_and_lift_of_each_run(crm, cr
 
 
 def test_every_page_is_honest_on_an_empty_database(client):
-    expected = {"/overview": ["stages", "ingest", "failed_runs", "forecast"],
+    expected = {"/overview": ["stages", "ingest", "failed_runs", "forecast", "freshness"],
                 "/segments": ["segments", "sizes", "transitions"],
-                "/sales": ["sales", "forecast", "cohorts", "clv"],
+                "/sales": ["sales", "forecast", "cohorts", "clv", "clv-distribution", "by-category", "by-store",
+                           "by-segment"],
                 "/data-quality": ["batches", "reasons", "lines"],
                 "/campaigns": ["campaigns"]}
     for path, keys in expected.items():
@@ -297,3 +302,130 @@ def test_every_page_is_honest_on_an_empty_database(client):
             assert re.search(r"nothing|not enough data|none", page.get(key), re.IGNORECASE), (path, key)
     for path in ("/sales?by=year", "/data-quality?page=0", "/overview?as_of=yesterday"):
         assert client.get(path).status_code == 422, path
+
+
+def test_the_sales_page_breaks_sales_down_by_category_store_and_segment(crm, crm_client, crm_cli):
+    engine, cfg, client = crm.engine, crm.cfg, crm_client
+    start = AS_OF - timedelta(days=89)
+    page = Values(client.get("/sales").text)
+    with engine.connect() as conn:
+        categories = set(conn.execute(select(SalesDaily.category).where(SalesDaily.day >= start)).scalars())
+        stores = set(conn.execute(select(SalesDaily.store_id).where(SalesDaily.day >= start)).scalars())
+        segments = set(conn.execute(select(SalesDailySegment.segment).where(SalesDailySegment.day >= start))
+                       .scalars())
+    assert categories and stores and segments
+    # Each value's totals: the library's report of that value alone, summed over its days.
+    for dim, values in (("category", categories), ("store", stores), ("segment", segments)):
+        for v in values:
+            rows = sales_report(engine, cfg, "day", start, AS_OF, **{dim: v})
+            assert Decimal(page.get(f"data-segment={dim}:{v}", "revenue").replace(",", "")) == \
+                sum(r.revenue for r in rows)
+            assert number(page.get(f"data-segment={dim}:{v}", "orders")) == sum(r.orders for r in rows)
+    # Each segment family adds up to all sales.
+    total = sum(r.revenue for r in sales_report(engine, cfg, "day", start, AS_OF))
+    for family in ("rfm", "lifecycle"):
+        assert sum(Decimal(page.get(f"data-segment=segment:{s}", "revenue").replace(",", ""))
+                   for s in segments if s.startswith(family + ":")) == total
+
+    # Filtered: the rows are the report of that value, and the CLI's --json of it.
+    category, segment = min(categories), max(segments)
+    for option, value in (("category", category), ("segment", segment)):
+        shown = Values(client.get("/sales", params={option: value}).text)
+        assert shown.get(f"filter:{option}") == f"{option} {value}"
+        rows = sales_report(engine, cfg, "day", start, AS_OF, **{option: value})
+        cli = {r["period"]: r for r in _cli("report", "sales", "--by", "day", "--from", start.isoformat(), "--to",
+                                            AS_OF.isoformat(), f"--{option}", value)["rows"]}
+        assert rows and len(cli) == len(rows)
+        for r in rows:
+            assert Decimal(shown.get(f"data-period={r.period}", "revenue").replace(",", "")) == r.revenue == \
+                Decimal(cli[r.period]["revenue"])
+        assert not [k for k in shown.found if k[-1] == "mean"]  # no forecast of all sales beside a part
+    # A segment with a category is refused with sales_report's own reason; a name too long is not accepted.
+    both = client.get("/sales", params={"segment": segment, "category": category})
+    assert both.status_code == 400 and "cannot be combined" in both.text
+    assert client.get("/sales", params={"store": "x" * 65}).status_code == 422
+
+
+def test_the_clv_distribution_matches_numpys_histogram(crm, crm_client):
+    import numpy as np
+
+    html = crm_client.get("/sales").text
+    with crm.engine.connect() as conn:
+        scores = [float(v) for v in conn.execute(select(CustomerClv.clv_12m)).scalars() if v is not None]
+    bins = clv_distribution(crm.engine)
+    edges = [b["low"] for b in bins] + [bins[-1]["high"]]
+    counts, _ = np.histogram(scores, bins=edges)
+    assert [b["customers"] for b in bins] == counts.tolist() and sum(counts) == len(scores) > 0
+    shown = re.findall(r'<tr class="clv-bin">.*?data-key="customers">([^<]+)<', html)
+    assert [int(number(n)) for n in shown] == counts.tolist()
+    # The edges are round and cover every score.
+    assert edges[0] <= min(scores) and edges[-1] >= max(scores)
+
+
+def test_the_overview_shows_the_share_of_stale_profiles_of_the_latest_cleanup(engine, cfg, use_settings, client,
+                                                                               monkeypatch):
+    from tests.cleanup.support import AS_OF as CLEANED
+    from tests.cleanup.support import config_with_share, stale_base
+
+    assert Values(client.get("/overview").text).get("freshness") == "nothing yet"
+    stale_base(engine, cfg)
+    # The weekly cleanup, run by the CLI with its guardrail opened (half of these profiles are stale).
+    monkeypatch.setenv("CRM_CONFIG", config_with_share(cfg.landing_dir.parent / "crm.yaml"))
+    settings.cache_clear()
+    out = CliRunner().invoke(main, ["cleanup", "--as-of", CLEANED.isoformat(), "--json"])
+    settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    run = json.loads(out.output)
+    page = Values(client.get("/overview", params={"as_of": CLEANED.isoformat()}).text)
+    for key in ("at_risk_share", "archived_share"):
+        assert number(page.get(key)) == pytest.approx(run[key] * 100, abs=0.05)
+    assert number(page.get("stale_share")) == pytest.approx((run["at_risk_share"] + run["archived_share"]) * 100,
+                                                             abs=0.05)
+    assert run["archived_share"] > 0 and run["at_risk_share"] > 0
+
+
+@pytest.fixture
+def airflow_history(airflow_db):
+    """In the session's Airflow metadata database: two scheduled campaign DAGs (one paused), a DAG that is not
+    a campaign, and failed and successful CRM runs; removed afterwards."""
+    from airflow.models.dag import DagModel
+    from airflow.models.dagbundle import DagBundleModel
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    soon, later = datetime(2026, 3, 21, 6, tzinfo=UTC), datetime(2026, 3, 22, 6, tzinfo=UTC)
+    dags = {"crm_campaign_pages_b": (soon, False), "crm_campaign_pages_a": (later, False),
+            "crm_campaign_pages_paused": (soon, True), "crm_pages_ingest": (soon, False)}
+    runs = [("crm_pages_ingest", "scheduled__2026-03-19T02:00:00+00:00", "failed", 1),
+            ("crm_campaign_pages_a", "manual__2026-03-20T08:00:00+00:00", "failed", 2),
+            ("crm_pages_ingest", "scheduled__2026-03-20T02:00:00+00:00", "success", 3)]
+    with create_session() as session:
+        session.add(DagBundleModel(name="crm_pages_test"))
+        session.flush()
+        for dag_id, (after, paused) in dags.items():
+            session.add(DagModel(dag_id=dag_id, bundle_name="crm_pages_test", is_paused=paused, is_stale=False,
+                                 next_dagrun=after, next_dagrun_create_after=after))
+        session.flush()
+        for dag_id, run_id, state, day in runs:
+            at = datetime(2026, 3, 18 + day, 2, tzinfo=UTC)
+            session.add(DagRun(dag_id=dag_id, run_id=run_id, run_type=run_id.split("__")[0], state=state,
+                               run_after=at, start_date=at, logical_date=at))
+    yield dags, runs
+    with create_session() as session:
+        session.query(DagRun).filter(DagRun.dag_id.in_(list(dags))).delete(synchronize_session=False)
+        session.query(DagModel).filter(DagModel.dag_id.in_(list(dags))).delete(synchronize_session=False)
+        session.query(DagBundleModel).filter(DagBundleModel.name == "crm_pages_test").delete()
+
+
+def test_the_overview_lists_the_next_campaign_runs_and_links_failed_dag_runs(airflow_history, client):
+    html = client.get("/overview").text
+    page = Values(html)
+    # Unpaused campaign DAGs only, the soonest first.
+    shown = re.findall(r'<tr data-campaign="([^"]+)"><th scope="row"><a href="([^"]+)" target="_top">', html)
+    assert [d for d, _ in shown] == ["crm_campaign_pages_b", "crm_campaign_pages_a"]
+    assert page.get("data-campaign=crm_campaign_pages_b", "runs_after") == "2026-03-21 06:00+00:00"
+    assert shown[0][1] == "../dags/crm_campaign_pages_b"
+    # Failed runs, the latest first, each linking to its run in Airflow's UI (relative: a sub-path survives).
+    failed = re.findall(r'data-key="dag_run" href="([^"]+)" target="_top">([^<]+)<', html)
+    assert [run for _, run in failed] == ["manual__2026-03-20T08:00:00+00:00", "scheduled__2026-03-19T02:00:00+00:00"]
+    assert failed[0][0] == "../dags/crm_campaign_pages_a/runs/manual__2026-03-20T08%3A00%3A00%2B00%3A00"
