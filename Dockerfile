@@ -21,7 +21,7 @@ ENV CRM_CONFIG=/opt/airflow/crm/crm.yaml \
 # celery extra is the CeleryExecutor's provider. `pip check` fails the build on a conflict.
 COPY --chown=airflow:0 pyproject.toml README.md /tmp/crm-src/
 COPY --chown=airflow:0 crm_tasks /tmp/crm-src/crm_tasks
-RUN pip install --no-cache-dir "apache-airflow[celery]==${AIRFLOW_VERSION}" /tmp/crm-src \
+RUN pip install --no-cache-dir "apache-airflow[celery]==${AIRFLOW_VERSION}" "/tmp/crm-src[celery]" \
  && pip check \
  && rm -rf /tmp/crm-src
 

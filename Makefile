@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,celery]"
 	touch $@
 
 ## demo: install, migrate, generate a year of data and load it through the crm_ingest DAG
@@ -22,7 +22,7 @@ demo: install
 
 ## test: the whole test suite, on SQLite and on PostgreSQL (127.0.0.1:5432, database test)
 test: install
-	$(BIN)/pytest -q --numprocesses=auto --maxprocesses=4
+	$(BIN)/pytest -q --numprocesses=auto --maxprocesses=4 --dist loadgroup
 
 ## airflow: airflow standalone with this repo's dags/ and plugins/ on http://localhost:8080
 airflow: install

@@ -8,8 +8,16 @@ again. A sender that dies leaves its ``sending`` messages to be marked
 ``unknown`` (maybe delivered: counted and shown, never retried) and its
 ``claimed`` ones to be taken over (never handed to the server).
 
-A sender's token is ``host:pid:nonce``. A claim is stale when its process is
-seen to be gone (same host) or when it is older than ``claim_timeout_seconds``.
+A sender's token is ``host:pid:nonce``. A live sender renews its claims every
+heartbeat interval (``heartbeat_interval``: 30 s, or a third of a shorter
+``claim_timeout_seconds``). A claim is stale, and taken over by the next sender of
+its batch on any host, when its process is seen to be gone (same host: a pid
+check) or when its last heartbeat is older than ``silence_limit`` (four missed
+beats, two minutes by default, never more than ``claim_timeout_seconds``): a
+worker on another machine that died or lost the network is taken over without
+waiting out the claim timeout. Taking over a sender that was only slow costs no
+duplicate: its claimed messages are no longer its own (every move checks the
+token) and its in-flight ones become ``unknown``, which is never sent again.
 """
 
 from __future__ import annotations
@@ -50,6 +58,21 @@ def check_transition(sources, target: str) -> None:
 
 def new_token() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+HEARTBEAT = timedelta(seconds=30)
+MISSED_BEATS = 4
+
+
+def heartbeat_interval(timeout: timedelta) -> timedelta:
+    """How often a live sender renews its claims: every 30 s, or a third of a shorter claim timeout."""
+    return min(HEARTBEAT, timeout / 3)
+
+
+def silence_limit(timeout: timedelta) -> timedelta:
+    """How long a claim may go without a heartbeat before a sender on any host takes it over: four missed
+    beats (one late beat on a busy machine is not a death), never longer than the claim timeout."""
+    return min(MISSED_BEATS * heartbeat_interval(timeout), timeout)
 
 
 def _process_gone(pid: int) -> bool:
@@ -147,13 +170,16 @@ def heartbeat(conn: Connection, where: list, token: str, now: datetime) -> None:
 
 
 def recover(conn: Connection, where: list, now: datetime, timeout: timedelta) -> dict[str, int]:
-    """Take over the claims of senders that are gone (or silent for ``timeout``) among ``where``:
-    their ``sending`` messages become unknown, their ``claimed`` ones go back to be sent."""
+    """Take over the claims among ``where`` of senders that are gone (same host) or whose heartbeat stopped
+    (any host: ``silence_limit(timeout)``): their ``sending`` messages become unknown, their ``claimed``
+    ones go back to be sent. A sender's claims are judged by its latest heartbeat (``claimed_at`` is
+    renewed by each one), not by its oldest claim."""
     m = Message
-    held = conn.execute(select(m.claimed_by, m.state, func.min(m.claimed_at))
+    held = conn.execute(select(m.claimed_by, func.max(m.claimed_at))
                         .where(m.state.in_([S.CLAIMED, S.SENDING]), *where)
-                        .group_by(m.claimed_by, m.state)).all()
-    stale = sorted({tok for tok, _state, at in held if owner_gone(tok) or (at is not None and at < now - timeout)})
+                        .group_by(m.claimed_by)).all()
+    silent = now - silence_limit(timeout)
+    stale = sorted({tok for tok, at in held if owner_gone(tok) or at is None or at < silent})
     out = {"unknown": 0, "released": 0}
     if not stale:
         return out

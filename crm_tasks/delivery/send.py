@@ -206,7 +206,6 @@ class _Batch:
         self.engine, self.cfg, self.run_id, self.batch_no = engine, cfg, run_id, batch_no
         self.renderer, self.clock, self.result = renderer, clock, result
         self.token = ledger.new_token()
-        self.renewed = clock()  # when this sender last renewed its claims
         self.where = [Message.run_id == run_id, Message.batch_no == batch_no]
         self.domain = cfg.campaigns.sender.domain
 
@@ -215,34 +214,51 @@ class _Batch:
             await self.run(pool)
 
     async def run(self, sender: Sender) -> None:
-        d = self.cfg.delivery
         with self.engine.connect() as conn:
             self.conn = conn
             with conn.begin():  # links are signed with the key in force when the batch starts
                 self.tracker = clicks.tracker_for(self.cfg, load_keys(conn, self.cfg).signing)
-            while True:
-                now = self.clock()
-                with _write(conn):
-                    got = ledger.recover(conn, self.where, now, timedelta(seconds=d.claim_timeout_seconds))
-                for k, v in got.items():
-                    self.result.recovered[k] = self.result.recovered.get(k, 0) + v
-                with _write(conn):
-                    self.result.expired += ledger.expire(conn, self.where, now)
-                    keys = ledger.claim(conn, self.run_id, self.batch_no, self.token, now)
-                self.result.claimed += len(keys)
-                if keys:
-                    await self._send(sender, self._still_allowed(keys))
-                due = self._next_due()
-                if due is None:
-                    break
-                wait = (due - self.clock()).total_seconds()
-                if wait > d.inline_retry_seconds:
-                    self.result.retry_at = due.isoformat()
-                    break
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            with conn.begin():
-                self.result.states = ledger.state_counts(conn, self.where)
+            beating = asyncio.ensure_future(self._heartbeats())
+            try:
+                await self._run(sender)
+            finally:
+                beating.cancel()
+
+    async def _heartbeats(self) -> None:
+        """Renew this sender's claims every heartbeat interval, also while it waits on a rate limit, a slow
+        server or an inline retry: claims whose heartbeat stopped are taken over from any host
+        (``ledger.recover``). It runs between the batch's awaits, when its connection holds no transaction."""
+        every = ledger.heartbeat_interval(timedelta(seconds=self.cfg.delivery.claim_timeout_seconds))
+        while True:
+            await asyncio.sleep(every.total_seconds())
+            with _write(self.conn):
+                ledger.heartbeat(self.conn, self.where, self.token, self.clock())
+
+    async def _run(self, sender: Sender) -> None:
+        d, conn = self.cfg.delivery, self.conn
+        while True:
+            now = self.clock()
+            with _write(conn):
+                got = ledger.recover(conn, self.where, now, timedelta(seconds=d.claim_timeout_seconds))
+            for k, v in got.items():
+                self.result.recovered[k] = self.result.recovered.get(k, 0) + v
+            with _write(conn):
+                self.result.expired += ledger.expire(conn, self.where, now)
+                keys = ledger.claim(conn, self.run_id, self.batch_no, self.token, now)
+            self.result.claimed += len(keys)
+            if keys:
+                await self._send(sender, self._still_allowed(keys))
+            due = self._next_due()
+            if due is None:
+                break
+            wait = (due - self.clock()).total_seconds()
+            if wait > d.inline_retry_seconds:
+                self.result.retry_at = due.isoformat()
+                break
+            if wait > 0:
+                await asyncio.sleep(wait)
+        with conn.begin():
+            self.result.states = ledger.state_counts(conn, self.where)
 
     def _next_due(self) -> datetime | None:
         """When the batch's next planned or deferred message is due (claimed ones belong to a sender)."""
@@ -349,9 +365,6 @@ class _Batch:
             with _write(self.conn):
                 gated = set(ledger.move(self.conn, [b.key for b in built], {S.CLAIMED}, S.SENDING, self.token,
                                         attempts=Message.attempts + 1, claimed_at=now, updated_at=now))
-                if now - self.renewed > timedelta(seconds=self.cfg.delivery.claim_timeout_seconds / 3):
-                    ledger.heartbeat(self.conn, self.where, self.token, now)
-                    self.renewed = now
             todo = [b for b in built if b.key in gated]
             inflight.append(asyncio.ensure_future(self._transmit(sender, todo)))
             if len(inflight) > 1:

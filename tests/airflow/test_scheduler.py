@@ -4,23 +4,16 @@ REST API, delivering to a local SMTP sink. dag.test() ignores pools and the sche
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 from sqlalchemy import select
 
 from crm_tasks.store.models import Message
-from tests.conftest import REPO
+from tests.airflow.stack import AIRFLOW_STACKS, dag_run_state, stack, write_config
 from tests.factories import add_customers
 from tests.helpers import born_on, lenient_campaigns, recent_day
-from tests.smtp_servers import SmtpServer, free_port
+from tests.smtp_servers import SmtpServer
 
 DAG_ID = "crm_campaign_birthday"
 POOL = "crm_smtp_e2e"  # named in crm.yaml and created by nobody but the CRM plugin
@@ -39,80 +32,29 @@ def _create_backfill(client, body: dict, tries: int = 20):
     return response
 
 
-def _wait(what: str, check, timeout: float, log: Path):
-    """Poll ``check`` until it returns something truthy; fail with the server log's tail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-        except httpx.HTTPError:
-            found = None
-        if found:
-            return found
-        time.sleep(1)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:]) if log.exists() else "(no log)"
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; airflow standalone said:\n{tail}")
-
-
 @pytest.fixture
 def standalone(tmp_path, db_url):
     """A fresh Airflow on free ports whose crm.yaml names a send pool that does not exist."""
-    home = tmp_path / "airflow"
-    home.mkdir()
-    config = yaml.safe_load((REPO / "crm.yaml").read_text(encoding="utf-8"))
-    config["delivery"]["pool"] = POOL
-    (tmp_path / "crm.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    port = free_port()
-    with SmtpServer() as sink:
-        env = {
-            **os.environ,
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "CRM_CONFIG": str(tmp_path / "crm.yaml"),
-            "CRM_DATABASE_URL": db_url,
-            "CRM_SMTP_URL": sink.url,
-            "CRM_LANDING_DIR": str(tmp_path / "landing"),
-            "CRM_CAMPAIGNS_DIR": str(lenient_campaigns(tmp_path / "campaigns")),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        log = tmp_path / "standalone.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen([str(Path(sys.executable).with_name("airflow")), "standalone"], env=env,
-                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait("the api-server", lambda: httpx.get(f"{base}/api/v2/monitor/health", timeout=5).is_success,
-                  180, log)
-            passwords = home / "simple_auth_manager_passwords.json.generated"
-            _wait("the admin password", passwords.exists, 60, log)
-            password = json.loads(passwords.read_text())["admin"]
-            token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password},
-                               timeout=10).json()["access_token"]
-            client = httpx.Client(base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token}"},
-                                  timeout=10)
-            yield client, sink, log
-            client.close()
-        finally:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+    config = write_config(tmp_path, pool=POOL)
+    with SmtpServer() as sink, stack(tmp_path, None, {
+        "CRM_CONFIG": str(config),
+        "CRM_DATABASE_URL": db_url,
+        "CRM_SMTP_URL": sink.url,
+        "CRM_LANDING_DIR": str(tmp_path / "landing"),
+        "CRM_CAMPAIGNS_DIR": str(lenient_campaigns(tmp_path / "campaigns")),
+    }) as (procs, home):
+        procs.start("standalone", "standalone")
+        with procs.client(home) as client:
+            yield client, sink, procs
 
 
+@pytest.mark.xdist_group(AIRFLOW_STACKS)
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, engine):
-    client, sink, log = standalone
+    client, sink, procs = standalone
     add_customers(engine, *[{"customer_id": f"B{i}", "birthday": born_on(AS_OF)} for i in range(6)])
 
-    _wait(f"{DAG_ID} to be parsed", lambda: client.get(f"/dags/{DAG_ID}").is_success, 120, log)
+    procs.wait(f"{DAG_ID} to be parsed", lambda: client.get(f"/dags/{DAG_ID}").is_success, 120)
     assert client.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).is_success
     created = client.post(f"/dags/{DAG_ID}/dagRuns",
                           json={"logical_date": None, "conf": {"dry_run": False, "as_of": str(AS_OF)}})
@@ -120,10 +62,9 @@ def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, eng
     run_id = created.json()["dag_run_id"]
 
     def finished():
-        state = client.get(f"/dags/{DAG_ID}/dagRuns/{run_id}").json()["state"]
-        return state if state in ("success", "failed") else None
+        return dag_run_state(client, DAG_ID, run_id)
 
-    assert _wait("the DAG run to finish", finished, 240, log) == "success"
+    assert procs.wait("the DAG run to finish", finished, 360) == "success"
 
     # The pool crm.yaml names was created by the plugin (with parallel_sends slots), not waited on.
     pool = client.get(f"/pools/{POOL}")
@@ -144,11 +85,11 @@ def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, eng
     cleared = client.post(f"/dags/{DAG_ID}/clearTaskInstances",
                           json={"dag_run_id": run_id, "task_ids": ["send"], "dry_run": False, "only_failed": False})
     assert cleared.is_success, cleared.text
-    _wait("the cleared send tasks to run again",
+    procs.wait("the cleared send tasks to run again",
           lambda: all(t["try_number"] >= 2 and t["state"] == "success" for t in client.get(
               f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
-              if t["task_id"] == "send"), 120, log)
-    assert _wait("the DAG run to finish again", finished, 120, log) == "success"
+              if t["task_id"] == "send"), 120)
+    assert procs.wait("the DAG run to finish again", finished, 120) == "success"
     assert sorted(str(m["Message-ID"]) for m in sink.handler.parsed()) == received
 
     # A backfill of two earlier dates: each day's birthdays get their message once, none is skipped, and
@@ -165,7 +106,7 @@ def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, eng
 
     first = _create_backfill(client, body)
     assert first.is_success, first.text
-    runs = _wait("the backfill to finish", lambda: backfilled(first.json()["id"]), 240, log)
+    runs = procs.wait("the backfill to finish", lambda: backfilled(first.json()["id"]), 240)
     assert len(runs) == 2 and {r["state"] for r in runs} == {"success"}
     with engine.connect() as conn:
         ledger = conn.execute(select(Message.customer_id, Message.message_id, Message.state)
@@ -176,6 +117,6 @@ def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, eng
     assert sorted(arrived) == sorted(m for _, m, _ in ledger) and len(set(arrived)) == len(arrived)
     again = _create_backfill(client, body | {"reprocess_behavior": "completed"})
     assert again.is_success, again.text
-    rerun = _wait("the second backfill to finish", lambda: backfilled(again.json()["id"]), 240, log)
+    rerun = procs.wait("the second backfill to finish", lambda: backfilled(again.json()["id"]), 240)
     assert {r["state"] for r in rerun} == {"success"}
     assert sorted(str(m["Message-ID"]) for m in sink.handler.parsed()) == sorted(arrived)
