@@ -304,6 +304,30 @@ class ForecastSettings(BaseModel):
     margin: float = Field(0.02, ge=0, lt=1)
 
 
+class RecommendationSettings(BaseModel):
+    """Product recommendations (crm_tasks/analytics/recommendations.py; README "Recommendations")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Orders in this many days up to the as-of date make the co-purchase statistics and "already bought".
+    window_days: int = Field(365, ge=7, le=3660)
+    # Customers who bought both, below which a pair is noise: no statistics, no cross-sell.
+    min_support: int = Field(3, ge=1)
+    per_customer: int = Field(10, ge=1, le=50)  # products in each customer's list
+    up_sell: int = Field(1, ge=0, le=10)  # of which at most this many up-sells
+    # Each product's best complements, each category's and the shop's best sellers that are candidates:
+    # what bounds a night's work per customer.
+    pool: int = Field(20, ge=1, le=500)
+    # A product shown to a customer (recommendation_impressions) is not recommended again for this many days.
+    recent_days: int = Field(30, ge=0, le=365)
+
+    @model_validator(mode="after")
+    def _slots(self) -> RecommendationSettings:
+        if self.up_sell > self.per_customer:
+            raise ValueError(f"up_sell ({self.up_sell}) cannot exceed per_customer ({self.per_customer})")
+        return self
+
+
 class Settings(BaseModel):
     # These three may hold passwords or keys: never in a repr, a log line or a traceback.
     database_url: str | None = Field(None, repr=False)
@@ -329,6 +353,7 @@ class Settings(BaseModel):
     results: ResultsSettings = ResultsSettings()
     clv: ClvSettings = ClvSettings()
     forecast: ForecastSettings = ForecastSettings()
+    recommendations: RecommendationSettings = RecommendationSettings()
     # The SMTP server: smtp[s]://user:password@host:port (see crm_tasks/delivery/smtp.py). Environment only
     # (CRM_SMTP_URL), since it holds a password; inside Airflow the connection smtp_default also works.
     smtp_url: str | None = Field(None, repr=False)

@@ -21,11 +21,14 @@ and every morning at 06:30 in any case, and measures as of that date:
 - **customer lifetime value** (`customer_clv`): BG/NBD and Gamma-Gamma fitted on the
   purchases up to the date; every buyer's P(alive), expected purchases in 90 and 365
   days and 12-month CLV, usable in segment rules from the next recompute.
+- **recommendations** (`customer_recommendations`): co-purchase statistics over the
+  `recommendations.window_days` up to the date, and each customer's products to suggest
+  (cross-sell, up-sell, best sellers), each with its reason.
 
 Re-running a date replaces its results. **Trigger by hand** with *As of* to measure
 as of another day. From a shell: `crm report campaign NAME`, `crm report lift`,
 `crm report control`, `crm report sales --by month`, `crm report kpis`, `crm report forecast`,
-`crm report clv`.
+`crm report clv`, `crm recommendations evaluate`.
 """
 
 from __future__ import annotations
@@ -83,9 +86,17 @@ def crm_reports():
 
         return tasks.fit_clv()
 
+    @task
+    def recommendations() -> dict:
+        """Recompute the co-purchase statistics and every customer's recommendations, with their reasons."""
+        from crm_tasks.airflow import tasks
+
+        return tasks.refresh_recommendations()
+
     refresh()
     sales() >> forecast()
     clv()
+    recommendations()
 
 
 crm_reports()

@@ -270,3 +270,15 @@ def fit_clv() -> dict:
     if result.status == ClvStatus.NOT_ENOUGH_DATA:
         log.warning("no lifetime-value fit: %s", result.detail)
     return result.summary()
+
+
+def refresh_recommendations() -> dict:
+    """Co-purchase statistics and every customer's recommendations as of the run's date (the previous ones
+    replaced); returns counts only."""
+    from crm_tasks.analytics.recommendations import refresh_recommendations as refresh
+    from crm_tasks.store.engine import check_schema
+
+    cfg = settings()
+    engine = task_engine(cfg)
+    check_schema(engine)
+    return refresh(engine, cfg, _report_as_of(cfg)).summary()

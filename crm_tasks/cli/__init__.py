@@ -11,7 +11,7 @@ import logging
 
 import click
 
-from crm_tasks.cli import bounces, campaigns, cleanup, db, ingest, messages, reports, segments
+from crm_tasks.cli import bounces, campaigns, cleanup, db, ingest, messages, recommendations, reports, segments
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +31,7 @@ for _command in (
     cleanup.cleanup_group, cleanup.erase_command,
     bounces.bounces_group,
     reports.report_group,
+    recommendations.recommendations_group,
 ):
     main.add_command(_command)
 

@@ -5,6 +5,12 @@ Habits are realistic enough to segment on later: spend rates are heavy-tailed
 (few heavy buyers, many occasional ones), a quarter of customers stop buying at
 some point, sales follow the week and the festival season, and each customer
 has a favourite category.
+
+The shop sells a catalogue (``products/`` on the first day, named in the five template
+languages): per category five kinds of product in five price tiers. What a customer buys
+next is often a complement of what they bought last (rice then dal, a phone then its case),
+in the tier they usually buy, so that co-purchase recommendations have real structure to
+find (``crm recommendations evaluate`` on the demo beats the best sellers).
 """
 
 from __future__ import annotations
@@ -41,6 +47,13 @@ PK_MOBILE_PREFIXES = ["300", "301", "302", "303", "305", "306", "307", "308", "3
                       "313", "314", "315", "320", "321", "322", "323", "330", "331", "332", "333", "334",
                       "335", "336", "340", "341", "342", "343", "344", "345", "346", "347"]
 DOMAINS = np.array(["example.com", "example.in", "example.org", "mail.example.net"])
+KINDS_PER_CATEGORY, TIERS = 5, 5
+KIND_WEIGHTS = [0.32, 0.24, 0.18, 0.14, 0.12]  # a category's best seller first
+TIER_FACTOR = [0.6, 0.85, 1.0, 1.4, 2.0]  # price of each tier against the kind's
+TIER_WEIGHTS = [0.3, 0.3, 0.2, 0.12, 0.08]  # a customer's usual tier
+USUAL_TIER = 0.6  # share of purchases in the customer's usual tier
+COMPLEMENT = 0.45  # share of a returning customer's purchases that complement their last one
+SHOP = "https://shop.example.com"
 
 
 @dataclass
@@ -48,6 +61,7 @@ class GenerateSummary:
     out: str
     customers: int = 0
     purchases: int = 0
+    products: int = 0
     files: int = 0
     start: str = ""
     end: str = ""
@@ -92,7 +106,19 @@ def generate(
 
     rate, stop_day, fav, currency, offset = _habits(rng, people, joined_day, days)
     cat_names = np.array(list(CATEGORIES))
-    base_price = np.array(list(CATEGORIES.values()), dtype=float)
+    # The catalogue and the choice of products draw from their own stream: the rest of the data keeps its shape.
+    prng = np.random.default_rng([seed, 1])
+    catalogue = _catalogue(prng, start)
+    summary.products = len(catalogue)
+    products_csv = out / "products" / f"dt={start.isoformat()}" / "products.csv"
+    products_csv.parent.mkdir(parents=True, exist_ok=True)
+    products_csv.write_text(catalogue.to_csv(index=False), encoding="utf-8")
+    summary.files += 1
+    price_inr = catalogue["price"].astype(float).to_numpy()
+    skus = catalogue["sku"].to_numpy()
+    complements = _complement_table()
+    usual_tier = prng.choice(TIERS, len(people), p=TIER_WEIGHTS)
+    last = np.full(len(people), -1)  # each customer's last product
     seq = 0
     for d in range(days):
         day = start + timedelta(days=d)
@@ -104,10 +130,13 @@ def generate(
         if not n:
             continue
         cat = np.where(rng.random(n) < 0.7, fav[who], rng.integers(0, len(cat_names), n))
+        product = _choose(prng, cat, who, usual_tier, last, complements)
+        last[who] = product
+        cat = product // (KINDS_PER_CATEGORY * TIERS)
         qty = rng.choice([1, 1, 1, 2, 2, 3, 4], n)
         cur = currency[who]
         rate_inr = np.vectorize(PER_INR.get)(cur)
-        price = base_price[cat] * rng.lognormal(0, 0.45, n) * rate_inr
+        price = price_inr[product] * rate_inr
         amount = np.where(cur == "INR", np.round(price * qty, 2), np.round(price * qty, 0))
         kind = rng.random(n)
         amount = np.where(kind < 0.02, -amount, amount)  # refunds and returns
@@ -123,8 +152,7 @@ def generate(
             "amount": [_money(a, c) for a, c in zip(amount, cur)],
             "currency": cur,
             "store_id": np.char.add("S", (who % 40 + 100).astype(str)),
-            "sku": np.char.add(np.char.add(np.char.upper(cat_names[cat].astype(str)).astype(str), "-"),
-                               rng.integers(1000, 1100, n).astype(str)),
+            "sku": skus[product],
             "category": cat_names[cat],
             "quantity": np.where(amount < 0, -qty, qty),
             "coupon_code": coupon,
@@ -136,6 +164,59 @@ def generate(
         summary.files += 1
     summary.bad_rows = defects
     return summary
+
+
+def _catalogue(prng: np.random.Generator, start: date) -> pd.DataFrame:
+    """Every product: category by category, kind by kind, tier by tier (the row is the product's index)."""
+    data = json.loads((Path(__file__).parent / "data" / "products.json").read_text(encoding="utf-8"))
+    rows = []
+    for cat, typical in CATEGORIES.items():
+        for k, kind in enumerate(data["kinds"][cat]):
+            kind_price = typical * prng.lognormal(0, 0.35)
+            brand = data["brands"][int(prng.integers(len(data["brands"])))]
+            for t, tier in enumerate(data["tiers"]):
+                sku = f"{cat.upper()}-{1000 + k * TIERS + t}"
+                names = {lang: f"{kind[lang]} ({tier[lang]})" for lang in ("en", "hi", "te", "fa", "ur")}
+                rows.append({
+                    "sku": sku, "name": names["en"], "category": cat,
+                    "price": f"{round(kind_price * TIER_FACTOR[t], 0):.2f}", "currency": "INR",
+                    "url": f"{SHOP}/p/{sku.lower()}", "image_url": f"{SHOP}/img/{sku.lower()}.jpg",
+                    "in_stock": "true" if prng.random() > 0.08 else "false",
+                    "updated_at": f"{start.isoformat()}T06:00:00+05:30", "brand": brand,
+                    **{f"name_{lang}": names[lang] for lang in ("hi", "te", "fa", "ur")},
+                })
+    return pd.DataFrame(rows)
+
+
+def _complement_table() -> np.ndarray:
+    """Per kind of product (category * 5 + kind), the kinds bought with it, padded with -1."""
+    data = json.loads((Path(__file__).parent / "data" / "products.json").read_text(encoding="utf-8"))
+    cats = list(CATEGORIES)
+    found: dict[int, list[int]] = {}
+    for a, i, b, j in data["complements"]:
+        x, y = cats.index(a) * KINDS_PER_CATEGORY + i, cats.index(b) * KINDS_PER_CATEGORY + j
+        found.setdefault(x, []).append(y)
+        found.setdefault(y, []).append(x)
+    table = np.full((len(cats) * KINDS_PER_CATEGORY, max(map(len, found.values()))), -1)
+    for x, ys in found.items():
+        table[x, : len(ys)] = ys
+    return table
+
+
+def _choose(prng, cat: np.ndarray, who: np.ndarray, usual_tier: np.ndarray, last: np.ndarray,
+            complements: np.ndarray) -> np.ndarray:
+    """The product of each purchase: often a complement of the buyer's last product, else a kind of the
+    purchase's category by popularity; in the buyer's usual tier more often than not."""
+    n = len(who)
+    kind = cat * KINDS_PER_CATEGORY + prng.choice(KINDS_PER_CATEGORY, n, p=KIND_WEIGHTS)
+    tier = np.where(prng.random(n) < USUAL_TIER, usual_tier[who], prng.integers(0, TIERS, n))
+    before = last[who]
+    options = complements[np.maximum(before, 0) // TIERS]
+    count = (options >= 0).sum(axis=1)
+    pick = options[np.arange(n), (prng.random(n) * np.maximum(count, 1)).astype(int)]
+    use = (before >= 0) & (count > 0) & (prng.random(n) < COMPLEMENT)
+    kind = np.where(use, pick, kind)
+    return kind * TIERS + tier
 
 
 def _money(amount: float, currency: str) -> str:

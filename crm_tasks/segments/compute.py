@@ -90,7 +90,9 @@ from crm_tasks.store import sql
 from crm_tasks.store.models import (
     Customer,
     CustomerClv,
+    CustomerRecommendation,
     CustomerScore,
+    Product,
     Purchase,
     Segment,
     SegmentMembership,
@@ -187,12 +189,18 @@ _CLV_FIELDS = [
     ("purchases_365", "number", "Expected purchase days in the next 365 days."),
     ("clv_12m", "money", "Expected spend over the next 12 months, discounted, in the base currency."),
 ]
+# From the latest recommendations refreshed on or before the as-of date (customer_recommendations,
+# crm_tasks/analytics/recommendations.py); empty for a customer without a list.
+_RECOMMENDATION_FIELDS = [
+    ("recommended_category", "text", "Catalogue category of the customer's first recommended product."),
+]
 _ATTRIBUTE_TYPES = {"date": "date", "number": "number", "text": "text", "boolean": "boolean"}
 
 
 def rule_fields(cfg: Settings) -> dict[str, rules.FieldInfo]:
     """The documented fields of a custom rule: profile, scores and declared custom attributes."""
-    out = {n: rules.FieldInfo(n, t, d) for n, t, d in _PROFILE_FIELDS + _SCORE_FIELDS + _CLV_FIELDS}
+    out = {n: rules.FieldInfo(n, t, d) for n, t, d in _PROFILE_FIELDS + _SCORE_FIELDS + _CLV_FIELDS
+           + _RECOMMENDATION_FIELDS}
     for attr in cfg.custom_attributes:
         out[attr.name] = rules.FieldInfo(attr.name, _ATTRIBUTE_TYPES[attr.type],
                                          attr.description or "Custom attribute (crm.yaml).")
@@ -210,6 +218,10 @@ def _rule_columns(c, s, cfg: Settings, dialect: str, as_of: date) -> dict:
     v = CustomerClv.__table__
     cols.update({n: select(v.c[n]).where(v.c.customer_id == c.c.customer_id, v.c.as_of <= as_of).scalar_subquery()
                  for n, _t, _d in _CLV_FIELDS})
+    r = CustomerRecommendation.__table__
+    cols["recommended_category"] = (
+        select(Product.category).join(r, r.c.sku == Product.sku)
+        .where(r.c.customer_id == c.c.customer_id, r.c.rank == 1, r.c.as_of <= as_of).scalar_subquery())
     for attr in cfg.custom_attributes:
         value = c.c.attributes[attr.name]
         if attr.type == "number":

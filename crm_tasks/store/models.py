@@ -881,6 +881,86 @@ class CustomerRecordAudit(Base):
     )
 
 
+# --- recommendations (crm_tasks/analytics/recommendations.py) -------------------------------------------------
+
+
+class ProductPair(Base):
+    """Co-purchase of two products over the latest refresh's window: of the customers who bought ``sku``,
+    ``support`` also bought ``other_sku``. Both directions are stored; only pairs with the minimum support."""
+
+    __tablename__ = "product_pairs"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    other_sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    as_of: Mapped[date] = mapped_column(Date)
+    support: Mapped[int] = mapped_column(Integer)  # customers who bought both
+    confidence: Mapped[float] = mapped_column(Float)  # support / buyers of sku
+    lift: Mapped[float] = mapped_column(Float)  # confidence / share of buyers who bought other_sku
+
+
+class CustomerRecommendation(Base):
+    """One product recommended to a customer by the latest refresh, and why: ``kind`` with the product it
+    comes from (``source_sku``) and how many customers stand behind it."""
+
+    __tablename__ = "customer_recommendations"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # 1 is the best
+    sku: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # cross_sell | up_sell | popular
+    source_sku: Mapped[str | None] = mapped_column(String(64))  # bought with / a step up from; None: popular
+    customers: Mapped[int] = mapped_column(Integer)  # cross_sell: bought both; else bought the product
+    score: Mapped[float] = mapped_column(Float)  # cross_sell: confidence; else the product's buyers
+    as_of: Mapped[date] = mapped_column(Date)
+
+
+class RecommendationRun(Base):
+    """One refresh of the recommendations: its window, sizes and time."""
+
+    __tablename__ = "recommendation_runs"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    window_start: Mapped[date] = mapped_column(Date)
+    buyers: Mapped[int] = mapped_column(BigInteger)  # customers with an order in the window
+    pairs: Mapped[int] = mapped_column(BigInteger)  # product_pairs rows (both directions)
+    customers: Mapped[int] = mapped_column(BigInteger)  # customers with at least one recommendation
+    cross_sell: Mapped[int] = mapped_column(BigInteger)
+    up_sell: Mapped[int] = mapped_column(BigInteger)
+    popular: Mapped[int] = mapped_column(BigInteger)
+    short_lists: Mapped[int] = mapped_column(BigInteger)  # customers given fewer than per_customer products
+    seconds: Mapped[float] = mapped_column(Float)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class RecommendationImpression(Base):
+    """A product shown to a customer in a message on a day: not recommended again for ``recent_days``."""
+
+    __tablename__ = "recommendation_impressions"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    shown_on: Mapped[date] = mapped_column(Date, primary_key=True)
+
+
+class RecommendationEvaluation(Base):
+    """An offline evaluation: trained up to ``cut``, scored on what customers bought after it until ``as_of``."""
+
+    __tablename__ = "recommendation_evaluations"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    holdout_days: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cut: Mapped[date] = mapped_column(Date)
+    customers: Mapped[int] = mapped_column(BigInteger)  # customers who bought a product new to them after the cut
+    model_hit_rate_at_5: Mapped[float | None] = mapped_column(Float)
+    model_recall_at_10: Mapped[float | None] = mapped_column(Float)
+    popularity_hit_rate_at_5: Mapped[float | None] = mapped_column(Float)
+    popularity_recall_at_10: Mapped[float | None] = mapped_column(Float)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class DerivedZone(Base):
     """The time zone a table of local business days was last built in (``sales_cube``, ``customer_days``):
     when crm.yaml's zone changes, every day of that table moves, so it is rebuilt rather than patched."""
@@ -913,6 +993,7 @@ __all__ = [
     "CustomerDaysDirty",
     "CustomerMerge",
     "CustomerMetrics",
+    "CustomerRecommendation",
     "CustomerRecordAudit",
     "CustomerScore",
     "DeliveryEvent",
@@ -924,8 +1005,12 @@ __all__ = [
     "MessageState",
     "MetricsDirty",
     "Product",
+    "ProductPair",
     "Purchase",
     "QuarantinedRow",
+    "RecommendationEvaluation",
+    "RecommendationImpression",
+    "RecommendationRun",
     "RevenueForecast",
     "RunStatus",
     "SalesDaily",

@@ -1,0 +1,47 @@
+"""``recommended_category`` in custom segment rules: the category of each customer's first recommendation,
+from the latest refresh on or before the segment's as-of date; empty without one. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from crm_tasks.analytics.recommendations import recommendations_for, refresh_recommendations
+from crm_tasks.segments import compute as segments
+from tests.factories import add_customers
+from tests.recommendations.data import T0, add_products, add_purchases
+from tests.recommendations.test_recommendations import AS_OF, _rules, _small_shop
+from tests.segments.support import members
+
+
+def test_a_rule_on_the_recommended_category_selects_by_the_first_recommendation(engine, seg_cfg):
+    _small_shop(engine)
+    # F bought soap alone: the dearer face cream (G's) is its up-sell, and first, as nothing complements soap.
+    add_products(engine, {"sku": "CREAM", "name": "Face cream", "category": "beauty", "price": Decimal(90)})
+    add_customers(engine, {"customer_id": "F"}, {"customer_id": "G"})
+    add_purchases(engine, [("F", "SOAP", T0 + timedelta(days=100), "40"),
+                           ("G", "CREAM", T0 + timedelta(days=100), "90")], start=100)
+    cfg = _rules(seg_cfg, min_support=3, per_customer=3)
+    refresh_recommendations(engine, cfg, AS_OF)
+    (cfg.segments.folder / "beauty_next.yaml").write_text(
+        "name: beauty_next\ndescription: first recommendation is beauty, for the test\n"
+        "rule: {field: recommended_category, eq: beauty}\n")
+    (cfg.segments.folder / "no_list.yaml").write_text(
+        "name: no_list\ndescription: without recommendations\nrule: {field: recommended_category, is_null: true}\n")
+    result = segments.recompute(engine, cfg, AS_OF)
+    assert result.problems == []
+    everyone = ["A", "B", "C", "D", "E", "F", "G", "NEW"]
+    lists = recommendations_for(engine, everyone)
+    expected = {c for c, lines in lists.items() if lines[0].category == "beauty"}
+    assert expected == {"F"} and lists["F"][0].kind == "up_sell"
+    assert members(engine, "beauty_next") == expected
+    assert members(engine, "no_list") == set()
+
+    # Looking back before the refresh: the lists are not seen yet, so the field is empty for everyone.
+    segments.recompute(engine, cfg, AS_OF - timedelta(days=1))
+    assert members(engine, "beauty_next") == set()
+    assert members(engine, "no_list") == set(everyone)
+
+
+def test_the_field_is_described_for_marketing(cfg):
+    assert segments.rule_fields(cfg)["recommended_category"].type == "text"
