@@ -5,7 +5,7 @@ ROOT := $(abspath .)
 AIRFLOW_ENV := PATH=$(ROOT)/$(BIN):$$PATH AIRFLOW_HOME=$(ROOT)/var/airflow AIRFLOW__CORE__DAGS_FOLDER=$(ROOT)/dags \
 	AIRFLOW__CORE__PLUGINS_FOLDER=$(ROOT)/plugins AIRFLOW__CORE__LOAD_EXAMPLES=False
 
-.PHONY: install demo test airflow bench clean
+.PHONY: install demo test airflow screenshot bench clean
 
 ## install: create .venv and install the project with its test dependencies
 install: $(VENV)/.installed
@@ -23,6 +23,10 @@ demo: install
 ## test: the whole test suite, on SQLite and on PostgreSQL (127.0.0.1:5432, database test)
 test: install
 	$(BIN)/pytest -q --numprocesses=auto --maxprocesses=4 --dist loadgroup
+
+## screenshot: docs/overview.png, the CRM overview inside Airflow's UI on the demo's data (after make demo)
+screenshot: install
+	$(BIN)/python scripts/screenshot.py
 
 ## airflow: airflow standalone with this repo's dags/ and plugins/ on http://localhost:8080
 airflow: install

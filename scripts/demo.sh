@@ -149,7 +149,9 @@ echo
 echo "==> Cleanup: a dry run as of $END (stale profiles archived, duplicates merged; nothing is changed)"
 "$BIN/crm" cleanup --as-of "$END" --dry-run
 echo
-echo "Done. The CRM database is var/crm.db; \`make airflow\` opens the Airflow UI."
+echo "Done. The CRM database is var/crm.db; \`make airflow\` opens the Airflow UI on http://localhost:8080"
+echo "(user admin, password in var/airflow/simple_auth_manager_passwords.json.generated), where the CRM menu"
+echo "under Plugins holds the CRM pages: http://localhost:8080/plugin/crm-overview"
 echo "Try: .venv/bin/crm segments show lapsed_high_spenders --limit 5"
 echo "     .venv/bin/crm segments transitions --since $SINCE --from-segment lifecycle:active --to-segment lifecycle:at_risk"
 echo "     .venv/bin/crm campaign plan birthday --as-of 2028-02-29"
