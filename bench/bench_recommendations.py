@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from bench_ingest import built_database, fresh_database, parse_args, peak_rss_mib
-from bench_reports import C_EPOCH, P_EPOCH, _series, _spell
+from bench_reports import C_EPOCH, P_EPOCH, _series, _spell, insert_customers
 
 AS_OF = date(2026, 12, 31)
 THEME = 10  # products per customer's theme
@@ -49,14 +49,7 @@ def build(url: str, customers: int, purchases: int, products: int) -> None:
     themes = products // THEME
     started = time.time()
     with engine.begin() as conn:
-        head, source = _series(s, customers)
-        conn.execute(text(f"""{head}
-            INSERT INTO customers (customer_id, first_name, last_name, email, phone, birthday, locale, timezone,
-                                   country, email_consent, attributes, created_at, updated_at, batch_id)
-            SELECT {s['cid'].format(x='x')}, 'Asha', 'Rao', 'c' || x || '@example.com', NULL, NULL, 'en-IN',
-                   'Asia/Kolkata', 'IN', {s['true']}, '{{}}', {s['ts'].format(epoch=f'{C_EPOCH} + (x * 7919) % 94608000')},
-                   {s['ts'].format(epoch=f'{C_EPOCH} + (x * 7919) % 94608000')}, 1
-            FROM {source}"""))
+        insert_customers(conn, s, customers)
         head, source = _series(s, products)
         conn.execute(text(f"""{head}
             INSERT INTO products (sku, name, name_hi, name_te, name_fa, name_ur, brand, category, price, currency,

@@ -63,6 +63,20 @@ def _series(s: dict, count: int) -> tuple[str, str]:
     return s["numbers"].format(count=count), s["from_n"].format(count=count)
 
 
+def insert_customers(conn, s: dict, customers: int) -> None:
+    """``customers`` plain profiles with ids of ``s['cid']``, created over 2024-2026, written inside the database."""
+    from sqlalchemy import text
+
+    head, source = _series(s, customers)
+    conn.execute(text(f"""{head}
+        INSERT INTO customers (customer_id, first_name, last_name, email, phone, birthday, locale, timezone,
+                               country, email_consent, attributes, created_at, updated_at, batch_id)
+        SELECT {s['cid'].format(x='x')}, 'Asha', 'Rao', 'c' || x || '@example.com', NULL, NULL, 'en-IN',
+               'Asia/Kolkata', 'IN', {s['true']}, '{{}}', {s['ts'].format(epoch=f'{C_EPOCH} + (x * 7919) % 94608000')},
+               {s['ts'].format(epoch=f'{C_EPOCH} + (x * 7919) % 94608000')}, 1
+        FROM {source}"""))
+
+
 def build(url: str, customers: int, purchases: int) -> None:
     from sqlalchemy import text
 
@@ -75,14 +89,7 @@ def build(url: str, customers: int, purchases: int) -> None:
     s = _spell(engine.dialect.name)
     started = time.time()
     with engine.begin() as conn:
-        head, source = _series(s, customers)
-        conn.execute(text(f"""{head}
-            INSERT INTO customers (customer_id, first_name, last_name, email, phone, birthday, locale, timezone,
-                                   country, email_consent, attributes, created_at, updated_at, batch_id)
-            SELECT {s['cid'].format(x='x')}, 'Asha', 'Rao', 'c' || x || '@example.com', NULL, NULL, 'en-IN',
-                   'Asia/Kolkata', 'IN', {s['true']}, '{{}}', {s['ts'].format(epoch=f'{C_EPOCH} + (x * 7919) % 94608000')},
-                   {s['ts'].format(epoch=f'{C_EPOCH} + (x * 7919) % 94608000')}, 1
-            FROM {source}"""))
+        insert_customers(conn, s, customers)
         # Skewed buyers: the square of a uniform number favours low ids.
         head, source = _series(s, purchases)
         who = f"((x * 2654435761) % {customers}) * ((x * 40503) % {customers}) / {customers}"
