@@ -122,8 +122,6 @@ class CampaignSettings(BaseModel):
     frequency_cap: FrequencyCap = FrequencyCap()  # a campaign may set its own
     recommendations: int = Field(3, ge=0, le=10)  # best sellers of the customer's favourite category
     recommendation_days: int = Field(90, ge=1)  # ...over this many days before the run
-    # Worker processes that prove a large plan's messages render (0: one per core; 1: none, render in-process).
-    render_processes: int = Field(0, ge=0, le=64)
     tracking: TrackingSettings = TrackingSettings()
 
     @field_validator("folder", "templates")

@@ -43,7 +43,6 @@ from crm_tasks.delivery.suppression import email_hash, unsubscribe_token
 from crm_tasks.errors import CampaignBlocked, RenderError
 from crm_tasks.messages.mime import message_id_for
 from crm_tasks.messages.render import Renderer, language_of, message_context, renderer_for
-from crm_tasks.messages.render_check import RenderCheck, processes_for
 from crm_tasks.settings import Settings
 from crm_tasks.store.bulk import rows_in
 from crm_tasks.store.keys import load_keys
@@ -519,8 +518,7 @@ def _coupon_codes(conn: Connection, campaign: Campaign, frame: pd.DataFrame, sen
 def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, rows: pd.DataFrame,
                    renderer: Renderer, cutoff: datetime) -> list[dict]:
     """The render context of every row (profile columns, lang, years, coupon_code), each rendered once
-    to prove it renders (on every core for a large plan: messages/render_check.py): one bad template or
-    profile fails the whole run, before anything is stored."""
+    to prove it renders: one bad template or profile fails the whole run, before anything is stored."""
     if rows.empty:
         return []
     favourite, first, top = _personalisation(conn, rows["customer_id"].tolist(), as_of, cutoff, cfg)
@@ -530,8 +528,6 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
     signing = load_keys(conn, cfg).signing
     variants = {v.name: v for v in campaign.variants}
     contexts = []
-    check = RenderCheck(renderer, processes_for(cfg.campaigns.render_processes), len(rows))
-    customers = rows["customer_id"].tolist()
     for r in rows.itertuples():
         fp = first.get(r.customer_id)
         fav = favourite.get(r.customer_id)
@@ -548,12 +544,12 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
         )
         if (variant := variants.get(r.variant)) is not None and (subject := variant.subject_for(r.lang)):
             ctx["variant_subject"] = subject
-        check.add(r.template, ctx)
+        try:
+            renderer.render(r.template, ctx)
+        except RenderError as exc:
+            raise RenderError(f"campaign {campaign.name}, customer {r.customer_id}: {exc}; nothing was planned "
+                              "for sending") from None
         contexts.append(ctx)
-    if (failed := check.close()) is not None:
-        index, error = failed
-        raise RenderError(f"campaign {campaign.name}, customer {customers[index]}: {error}; nothing was planned "
-                          "for sending")
     return contexts
 
 

@@ -12,7 +12,6 @@ bound the main thread).
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 
@@ -66,16 +65,6 @@ def _raise_in(tid: int, exc: type[BaseException] | None) -> None:
 
 
 _WATCHDOG = _Watchdog()
-
-
-def _after_fork_in_child() -> None:
-    # A forked renderer (messages/render_check.py) gets neither the watchdog thread nor a lock it may have
-    # held at the fork: it starts afresh.
-    global _WATCHDOG
-    _WATCHDOG = _Watchdog()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class time_limit:  # a class used as a function: with time_limit(2): ...
