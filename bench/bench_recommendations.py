@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from bench_ingest import built_database, fresh_database, parse_args, peak_rss_mib
-from bench_reports import C_EPOCH, P_EPOCH, _series, _spell, insert_customers
+from bench_reports import C_EPOCH, _series, _spell, insert_customers, insert_purchases, skewed_buyer
 
 AS_OF = date(2026, 12, 31)
 THEME = 10  # products per customer's theme
@@ -61,17 +61,10 @@ def build(url: str, customers: int, purchases: int, products: int) -> None:
                    {s['ts'].format(epoch=str(C_EPOCH))}, 1
             FROM {source}"""))
         # Skewed buyers as in bench_reports.build; a customer's theme is their id modulo the themes.
-        head, source = _series(s, purchases)
-        who = f"((x * 2654435761) % {customers}) * ((x * 40503) % {customers}) / {customers}"
+        who = skewed_buyer(customers)
         product = (f"CASE WHEN x % 5 = 0 THEN (x * 104729) % {products} "
                    f"ELSE (({who}) % {themes}) * {THEME} + (x * 7) % {THEME} END")
-        conn.execute(text(f"""{head}
-            INSERT INTO purchases (transaction_id, customer_id, purchased_at, amount, currency, store_id, sku,
-                                   category, quantity, coupon_code, batch_id, line_no)
-            SELECT 'T' || x, {s['cid'].format(x=who)}, {s['ts'].format(epoch=f'{P_EPOCH} + (x * 104729) % 63072000')},
-                   {s['money'].format(units='CASE WHEN x % 50 = 0 THEN -1 ELSE 1 END * (100 + (x * 31) % 4900)')},
-                   'INR', 'S' || (x % 40), 'P' || ({product}), 'cat', 1, NULL, 1, x
-            FROM {source}"""))
+        insert_purchases(conn, s, purchases, who, sku=f"'P' || ({product})", category="'cat'")
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))

@@ -77,6 +77,27 @@ def insert_customers(conn, s: dict, customers: int) -> None:
         FROM {source}"""))
 
 
+def skewed_buyer(customers: int) -> str:
+    """The buyer number of purchase ``x``: the product of two uniform numbers favours low ids."""
+    return f"((x * 2654435761) % {customers}) * ((x * 40503) % {customers}) / {customers}"
+
+
+def insert_purchases(conn, s: dict, purchases: int, who: str, *, sku: str, category: str,
+                     coupon: str = "NULL") -> None:
+    """``purchases`` purchases over 2025-2026 (one in 50 a refund) by customer ``who``, with the given SQL
+    expressions of ``x`` for the SKU, category and coupon code, written inside the database."""
+    from sqlalchemy import text
+
+    head, source = _series(s, purchases)
+    conn.execute(text(f"""{head}
+        INSERT INTO purchases (transaction_id, customer_id, purchased_at, amount, currency, store_id, sku,
+                               category, quantity, coupon_code, batch_id, line_no)
+        SELECT 'T' || x, {s['cid'].format(x=who)}, {s['ts'].format(epoch=f'{P_EPOCH} + (x * 104729) % 63072000')},
+               {s['money'].format(units='CASE WHEN x % 50 = 0 THEN -1 ELSE 1 END * (100 + (x * 31) % 4900)')},
+               'INR', 'S' || (x % 40), {sku}, {category}, 1, {coupon}, 1, x
+        FROM {source}"""))
+
+
 def build(url: str, customers: int, purchases: int) -> None:
     from sqlalchemy import text
 
@@ -90,18 +111,10 @@ def build(url: str, customers: int, purchases: int) -> None:
     started = time.time()
     with engine.begin() as conn:
         insert_customers(conn, s, customers)
-        # Skewed buyers: the square of a uniform number favours low ids.
-        head, source = _series(s, purchases)
-        who = f"((x * 2654435761) % {customers}) * ((x * 40503) % {customers}) / {customers}"
         coupon = (f"CASE WHEN x % 400 = 0 AND {P_EPOCH} + (x * 104729) % 63072000 > {int(FIRST_RUN.timestamp())} "
                   f"THEN 'K' || ((x / 400) % {5 * sent}) END")
-        conn.execute(text(f"""{head}
-            INSERT INTO purchases (transaction_id, customer_id, purchased_at, amount, currency, store_id, sku,
-                                   category, quantity, coupon_code, batch_id, line_no)
-            SELECT 'T' || x, {s['cid'].format(x=who)}, {s['ts'].format(epoch=f'{P_EPOCH} + (x * 104729) % 63072000')},
-                   {s['money'].format(units='CASE WHEN x % 50 = 0 THEN -1 ELSE 1 END * (100 + (x * 31) % 4900)')},
-                   'INR', 'S' || (x % 40), 'SKU-' || (x % 500), 'grocery', 1, {coupon}, 1, x
-            FROM {source}"""))
+        insert_purchases(conn, s, purchases, skewed_buyer(customers), sku="'SKU-' || (x % 500)",
+                         category="'grocery'", coupon=coupon)
     with engine.begin() as conn:
         from sqlalchemy import insert
 
