@@ -21,6 +21,9 @@ and every morning at 06:30 in any case, and measures as of that date:
 - **customer lifetime value** (`customer_clv`): BG/NBD and Gamma-Gamma fitted on the
   purchases up to the date; every buyer's P(alive), expected purchases in 90 and 365
   days and 12-month CLV, usable in segment rules from the next recompute.
+- **the pages' figures** (`report_figures`): the KPIs, cohorts, sales by day, week and
+  month and the CLV reports the CRM pages open with, stored so that a page reads them
+  instead of recounting purchases (used while the data behind them is unchanged);
 - **recommendations** (`customer_recommendations`): co-purchase statistics over the
   `recommendations.window_days` up to the date, and each customer's products to suggest
   (cross-sell, up-sell, best sellers), each with its reason.
@@ -28,7 +31,7 @@ and every morning at 06:30 in any case, and measures as of that date:
 Re-running a date replaces its results. **Trigger by hand** with *As of* to measure
 as of another day. From a shell: `crm report campaign NAME`, `crm report lift`,
 `crm report control`, `crm report sales --by month`, `crm report kpis`, `crm report forecast`,
-`crm report clv`, `crm recommendations evaluate`.
+`crm report clv`, `crm report figures`, `crm recommendations evaluate`.
 """
 
 from __future__ import annotations
@@ -93,9 +96,16 @@ def crm_reports():
 
         return tasks.refresh_recommendations()
 
+    @task(trigger_rule="all_done")
+    def figures() -> dict:
+        """Store the reports the CRM pages open with, so they read them instead of recounting purchases
+        (after the cube and the fits; also when one failed: the figures describe the data as it stands)."""
+        from crm_tasks.airflow import tasks
+
+        return tasks.store_figures()
+
     refresh()
-    sales() >> forecast()
-    clv()
+    [sales() >> forecast(), clv()] >> figures()
     recommendations()
 
 

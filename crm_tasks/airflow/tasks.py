@@ -272,6 +272,17 @@ def fit_clv() -> dict:
     return result.summary()
 
 
+def store_figures() -> dict:
+    """The reports the CRM pages open with, stored as of the run's date; returns counts and timings only."""
+    from crm_tasks.analytics.figures import store_figures as store
+    from crm_tasks.store.engine import check_schema
+
+    cfg = settings()
+    engine = task_engine(cfg)
+    check_schema(engine)
+    return store(engine, cfg, _report_as_of(cfg)).summary()
+
+
 def refresh_recommendations() -> dict:
     """Co-purchase statistics and every customer's recommendations as of the run's date (the previous ones
     replaced); returns counts only."""

@@ -35,9 +35,10 @@ from fractions import Fraction
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, delete, func, select, text
+from sqlalchemy import Connection, Engine, case, delete, func, select, text
 
 from crm_tasks.analytics.purchase_days import day_number, refresh_purchase_days
+from crm_tasks.analytics.scales import nice_ticks
 from crm_tasks.clock import Phases
 from crm_tasks.errors import ConfigError
 from crm_tasks.settings import ClvSettings, Settings
@@ -485,3 +486,31 @@ def clv_report(engine: Engine, top: int = 20) -> ClvReport:
     return ClvReport(scored_as_of, _fit_dict(fit), latest_dict, customers,
                      [{"customer_id": r.customer_id, "p_alive": r.p_alive, "purchases_90": r.purchases_90,
                        "purchases_365": r.purchases_365, "clv_12m": r.clv_12m} for r in rows])
+
+
+# The page's histogram of the stored scores: one pass over customer_clv, a SUM(CASE) per bin of round width
+# (the bins' edges from the highest score), on both dialects alike.
+def clv_distribution(engine: Engine, bins: int = 10) -> list[dict]:
+    """Scored customers per range of 12-month CLV ([low, high), the last range closed), and those without a
+    CLV (no repeat purchase day to value) as a range with no bounds; empty before the first fit."""
+    c = CustomerClv.clv_12m
+    with engine.connect() as conn:
+        lo, hi, n, unvalued = conn.execute(select(func.min(c), func.max(c), func.count(),
+                                                  func.count().filter(c.is_(None)))
+                                           .select_from(CustomerClv)).one()
+        if not n:
+            return []
+        out = []
+        if lo is not None:
+            edges = nice_ticks(min(0.0, float(lo)), float(hi), bins)
+            if len(edges) < 2:
+                edges = [edges[0], edges[0] + 1]
+            conds = [(c >= edges[i]) & ((c < edges[i + 1]) if i < len(edges) - 2 else (c <= edges[i + 1]))
+                     for i in range(len(edges) - 1)]
+            counts = conn.execute(select(*[func.sum(case((cond, 1), else_=0)) for cond in conds])
+                                  .select_from(CustomerClv)).one()
+            out = [{"low": edges[i], "high": edges[i + 1], "customers": int(counts[i] or 0)}
+                   for i in range(len(edges) - 1)]
+        if unvalued:
+            out.append({"low": None, "high": None, "customers": int(unvalued)})
+    return out

@@ -315,9 +315,9 @@ class SalesRow:
     orders: int
     refunds: int
     items: int
-    buyers: int  # distinct buyers in the period
-    new_buyers: int  # ...whose first order ever is in the period
-    returning_buyers: int
+    buyers: int | None  # distinct buyers in the period (None: not counted, see sales_report's buyers)
+    new_buyers: int | None  # ...whose first order ever is in the period
+    returning_buyers: int | None
 
     def to_dict(self) -> dict:
         return {"period": self.period, "revenue": f"{self.revenue:.2f}", "refunded": f"{self.refunded:.2f}",
@@ -326,6 +326,11 @@ class SalesRow:
 
 
 PERIODS = ("day", "week", "month")
+
+
+def check_period(by: str) -> None:
+    if by not in PERIODS:
+        raise ConfigError(f"--by {by!r}: use one of {', '.join(PERIODS)}")
 
 
 def period_of(day: date, by: str) -> date:
@@ -352,12 +357,14 @@ GROUP BY period
 
 def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | None = None, end: date | None = None,
                  *, category: str | None = None, store: str | None = None,
-                 segment: str | None = None) -> list[SalesRow]:
+                 segment: str | None = None, buyers: bool = True) -> list[SalesRow]:
     """Sales per day, week or month from the cube (``start``..``end`` inclusive), optionally one category or
     store, or the buyers of one RFM or lifecycle segment when the day began ('rfm:champions',
-    'lifecycle:(none)'): money exact in the base currency (each currency's exact sum converted once)."""
-    if by not in PERIODS:
-        raise ConfigError(f"--by {by!r}: use one of {', '.join(PERIODS)}")
+    'lifecycle:(none)'): money exact in the base currency (each currency's exact sum converted once).
+
+    Distinct buyers are counted from the range's purchases (seconds at 10M purchases); ``buyers=False``
+    leaves them None and reads the cube alone."""
+    check_period(by)
     if segment is not None:
         family = segment.split(":", 1)[0]
         if family not in SEGMENT_FAMILIES or ":" not in segment:
@@ -392,7 +399,7 @@ def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | N
             t["orders"] += orders
             t["refunds"] += refunds
             t["items"] += items
-        if totals:
+        if totals and buyers:
             distinct = _distinct_buyers(conn, cfg, by, min(totals), max(totals), category, store, segment)
             for p, t in totals.items():
                 t["buyers"], t["new_buyers"] = distinct.get(p, (0, 0))
@@ -402,8 +409,9 @@ def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | N
         base = {k: sum(to_base(amount, c, rates, cfg.segments.base_currency)
                        for (pp, c, kk), amount in money.items() if pp == p and kk == k)
                 for k in ("revenue", "refunded")}
+        counted = (t["buyers"], t["new_buyers"], t["buyers"] - t["new_buyers"]) if buyers else (None, None, None)
         out.append(SalesRow(p.isoformat(), base["revenue"], base["refunded"], t["orders"], t["refunds"], t["items"],
-                            t["buyers"], t["new_buyers"], t["buyers"] - t["new_buyers"]))
+                            *counted))
     return out
 
 
@@ -449,3 +457,39 @@ def _distinct_buyers(conn: Connection, cfg: Settings, by: str, first: date, last
     counted = sql.execute(conn, _BUYERS.format(period=period, first_period=first_period, filters=filters), params,
                           lo=UtcDateTime(), hi=UtcDateTime())
     return {key(n): (int(b), int(new)) for n, b, new in counted if n >= 0}
+
+
+BREAKDOWNS = ("category", "store", "segment")
+BREAKDOWN_ROWS = 50  # the largest values of a dimension shown (stores can be many); the rest are summed
+
+
+# sales_report answers for one category, store or segment at a time; the sales page's breakdown wants every
+# value's total over the range at once: one grouped read of the cube (its primary key leads with the day),
+# each currency's exact sum converted once, as sales_report converts.
+def sales_breakdown(engine: Engine, cfg: Settings, start: date, end: date, dimension: str) -> list[dict]:
+    """Net revenue, orders and refunds of each category, store or segment from ``start`` to ``end``, the
+    largest revenue first (segments: each family adds up to the total, so they sort by name)."""
+    cube = SalesDailySegment if dimension == "segment" else SalesDaily
+    column = {"category": SalesDaily.category, "store": SalesDaily.store_id,
+              "segment": SalesDailySegment.segment}[dimension]
+    stmt = (select(column, cube.currency, func.sum(cube.revenue), func.sum(cube.orders), func.sum(cube.refunds))
+            .where(cube.day >= start, cube.day <= end).group_by(column, cube.currency))
+    rates, base = cfg.segments.exchange_rates, cfg.segments.base_currency
+    totals: dict[str, dict] = defaultdict(lambda: {"revenue": Decimal(0), "orders": 0, "refunds": 0})
+    with engine.connect() as conn:
+        for value, currency, revenue, orders, refunds in conn.execute(stmt):
+            t = totals[value]
+            t["revenue"] += to_base(Decimal(revenue), currency, rates, base)
+            t["orders"] += int(orders)
+            t["refunds"] += int(refunds)
+    rows = [{"value": v, **t} for v, t in totals.items()]
+    if dimension == "segment":
+        return sorted(rows, key=lambda r: r["value"])
+    rows.sort(key=lambda r: (-r["revenue"], r["value"]))
+    if len(rows) > BREAKDOWN_ROWS:
+        rest = rows[BREAKDOWN_ROWS - 1:]
+        rows = rows[:BREAKDOWN_ROWS - 1] + [{"value": f"({len(rest)} others)", "other": True,
+                                              "revenue": sum(r["revenue"] for r in rest),
+                                              "orders": sum(r["orders"] for r in rest),
+                                              "refunds": sum(r["refunds"] for r in rest)}]
+    return rows

@@ -21,7 +21,8 @@ def report_clv(top, refit, as_of, as_json) -> None:
 
     Example: crm report clv --fit --as-of 2026-03-31 --top 10 --json
     """
-    from crm_tasks.analytics.clv import clv_report, fit_clv
+    from crm_tasks.analytics.clv import fit_clv
+    from crm_tasks.analytics.figures import Figures
 
     if refit and as_of is None:
         raise click.UsageError("--fit needs --as-of DATE")
@@ -30,7 +31,7 @@ def report_clv(top, refit, as_of, as_json) -> None:
     db = store(as_json)
     with reported(as_json):
         fitted = fit_clv(db, settings(), as_of) if refit else None
-        report = clv_report(db, top)
+        report = Figures(db, settings()).clv(top)  # the night's stored report when it is current
     payload = report.to_dict() | ({"run": fitted.summary()} if fitted else {})
     lines = report.lines()
     if fitted:

@@ -115,6 +115,7 @@ def report_sales(by, start, end, category, store, segment, csv_path, refresh_as_
     Examples: crm report sales --by month --from 2026-01-01 --category grocery
               crm report sales --by week --segment rfm:at_risk --json
     """
+    from crm_tasks.analytics.figures import Figures
     from crm_tasks.analytics.sales import refresh_sales, sales_report
     from crm_tasks.results.reports import safe_cell
 
@@ -122,8 +123,11 @@ def report_sales(by, start, end, category, store, segment, csv_path, refresh_as_
     with reported(as_json):
         if refresh_as_of is not None:
             refresh_sales(db, settings(), refresh_as_of)
-        rows = [r.to_dict() for r in sales_report(db, settings(), by, start, end, category=category, store=store,
-                                                  segment=segment)]
+        if category or store or segment:
+            found = sales_report(db, settings(), by, start, end, category=category, store=store, segment=segment)
+        else:  # the night's stored report when it is current, as the sales page reads it
+            found = Figures(db, settings()).sales(by, start, end)
+        rows = [r.to_dict() for r in found]
     if csv_path is not None:
         out = io.StringIO()
         writer = csv.writer(out)
@@ -147,10 +151,10 @@ def report_kpis(as_of, months, as_json) -> None:
 
     Example: crm report kpis --as-of 2026-03-31 --months 6
     """
-    from crm_tasks.analytics.kpis import lifecycle_kpis
+    from crm_tasks.analytics.figures import Figures
 
     with reported(as_json):
-        rows = [k.to_dict() for k in lifecycle_kpis(store_engine(as_json), settings(), as_of, months)]
+        rows = [k.to_dict() for k in Figures(store_engine(as_json), settings()).kpis(as_of, months)]
     stages = ("new", "active", "at_risk", "churned", "reactivated")
     lines = ["month    " + " ".join(f"{s:>11}" for s in stages) + "   acquired  churn/12m  expansion  basket"]
     for r in rows:
@@ -172,14 +176,34 @@ def report_cohorts(as_of, months, as_json) -> None:
 
     Example: crm report cohorts --as-of 2026-03-31 --months 6
     """
-    from crm_tasks.analytics.kpis import cohort_matrix
+    from crm_tasks.analytics.figures import Figures
 
     with reported(as_json):
-        rows = [c.to_dict() for c in cohort_matrix(store_engine(as_json), settings(), as_of, months)]
+        rows = [c.to_dict() for c in Figures(store_engine(as_json), settings()).cohorts(as_of, months)]
     lines = ["cohort   customers  " + " ".join(f"{'m' + str(i):>6}" for i in range(months))]
     lines += [f"{r['month'][:7]}  {r['customers']:>9}  " + " ".join(f"{x:>6.0%}" for x in r["retention"])
               for r in rows]
     emit(as_json, {"cohorts": rows}, "\n".join(lines))
+
+
+@report_group.command("figures")
+@click.option("--as-of", "as_of", callback=parse_date, required=True,
+              help="The day the pages open on (YYYY-MM-DD); what crm_reports stores after the cube and the fits.")
+@json_output
+def report_figures(as_of, as_json) -> None:
+    """Store the reports the CRM pages open with (KPIs, cohorts, sales by day, week and month and their breakdowns, CLV), so that
+    the pages read them instead of recounting purchases; used while the data behind them is unchanged.
+
+    Example: crm report figures --as-of 2026-03-31
+    """
+    from crm_tasks.analytics.figures import store_figures
+
+    db = store_engine(as_json)
+    with reported(as_json):
+        result = store_figures(db, settings(), as_of)
+    emit(as_json, result.summary(), f"figures as of {as_of}: {result.reports} reports stored "
+                                    f"({result.seconds:.1f} s)" if result.reports else
+                                    f"figures as of {as_of}: not stored, the data changed while they were computed")
 
 from crm_tasks.cli.forecast import report_forecast
 

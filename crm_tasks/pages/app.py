@@ -15,12 +15,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from sqlalchemy import Engine
+from starlette.exceptions import HTTPException
 
 from crm_tasks.delivery.unsubscribe import create_app
-from crm_tasks.pages.routes import page_router
+from crm_tasks.pages.routes import page_router, render
 from crm_tasks.settings import settings
+
+# The e-mail endpoints answer mail readers and providers, not people in the UI: their errors stay as they are.
+PUBLIC = ("/unsubscribe", "/r/", "/o/", "/webhooks")
+HINTS = {401: "You are not logged in to Airflow, or your login expired: open the CRM from Airflow's menu "
+              "(Plugins, CRM) after logging in.",
+         403: "Your Airflow login does not allow this. Customer records, segment members and their exports "
+              "need Airflow's Admin or Op role; erase and restore need Admin. An Airflow admin can grant a role."}
 
 
 def create_crm_app(*, login: Callable, who: Callable, get_settings=settings, get_engine=None,
@@ -40,4 +49,17 @@ def create_crm_app(*, login: Callable, who: Callable, get_settings=settings, get
     app = create_app(get_settings, engine)
     app.title = "CRM"
     app.include_router(page_router(login, who, engine, get_settings, airflow_runs))
+
+    @app.exception_handler(HTTPException)
+    async def page_error(request: Request, exc: HTTPException):
+        """A page's refusal as a page (what went wrong and what to do), for a browser; JSON for anyone else."""
+        path = request.url.path.removeprefix(request.scope.get("root_path", ""))
+        if "text/html" not in request.headers.get("accept", "") or path.startswith(PUBLIC) or exc.status_code < 400:
+            return await http_exception_handler(request, exc)
+        response = render("error.html", status_code=exc.status_code, root="../" * max(path.count("/") - 1, 0),
+                          current=None, status=exc.status_code, detail=str(exc.detail), hint=HINTS.get(exc.status_code))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
     return app

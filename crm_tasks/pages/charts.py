@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from html import escape
 from itertools import count
 
+from crm_tasks.analytics.scales import nice_ticks
+
 # Mid-tone colours that read on a light and on a dark background alike.
 PALETTE = ("#3b82f6", "#f97316", "#10b981", "#a855f7", "#ef4444", "#eab308", "#06b6d4", "#ec4899", "#84cc16",
            "#8b5cf6", "#14b8a6", "#f43f5e")
@@ -48,22 +50,6 @@ class Chart:
     y_axis: str = ""
     width: int = 760
     height: int = 320
-
-
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values covering ``lo``..``hi`` (1, 2 or 5 times a power of ten apart)."""
-    if hi <= lo:
-        hi = lo + 1
-    raw = (hi - lo) / max(n - 1, 1)
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.floor(lo / step) * step
-    ticks = []
-    t = first
-    while t < hi + step * 0.999:
-        ticks.append(round(t, 10))
-        t += step
-    return ticks
 
 
 def tick_text(value: float) -> str:

@@ -21,12 +21,13 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, func, or_, select
+from sqlalchemy import Engine, func, or_, select, text
 
-from crm_tasks.analytics.clv import ClvReport, clv_report
+from crm_tasks.analytics.clv import ClvReport
+from crm_tasks.analytics.figures import MONTHS_SHOWN, Figures, overview_months, sales_start
 from crm_tasks.analytics.forecast import ForecastReport, forecast_report
-from crm_tasks.analytics.kpis import Cohort, MonthKpis, cohort_matrix, lifecycle_kpis
-from crm_tasks.analytics.sales import SalesRow, period_of, sales_report
+from crm_tasks.analytics.kpis import Cohort, MonthKpis
+from crm_tasks.analytics.sales import SalesRow, check_period, period_of, sales_report
 from crm_tasks.clock import months_up_to
 from crm_tasks.delivery import ledger
 from crm_tasks.errors import ConfigError
@@ -38,25 +39,19 @@ from crm_tasks.store.models import (
     CampaignRun,
     CleanupRun,
     Customer,
-    CustomerClv,
     IngestBatch,
     Message,
     MessageState,
     QuarantinedRow,
     RunStatus,
     SalesDaily,
-    SalesDailySegment,
     Segment,
     SegmentMembership,
     SegmentRun,
     SegmentSize,
 )
-from crm_tasks.store.types import to_base
 
 log = logging.getLogger(__name__)
-# How far back each period's chart reaches.
-SPAN = {"day": timedelta(days=89), "week": timedelta(weeks=25), "month": None}
-MONTHS_SHOWN = 12
 QUARANTINE_PAGE_SIZE = 50
 QUALITY_NIGHTS = 30
 FAILED_RUNS_SHOWN = 10
@@ -106,6 +101,10 @@ class Overview:
     freshness: dict | None = None  # the latest cleanup run's shares of active, at-risk and archived profiles
     # Airflow's own runs, when the plugin can read them: {"next": [...], "failed": [...]}, or {"error": "..."}.
     airflow: dict | None = None
+    # When the night stored the reports shown (None: computed live, the data changed since), and whether any
+    # report was computed live.
+    stored_at: datetime | None = None
+    live: bool = True
 
     def stage_change(self, stage: str) -> int | None:
         """The stage's customers now against a week before (None without a recompute then or now)."""
@@ -141,18 +140,19 @@ class Overview:
             "failed_runs": self.failed_runs,
             "week_ago": self.week_ago.isoformat() if self.week_ago else None, "stages_week_ago": self.stages_week_ago,
             "freshness": self.freshness, "airflow": self.airflow,
+            "stored_at": self.stored_at.isoformat() if self.stored_at else None, "live": self.live,
         }
 
 
 def overview(engine: Engine, cfg: Settings, as_of: date, airflow_runs: Callable[[], dict] | None = None) -> Overview:
     """``airflow_runs`` (the plugin's: it reads Airflow's metadata) gives the next scheduled campaign runs and
     the CRM DAGs' latest failed runs; without it (no Airflow) the page says they are not available."""
-    kpis = lifecycle_kpis(engine, cfg, as_of, months=1)
+    figures = Figures(engine, cfg)
+    kpis = figures.kpis(as_of, months=1)
     month = as_of.replace(day=1)
-    prev = months_up_to(month - timedelta(days=1), 1)[0]
-    by_month = {r.period: r for r in sales_report(engine, cfg, "month", prev, as_of)}
-    prev_end = min(prev + timedelta(days=as_of.day - 1), month - timedelta(days=1))
-    to_date = sales_report(engine, cfg, "month", prev, prev_end)
+    (prev, _), (_, prev_end) = overview_months(as_of)
+    by_month = {r.period: r for r in figures.sales("month", prev, as_of)}
+    to_date = figures.sales("month", prev, prev_end)
     forecast = _forecast(engine, cfg)
     rest = None
     if forecast is not None and forecast.days:
@@ -179,6 +179,7 @@ def overview(engine: Engine, cfg: Settings, as_of: date, airflow_runs: Callable[
         ingest_night=night, ingest=stored_report(engine, night, night) if night else None,
         failed_runs=failed_runs(engine), week_ago=week_ago, stages_week_ago=then,
         freshness=freshness(engine, as_of), airflow=_airflow(airflow_runs),
+        stored_at=figures.stored_at, live=figures.live,
     )
 
 
@@ -208,20 +209,26 @@ def freshness(engine: Engine, as_of: date) -> dict | None:
 
 
 # No library function lists failed runs yet: a run a guardrail blocked, or with messages that failed for
-# good or whose fate is unknown (test and dry runs aside), newest first. It counts the failed messages of
-# every run (messages has no index on state): at millions of messages this wants a stored count per run.
-def failed_runs(engine: Engine, limit: int = FAILED_RUNS_SHOWN) -> list[dict]:
+# good or whose fate is unknown (test and dry runs aside), newest first. The messages in trouble are read
+# from the partial index ix_messages_trouble, whose condition the query repeats word for word (SQLite uses a
+# partial index only for a WHERE it can match at prepare time: literals, not parameters).
+TROUBLE = text(f"messages.state IN ('{MessageState.FAILED.value}', '{MessageState.UNKNOWN.value}')")
+
+
+def failed_runs_query(limit: int):
     m, r = Message, CampaignRun
-    bad = (select(m.run_id, func.count().label("n")).where(m.state.in_([MessageState.FAILED, MessageState.UNKNOWN]),
-                                                          m.test.is_(False))
+    bad = (select(m.run_id, func.count().label("n")).where(TROUBLE, m.test.is_(False))
            .group_by(m.run_id).subquery())
-    stmt = (select(r.id, r.campaign, r.as_of, r.status, r.recipients, r.error, func.coalesce(bad.c.n, 0))
+    return (select(r.id, r.campaign, r.as_of, r.status, r.recipients, r.error, func.coalesce(bad.c.n, 0))
             .outerjoin(bad, bad.c.run_id == r.id)
             .where(r.dry_run.is_(False), r.test_run.is_(False), or_(r.status == RunStatus.BLOCKED, bad.c.n > 0))
             .order_by(r.created_at.desc(), r.id.desc()).limit(limit))
+
+
+def failed_runs(engine: Engine, limit: int = FAILED_RUNS_SHOWN) -> list[dict]:
     with engine.connect() as conn:
         return [{"run_id": i, "campaign": c, "as_of": a.isoformat(), "status": s, "recipients": n, "error": e,
-                 "failed_messages": int(f)} for i, c, a, s, n, e, f in conn.execute(stmt)]
+                 "failed_messages": int(f)} for i, c, a, s, n, e, f in conn.execute(failed_runs_query(limit))]
 
 
 # --- sales ----------------------------------------------------------------------------------------------
@@ -240,6 +247,9 @@ class SalesPage:
     filters: dict[str, str] = field(default_factory=dict)  # category, store or segment shown, if any
     breakdown: dict[str, list[dict]] = field(default_factory=dict)  # category|store|segment -> its totals
     clv_bins: list[dict] = field(default_factory=list)  # the distribution of the stored 12-month CLV
+    buyers: bool = True  # whether the rows count distinct buyers (a filter's are counted only when asked)
+    stored_at: datetime | None = None  # when the night stored the reports shown (None: all computed live)
+    live: bool = True  # whether any report shown was computed live
 
     @property
     def filtered(self) -> bool:
@@ -257,96 +267,37 @@ class SalesPage:
         return {"as_of": self.as_of.isoformat(), "by": self.by, "filters": self.filters,
                 "rows": [r.to_dict() for r in self.rows], "forecast_days": self.forecast_days,
                 "cohorts": [c.to_dict() for c in self.cohorts], "clv": self.clv.to_dict(),
-                "breakdown": self.breakdown, "clv_bins": self.clv_bins}
+                "breakdown": self.breakdown, "clv_bins": self.clv_bins, "buyers": self.buyers,
+                "stored_at": self.stored_at.isoformat() if self.stored_at else None, "live": self.live}
 
 
 def sales_page(engine: Engine, cfg: Settings, as_of: date, by: str, *, category: str | None = None,
-               store: str | None = None, segment: str | None = None) -> SalesPage:
+               store: str | None = None, segment: str | None = None, count_buyers: bool = False) -> SalesPage:
     """Raises ConfigError for a period that is not day, week or month, or a segment that is not one the cube
-    keeps, or a segment with a category or store (sales_report's own checks)."""
-    span = SPAN.get(by)
-    start = months_up_to(as_of, MONTHS_SHOWN)[0] if span is None else period_of(as_of - span, by)
+    keeps, or a segment with a category or store (sales_report's own checks).
+
+    All sales come from the night's stored reports. A category's, store's or segment's sales are read from
+    the cube live; their distinct buyers, a recount of the range's purchases (seconds at 10M purchases), only
+    with ``count_buyers``."""
+    check_period(by)
+    start = sales_start(as_of, by)
     filters = {k: v for k, v in (("category", category), ("store", store), ("segment", segment)) if v}
-    rows = sales_report(engine, cfg, by, start, as_of, category=category, store=store, segment=segment)
+    figures = Figures(engine, cfg)
+    if filters:
+        rows = sales_report(engine, cfg, by, start, as_of, category=category, store=store, segment=segment,
+                            buyers=count_buyers)
+    else:
+        rows = figures.sales(by, start, as_of)
     periods, p = [], period_of(start, by)
     while p <= as_of:
         periods.append(p.isoformat())
         p = {"day": p + timedelta(days=1), "week": p + timedelta(days=7),
              "month": (p + timedelta(days=32)).replace(day=1)}[by]
-    return SalesPage(as_of, by, start, rows, periods, _forecast(engine, cfg),
-                     cohort_matrix(engine, cfg, as_of, MONTHS_SHOWN), clv_report(engine, top=20), filters,
-                     {d: sales_breakdown(engine, cfg, start, as_of, d) for d in BREAKDOWNS}, clv_distribution(engine))
-
-
-BREAKDOWNS = ("category", "store", "segment")
-BREAKDOWN_ROWS = 50  # the largest values of a dimension shown (stores can be many); the rest are summed
-
-
-# sales_report answers for one category, store or segment at a time; the page's breakdown wants every
-# value's total over the range at once: one grouped read of the cube (its primary key leads with the day),
-# each currency's exact sum converted once, as sales_report converts.
-def sales_breakdown(engine: Engine, cfg: Settings, start: date, end: date, dimension: str) -> list[dict]:
-    """Net revenue, orders and refunds of each category, store or segment from ``start`` to ``end``, the
-    largest revenue first (segments: each family adds up to the total, so they sort by name)."""
-    cube = SalesDailySegment if dimension == "segment" else SalesDaily
-    column = {"category": SalesDaily.category, "store": SalesDaily.store_id,
-              "segment": SalesDailySegment.segment}[dimension]
-    stmt = (select(column, cube.currency, func.sum(cube.revenue), func.sum(cube.orders), func.sum(cube.refunds))
-            .where(cube.day >= start, cube.day <= end).group_by(column, cube.currency))
-    rates, base = cfg.segments.exchange_rates, cfg.segments.base_currency
-    totals: dict[str, dict] = defaultdict(lambda: {"revenue": Decimal(0), "orders": 0, "refunds": 0})
-    with engine.connect() as conn:
-        for value, currency, revenue, orders, refunds in conn.execute(stmt):
-            t = totals[value]
-            t["revenue"] += to_base(Decimal(revenue), currency, rates, base)
-            t["orders"] += int(orders)
-            t["refunds"] += int(refunds)
-    rows = [{"value": v, **t} for v, t in totals.items()]
-    if dimension == "segment":
-        return sorted(rows, key=lambda r: r["value"])
-    rows.sort(key=lambda r: (-r["revenue"], r["value"]))
-    if len(rows) > BREAKDOWN_ROWS:
-        rest = rows[BREAKDOWN_ROWS - 1:]
-        rows = rows[:BREAKDOWN_ROWS - 1] + [{"value": f"({len(rest)} others)", "other": True,
-                                              "revenue": sum(r["revenue"] for r in rest),
-                                              "orders": sum(r["orders"] for r in rest),
-                                              "refunds": sum(r["refunds"] for r in rest)}]
-    return rows
-
-
-CLV_BINS = 10
-
-
-# No library function returns the distribution: one pass over customer_clv, a SUM(CASE) per bin of round
-# width (the bins' edges from the highest score), on both dialects alike.
-def clv_distribution(engine: Engine, bins: int = CLV_BINS) -> list[dict]:
-    """Scored customers per range of 12-month CLV ([low, high), the last range closed), and those without a
-    CLV (no repeat purchase day to value) as a range with no bounds; empty before the first fit."""
-    from sqlalchemy import case
-
-    from crm_tasks.pages.charts import nice_ticks
-
-    c = CustomerClv.clv_12m
-    with engine.connect() as conn:
-        lo, hi, n, unvalued = conn.execute(select(func.min(c), func.max(c), func.count(),
-                                                  func.count().filter(c.is_(None)))
-                                           .select_from(CustomerClv)).one()
-        if not n:
-            return []
-        out = []
-        if lo is not None:
-            edges = nice_ticks(min(0.0, float(lo)), float(hi), bins)
-            if len(edges) < 2:
-                edges = [edges[0], edges[0] + 1]
-            conds = [(c >= edges[i]) & ((c < edges[i + 1]) if i < len(edges) - 2 else (c <= edges[i + 1]))
-                     for i in range(len(edges) - 1)]
-            counts = conn.execute(select(*[func.sum(case((cond, 1), else_=0)) for cond in conds])
-                                  .select_from(CustomerClv)).one()
-            out = [{"low": edges[i], "high": edges[i + 1], "customers": int(counts[i] or 0)}
-                   for i in range(len(edges) - 1)]
-        if unvalued:
-            out.append({"low": None, "high": None, "customers": int(unvalued)})
-    return out
+    page = SalesPage(as_of, by, start, rows, periods, _forecast(engine, cfg), figures.cohorts(as_of, MONTHS_SHOWN),
+                     figures.clv(), filters, figures.breakdown(start, as_of),
+                     figures.clv_bins(), buyers=not filters or count_buyers)
+    page.stored_at, page.live = figures.stored_at, figures.live
+    return page
 
 
 # --- data quality ---------------------------------------------------------------------------------------

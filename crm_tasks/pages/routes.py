@@ -126,11 +126,11 @@ def page_router(login: Callable, who: Callable, engine: Callable[[], Engine],
     @router.get("/sales", response_class=HTMLResponse)
     def sales(as_of: date | None = None, by: str = Query("day", pattern="^(day|week|month)$"),
               category: str | None = Query(None, max_length=64), store: str | None = Query(None, max_length=64),
-              segment: str | None = Query(None, max_length=64)):
+              segment: str | None = Query(None, max_length=64), buyers: bool = False):
         day = as_of_or_default(as_of)
         try:
             page = data.sales_page(engine(), get_settings(), day, by, category=category or None,
-                                   store=store or None, segment=segment or None)
+                                   store=store or None, segment=segment or None, count_buyers=buyers)
         except ConfigError as exc:
             raise HTTPException(400, str(exc)) from exc
         revenue_chart, orders_chart = sales_charts(page, get_settings().segments.base_currency)

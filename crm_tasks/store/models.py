@@ -410,6 +410,9 @@ class Message(Base):
         Index("ix_messages_state", "campaign", "state"),
         # Late bounces and complaints name their message by its Message-ID.
         Index("ix_messages_message_id", "message_id"),
+        # The overview's failed runs: only the few messages in trouble, so the page does not scan the ledger.
+        Index("ix_messages_trouble", "run_id", sqlite_where=text("state IN ('failed', 'unknown')"),
+              postgresql_where=text("state IN ('failed', 'unknown')")),
     )
 
 
@@ -971,6 +974,20 @@ class DerivedZone(Base):
     timezone: Mapped[str] = mapped_column(String(64))  # IANA
 
 
+class ReportFigure(Base):
+    """A report the CRM pages open with, stored by the nightly reports run (``crm_tasks/analytics/figures.py``):
+    read instead of recounted while ``state``, the fingerprint of the data it was computed from, still holds."""
+
+    __tablename__ = "report_figures"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)  # kpis, cohorts, sales, clv, clv_bins
+    params: Mapped[str] = mapped_column(String(200), primary_key=True)  # its arguments, canonical JSON
+    state: Mapped[str] = mapped_column(String(64))
+    body: Mapped[dict] = mapped_column(Json)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
 __all__ = [
     "AddressBounce",
     "ArchiveStatus",
@@ -1011,6 +1028,7 @@ __all__ = [
     "RecommendationEvaluation",
     "RecommendationImpression",
     "RecommendationRun",
+    "ReportFigure",
     "RevenueForecast",
     "RunStatus",
     "SalesDaily",

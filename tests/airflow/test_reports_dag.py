@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
+from crm_tasks.analytics.figures import Figures
 from crm_tasks.clock import report_as_of
 from crm_tasks.store.models import CampaignResult, ControlResult, Message, SalesDaily
 from tests.factories import add_customers, buy, campaign, plan
@@ -62,3 +63,7 @@ def test_a_run_measures_every_campaign_run_and_the_control_group(reports_bag, ai
     assert date(2026, 2, 1) in months and len(set(months)) == use_settings.results.control_months
     assert max(months) - min(months) < timedelta(days=366)
     assert cube == [(date(2026, 2, 3), 100, 100)]  # the sales cube task ran too
+    # ... and after it the figures the pages open with, for the run's date, current for the data as it is.
+    figures = Figures(engine, use_settings)
+    february = figures.sales("month", date(2026, 1, 1), date(2026, 2, 20))
+    assert not figures.live and [(r.period, r.orders, r.buyers) for r in february] == [("2026-02-01", 100, 100)]

@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from crm_tasks.analytics.clv import clv_report
+from crm_tasks.analytics.clv import clv_distribution, clv_report
 from crm_tasks.analytics.kpis import cohort_matrix, lifecycle_kpis
 from crm_tasks.analytics.sales import sales_report
 from crm_tasks.cli import main
-from crm_tasks.pages.data import QUARANTINE_PAGE_SIZE, clv_distribution
+from crm_tasks.pages.data import QUARANTINE_PAGE_SIZE
 from crm_tasks.results.reports import campaign_report
 from crm_tasks.segments.history import list_segments, transitions
 from crm_tasks.settings import settings

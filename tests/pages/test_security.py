@@ -127,6 +127,21 @@ def test_viewers_and_users_get_403_on_every_customer_level_route_and_ops_on_eras
             assert method == "GET", (method, path)
 
 
+def test_a_browser_is_told_in_a_page_what_went_wrong_and_what_to_do(plugin_app, tokens):
+    html = {"Accept": "text/html,application/xhtml+xml"}
+    viewer = browser(plugin_app, tokens["viewer"])
+    refused = viewer.get("/customers/C1", headers=html)
+    assert refused.status_code == 403 and refused.headers["content-type"].startswith("text/html")
+    page = refused.text
+    assert "<h1>Not allowed</h1>" in page and "Admin or Op role" in page and 'href="../overview"' in page
+    assert refused.headers["Cache-Control"] == "no-store"
+    anonymous = TestClient(plugin_app).get("/overview", headers=html)
+    assert anonymous.status_code == 401 and "<h1>Not logged in</h1>" in anonymous.text
+    # A script asking for JSON still gets JSON, and the e-mail endpoints keep their own answers.
+    assert viewer.get("/customers/C1").json()["detail"].startswith("this page needs")
+    assert "Not logged in" not in TestClient(plugin_app).get("/unsubscribe/not-a-token", headers=html).text
+
+
 def test_the_menu_opens_each_page_inside_the_ui():
     views = _plugin().external_views
     assert {v["href"] for v in views} == {f"crm{p}" for p in PAGES}
