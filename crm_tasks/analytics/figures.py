@@ -31,6 +31,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select
 
 from crm_tasks.analytics.clv import ClvReport, clv_distribution, clv_report
 from crm_tasks.analytics.kpis import Cohort, MonthKpis, cohort_matrix, lifecycle_kpis
+from crm_tasks.analytics.purchase_days import refresh_purchase_days
 from crm_tasks.analytics.sales import BREAKDOWNS, PERIODS, SalesRow, period_of, sales_breakdown, sales_report
 from crm_tasks.clock import months_up_to
 from crm_tasks.settings import Settings
@@ -226,6 +227,9 @@ def store_figures(engine: Engine, cfg: Settings, as_of: date) -> StoreResult:
     """Compute and store the opening reports of ``as_of`` under the data's fingerprint now, dropping every
     stored report of an older fingerprint (no page could use it again). Re-running replaces."""
     started = time.perf_counter()
+    # All sales' distinct buyers are counted from the purchase days when none waits to be recomputed (the
+    # CLV fit drains the queue too; a night whose fit failed must not fall back to counting purchases).
+    refresh_purchase_days(engine, cfg)
     with engine.connect() as conn:
         state = data_state(conn, cfg)
     rows, took = [], {}

@@ -44,6 +44,8 @@ from crm_tasks.errors import ConfigError
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import (
+    CustomerDaysDirty,
+    DerivedZone,
     Purchase,
     SalesDaily,
     SalesDailySegment,
@@ -400,7 +402,11 @@ def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | N
             t["refunds"] += refunds
             t["items"] += items
         if totals and buyers:
-            distinct = _distinct_buyers(conn, cfg, by, min(totals), max(totals), category, store, segment)
+            # Buyers of the days the rows cover, as the money and orders are: a period cut by start or end
+            # counts only its days in the range.
+            days = [row[0] for row in rows]
+            span = (start or min(days), end or max(days))
+            distinct = _distinct_buyers(conn, cfg, by, span, category, store, segment)
             for p, t in totals.items():
                 t["buyers"], t["new_buyers"] = distinct.get(p, (0, 0))
     out = []
@@ -415,17 +421,57 @@ def sales_report(engine: Engine, cfg: Settings, by: str = "day", start: date | N
     return out
 
 
-def _distinct_buyers(conn: Connection, cfg: Settings, by: str, first: date, last: date, category: str | None,
+# All sales' distinct buyers from each customer's purchase days (customer_days: a row per customer, local day
+# and currency with orders, counts_day on one currency of a day, first_day on the customer's first purchase
+# day) instead of the range's purchases: one pass in key order, where a customer's day starts their week or
+# month when their previous purchase day in the range falls before that week's or month's first day. Per
+# day, so that weeks and months add up in Python. ((day + 3) % 7 is the weekday, Monday 0: 1970-01-01 was a
+# Thursday.)
+_BUYERS_FROM_DAYS = """
+SELECT d.day, COUNT(*), SUM(CASE WHEN d.first_day THEN 1 ELSE 0 END),
+       SUM(CASE WHEN d.prev IS NULL OR d.prev < d.day - (d.day + 3) % 7 THEN 1 ELSE 0 END),
+       SUM(CASE WHEN d.prev IS NULL OR d.prev < {month_start} THEN 1 ELSE 0 END)
+FROM (SELECT day, first_day, LAG(day) OVER (PARTITION BY customer_id ORDER BY day) AS prev
+      FROM customer_days WHERE counts_day AND day >= :lo AND day <= :hi) d
+GROUP BY d.day
+"""
+
+
+def _days_are_current(conn: Connection, cfg: Settings) -> bool:
+    """Whether customer_days holds every purchase day: built in crm.yaml's zone, and no customer queued."""
+    built = conn.execute(select(DerivedZone.timezone).where(DerivedZone.name == "customer_days")).scalar()
+    return built == cfg.timezone and conn.execute(select(CustomerDaysDirty.customer_id).limit(1)).first() is None
+
+
+def _buyers_from_days(conn: Connection, by: str, span: tuple[date, date]) -> dict[date, tuple[int, int]]:
+    lo, hi = (span[0] - EPOCH).days, (span[1] - EPOCH).days
+    rows = sql.execute(conn, _BUYERS_FROM_DAYS.format(month_start=sql.month_start_day_number(
+        "d.day", conn.dialect.name)), {"lo": lo, "hi": hi})
+    out: dict[date, list[int]] = defaultdict(lambda: [0, 0])
+    for day_no, buyers, new, first_in_week, first_in_month in rows:
+        day = EPOCH + timedelta(days=int(day_no))
+        counted = {"day": buyers, "week": first_in_week, "month": first_in_month}[by]
+        t = out[period_of(day, by)]
+        t[0] += int(counted)
+        t[1] += int(new)
+    return {p: (b, n) for p, (b, n) in out.items()}
+
+
+def _distinct_buyers(conn: Connection, cfg: Settings, by: str, span: tuple[date, date], category: str | None,
                      store: str | None, segment: str | None) -> dict[date, tuple[int, int]]:
-    """(buyers, new buyers) per day, week or month from the period starting ``first`` to the one starting
-    ``last``; a day's number is its period for days, a CASE over the periods' first days otherwise."""
-    periods = [first]
+    """(buyers, new buyers) per day, week or month of the days ``span`` covers (first and last inclusive):
+    of all sales from the purchase days when they are current, else (and for one category, store or
+    segment) from the range's purchases, where a day's number is its period for days, a CASE over the
+    periods' first days otherwise."""
+    periods = [period_of(span[0], by)]
     step = {"day": lambda d: d + timedelta(days=1), "week": lambda d: d + timedelta(days=7),
             "month": lambda d: (d + timedelta(days=32)).replace(day=1)}[by]
-    while periods[-1] < last:
+    while step(periods[-1]) <= span[1]:
         periods.append(step(periods[-1]))
-    lo = cutoff_for(first - timedelta(days=1), cfg.timezone)
-    hi = cutoff_for(step(periods[-1]) - timedelta(days=1), cfg.timezone)
+    if not (category or store or segment) and _days_are_current(conn, cfg):
+        return _buyers_from_days(conn, by, span)
+    lo = cutoff_for(span[0] - timedelta(days=1), cfg.timezone)
+    hi = cutoff_for(span[1], cfg.timezone)
     params: dict = {"lo": lo, "hi": hi}
     filters = ""
     if category:
@@ -452,7 +498,7 @@ def _distinct_buyers(conn: Connection, cfg: Settings, by: str, first: date, last
             whens = " ".join(f"WHEN {expr} < :pb_{i} THEN {i}" for i in range(len(bounds)))
             return f"(CASE WHEN {expr} < :pb_lo THEN -1 {whens} ELSE {len(bounds)} END)"
 
-        params["pb_lo"] = (periods[0] - EPOCH).days
+        params["pb_lo"] = (span[0] - EPOCH).days  # a first order before the range is not new in it
         period, first_period, key = case(day), case(first_day), (lambda n: periods[n])
     counted = sql.execute(conn, _BUYERS.format(period=period, first_period=first_period, filters=filters), params,
                           lo=UtcDateTime(), hi=UtcDateTime())

@@ -99,6 +99,13 @@ def date_of_day_number(expr: str, dialect: str) -> str:
     return f"(DATE '1970-01-01' + CAST({expr} AS INTEGER))"
 
 
+def month_start_day_number(expr: str, dialect: str) -> str:
+    """The day number (days since 1970-01-01) of the first day of the month of day number ``expr``."""
+    if dialect == "sqlite":
+        return f"CAST(julianday(({expr}) * 86400, 'unixepoch', 'start of month') - 2440587.5 AS INTEGER)"
+    return f"(CAST(date_trunc('month', DATE '1970-01-01' + CAST({expr} AS INTEGER)) AS DATE) - DATE '1970-01-01')"
+
+
 def utc_date(column: str, dialect: str) -> str:
     """The UTC date of a timestamp column, cheaply (a grouping key): text 'YYYY-MM-DD' on SQLite (the stored
     form's prefix), a date on PostgreSQL."""

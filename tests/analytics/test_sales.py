@@ -268,3 +268,57 @@ def test_the_cube_by_segment_counts_each_purchase_under_the_segment_of_the_day_b
         sales_report(engine, cfg, "month", segment="champions")
     with pytest.raises(ConfigError, match="cannot be combined"):
         sales_report(engine, cfg, "month", segment="rfm:champions", category="toys")
+
+
+# --- distinct buyers from the purchase days ------------------------------------------------------------------
+
+
+def _buyers_reference(engine, by: str, first: date, last: date) -> dict:
+    """Distinct buyers and new buyers per period of the days first..last, from every purchase (Python)."""
+    from crm_tasks.analytics.sales import period_of
+
+    with engine.connect() as conn:
+        purchases = conn.execute(select(Purchase.customer_id, Purchase.purchased_at, Purchase.amount)).all()
+    zone = ZoneInfo(TZ)
+    orders = [(c, at.astimezone(zone).date()) for c, at, a in purchases if a >= 0]
+    first_order: dict[str, date] = {}
+    for c, d in orders:
+        first_order[c] = min(first_order.get(c, d), d)
+    buyers: dict = defaultdict(set)
+    for c, d in orders:
+        if first <= d <= last:
+            buyers[period_of(d, by)].add(c)
+    return {p: (len(who), sum(first <= first_order[c] <= last and period_of(first_order[c], by) == p for c in who))
+            for p, who in buyers.items()}
+
+
+@pytest.mark.parametrize("by", ["day", "week", "month"])
+def test_distinct_buyers_from_the_purchase_days_equal_a_count_of_the_purchases(engine, cfg, by):
+    import random
+
+    from crm_tasks.analytics.purchase_days import refresh_purchase_days
+    from crm_tasks.store.models import CustomerDaysDirty
+
+    rng = random.Random(7)
+    rows = []
+    for _ in range(900):
+        c = f"C{rng.randrange(120)}"
+        at = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(150 * 24 * 60))
+        amount = rng.choice(["-5", "12.5", "40", "99"]) if rng.random() < 0.15 else str(rng.randrange(1, 300))
+        rows.append((c, at, amount, rng.choice(["INR", "INR", "PKR"]), "S0", rng.choice(["toys", "home"]), 1))
+    _buy(engine, rows)
+    refresh_sales(engine, cfg, date(2026, 6, 30))
+    refresh_purchase_days(engine, cfg)
+    # Whole periods, and a range cut mid-period at both ends (as the CLI's --from and --to allow).
+    for first, last in ((date(2026, 1, 1), date(2026, 5, 31)), (date(2026, 1, 14), date(2026, 4, 17))):
+        fast = sales_report(engine, cfg, by, first, last)
+        expected = _buyers_reference(engine, by, first, last)
+        assert {r.period: (r.buyers, r.new_buyers) for r in fast} == \
+            {p.isoformat(): v for p, v in expected.items()}, (first, last)
+        # The count from the range's purchases (used while a customer's days wait to be recomputed) agrees.
+        with engine.begin() as conn:
+            conn.execute(insert(CustomerDaysDirty).values(customer_id="C0"))
+        assert sales_report(engine, cfg, by, first, last) == fast
+        with engine.begin() as conn:
+            conn.execute(delete(CustomerDaysDirty))
+    assert sum(r.new_buyers for r in sales_report(engine, cfg, "month")) == len({r[0] for r in rows if r[2][0] != "-"})
