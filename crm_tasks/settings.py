@@ -120,14 +120,28 @@ class CampaignSettings(BaseModel):
     # The template languages; every other customer locale falls back to the first.
     locales: list[str] = ["en", "hi", "te", "fa", "ur"]
     frequency_cap: FrequencyCap = FrequencyCap()  # a campaign may set its own
-    recommendations: int = Field(3, ge=0, le=10)  # best sellers of the customer's favourite category
-    recommendation_days: int = Field(90, ge=1)  # ...over this many days before the run
+    # Products shown in an e-mail: the first of the customer's stored recommendations (customer_recommendations);
+    # for a customer without a list, the best sellers of their favourite category over recommendation_days.
+    recommendations: int = Field(3, ge=0, le=10)
+    recommendation_days: int = Field(90, ge=1)
+    # The shop every e-mail's call to action links to (a coupon with a landing page links there instead);
+    # shop links carry utm_source=<utm_source>, utm_medium=email, utm_campaign and utm_content (the A/B variant).
+    shop_url: str = "https://shop.example.com/"
+    utm_source: str = Field("crm", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     tracking: TrackingSettings = TrackingSettings()
 
     @field_validator("folder", "templates")
     @classmethod
     def _relative(cls, v: Path) -> Path:
         return v if v.is_absolute() else REPO_ROOT / v
+
+    @field_validator("shop_url")
+    @classmethod
+    def _shop(cls, v: str) -> str:
+        if not re.fullmatch(r"https://[^\s/?#\"'<>]+(/[^\s#\"'<>]*)?", v):
+            raise ValueError("must be an https URL, for example https://shop.example.com/ (links in e-mails are "
+                             "https only)")
+        return v
 
     @field_validator("unsubscribe_url")
     @classmethod

@@ -74,6 +74,9 @@ echo
 echo "Moves between segments since $SINCE (the most frequent first):"
 "$BIN/crm" segments transitions --since "$SINCE" | sed -n '2,11p'
 echo
+echo "==> Recommendations as of $END: co-purchase statistics and each customer's products, for the e-mails"
+"$BIN/crm" recommendations refresh --as-of "$END" | sed "s/^/    /"
+echo
 echo "==> Campaigns: each shipped campaign planned for the first day from $END on which it has recipients"
 echo "    (a preview: nothing is stored or sent; days after $END are time travel)"
 rm -f var/log/demo-campaign-days.txt

@@ -101,9 +101,18 @@ class CouponSettings(_Strict):
     value: Decimal = Field(gt=0)
     currency: str | None = None  # required for amount coupons
     valid_days: int = Field(30, ge=1, le=730)  # redeemable up to and including the send day + valid_days
+    # The coupon's own landing page: the e-mail's call to action goes there instead of the shop (UTM added).
+    landing_url: str | None = Field(None, max_length=500)
 
     @model_validator(mode="after")
     def _consistent(self) -> CouponSettings:
+        if self.landing_url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.landing_url)
+            if parts.scheme != "https" or not parts.netloc:
+                raise ValueError(f"landing_url {self.landing_url!r} is not an https address; write one like "
+                                 "https://shop.example.com/offers/spring")
         if self.type == "percent" and self.value > 100:
             raise ValueError(f"a percent coupon cannot be worth {self.value}%; write a value up to 100")
         if self.type == "amount" and not self.currency:

@@ -11,10 +11,13 @@ A run, for one campaign and one date:
    so the same customers stay in the control group run after run);
 4. applies the guardrails: more recipients than ``max_audience``, or far more
    than the previous run, blocks the run before anything is planned for sending;
-5. issues coupons and renders every message, so that one bad template or
-   profile fails the run before any message is handed to delivery;
-6. records the run, its plan and (unless a dry run) the ledger rows, in one
-   transaction; re-running a date replaces what it planned and has not sent.
+5. issues coupons and renders every message, with the products it shows (the
+   customer's stored recommendations, else their favourite category's best
+   sellers), so that one bad template or profile fails the run before any
+   message is handed to delivery;
+6. records the run, its plan and (unless a dry run) the ledger rows and the
+   products shown, in one transaction; re-running a date replaces what it
+   planned and has not sent.
 
 The exclusions and the holdout are vectorised over the audience (pandas and
 set-based SQL); only rendering touches one message at a time.
@@ -33,8 +36,9 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 from croniter import croniter
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, delete, distinct, func, insert, select, text, update
 
+from crm_tasks.analytics.recommendations import LOCALISED_NAMES, POPULAR, Recommendation, recommendations_for
 from crm_tasks.campaigns.audience import select_audience
 from crm_tasks.campaigns.coupons import unique_codes
 from crm_tasks.campaigns.definitions import Campaign
@@ -44,7 +48,7 @@ from crm_tasks.errors import CampaignBlocked, RenderError
 from crm_tasks.messages.mime import message_id_for
 from crm_tasks.messages.render import Renderer, language_of, message_context, renderer_for
 from crm_tasks.settings import Settings
-from crm_tasks.store.bulk import rows_in
+from crm_tasks.store.bulk import IN_CHUNK, bulk_insert, rows_in
 from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import (
     CampaignPlanRow,
@@ -53,6 +57,7 @@ from crm_tasks.store.models import (
     CustomerMetrics,
     Message,
     MessageState,
+    Product,
     Purchase,
     RunStatus,
     Suppression,
@@ -262,13 +267,9 @@ def _previous_run(conn: Connection, campaign: str, exclude: list[int]):
     return conn.execute(query).first()
 
 
-def _personalisation(conn: Connection, customers: list[str], as_of: date, cutoff: datetime,
-                     cfg: Settings) -> tuple[dict, dict, dict]:
-    """Favourite category and first purchase per customer, and best sellers per category.
-
-    The favourite is that of the customer's main currency (most orders); best sellers
-    are the SKUs sold most (by quantity) over the configured days before the cutoff.
-    """
+def _personalisation(conn: Connection, customers: list[str]) -> tuple[dict, dict]:
+    """Favourite category and first purchase per customer. The favourite is that of the customer's main
+    currency (most orders)."""
     cm = CustomerMetrics
     totals = pd.DataFrame(rows_in(conn, select(cm.customer_id, cm.favourite_category, cm.orders,
                                                cm.first_purchase_at), cm.customer_id, customers),
@@ -279,18 +280,51 @@ def _personalisation(conn: Connection, customers: list[str], as_of: date, cutoff
     favourite = dict(zip(main["customer_id"], main["category"], strict=True))
     earliest = totals[totals["first"].notna()].groupby("customer_id")["first"].min()
     first = {cid: ts.to_pydatetime() for cid, ts in earliest.items()}
-    top: dict[str, list[str]] = {}
-    if cfg.campaigns.recommendations and customers:
-        p = Purchase
-        start = cutoff - timedelta(days=cfg.campaigns.recommendation_days)
-        sold = conn.execute(select(p.category, p.sku, func.sum(p.quantity).label("q"))
-                            .where(p.purchased_at >= start, p.purchased_at < cutoff, p.quantity > 0)
-                            .group_by(p.category, p.sku)).all()
-        frame = pd.DataFrame(sold, columns=["category", "sku", "q"]).sort_values(["category", "q", "sku"],
-                                                                                   ascending=[True, False, True])
-        for cat, group in frame.groupby("category"):
-            top[cat] = group["sku"].head(cfg.campaigns.recommendations).tolist()
-    return favourite, first, top
+    return favourite, first
+
+
+def _stored_products(conn: Connection, customers: list[str], cfg: Settings) -> dict[str, list[Recommendation]]:
+    """Each customer's stored recommendations (``customer_recommendations``, refreshed nightly), best first,
+    with the catalogue's names, prices and links: one query per IN_CHUNK customers, never one per customer.
+    They are read through the engine (``recommendations_for`` opens its own connection): the lists are
+    written by the nightly refresh, not by this transaction."""
+    if not cfg.campaigns.recommendations or not customers:
+        return {}
+    out: dict[str, list[Recommendation]] = {}
+    shown = cfg.campaigns.recommendations
+    for chunk in _chunks(customers, IN_CHUNK):
+        out.update((c, lines[:shown]) for c, lines in recommendations_for(conn.engine, chunk).items())
+    return out
+
+
+def _best_sellers(conn: Connection, cutoff: datetime, cfg: Settings,
+                  categories: set[str]) -> dict[str, list[Recommendation]]:
+    """The fallback for customers without a stored list (new since the last refresh, or no refresh yet):
+    per category, the in-stock catalogue products most customers bought over ``recommendation_days`` before
+    the cutoff, most buyers first (then SKU). Products sold but not in the catalogue have no name, price or
+    link to show, and are left out. One aggregate over the window's purchases (``ix_purchases_time``)."""
+    if not cfg.campaigns.recommendations or not categories:
+        return {}
+    p, d = Purchase, Product
+    start = cutoff - timedelta(days=cfg.campaigns.recommendation_days)
+    sold = (select(p.sku, func.count(distinct(p.customer_id)).label("buyers"))
+            .where(p.purchased_at >= start, p.purchased_at < cutoff, p.quantity > 0,
+                   p.category.in_(sorted(categories)))
+            .group_by(p.sku).subquery())
+    names = [getattr(d, f"name_{lang}") for lang in LOCALISED_NAMES]
+    rows = conn.execute(select(d.sku, d.name, *names, d.category, d.price, d.currency, d.url, d.image_url,
+                               sold.c.buyers)
+                        .join(sold, sold.c.sku == d.sku)
+                        .where(d.in_stock.is_(True), d.category.in_(sorted(categories)))).all()
+    rows.sort(key=lambda r: (r.category, -r.buyers, r.sku))
+    top: dict[str, list[Recommendation]] = {}
+    for r in rows:
+        picks = top.setdefault(r.category, [])
+        if len(picks) < cfg.campaigns.recommendations:
+            localised = {lang: getattr(r, f"name_{lang}") for lang in LOCALISED_NAMES if getattr(r, f"name_{lang}")}
+            picks.append(Recommendation("", len(picks) + 1, r.sku, POPULAR, None, None, int(r.buyers), r.name,
+                                        localised, r.category, r.price, r.currency, r.url, r.image_url))
+    return top
 
 
 def _whole_years(since: date, until: date) -> int:
@@ -517,13 +551,22 @@ def _coupon_codes(conn: Connection, campaign: Campaign, frame: pd.DataFrame, sen
 
 def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, rows: pd.DataFrame,
                    renderer: Renderer, cutoff: datetime) -> list[dict]:
-    """The render context of every row (profile columns, lang, years, coupon_code), each rendered once
-    to prove it renders: one bad template or profile fails the whole run, before anything is stored."""
+    """The render context of every row (profile columns, lang, years, coupon_code, variant), each rendered
+    once to prove it renders: one bad template or profile fails the whole run, before anything is stored.
+    The products shown are the customer's stored recommendations, else their favourite category's best
+    sellers."""
     if rows.empty:
         return []
-    favourite, first, top = _personalisation(conn, rows["customer_id"].tolist(), as_of, cutoff, cfg)
+    customers = rows["customer_id"].tolist()
+    favourite, first = _personalisation(conn, customers)
+    stored = _stored_products(conn, customers, cfg)
+    # Only a customer without a stored list gets the best sellers of their favourite category.
+    fallback = _best_sellers(conn, cutoff, cfg, {favourite[c] for c in customers
+                                                 if c not in stored and c in favourite})
     labels = {lang: renderer.labels(lang, "category.") for lang in renderer.languages}
+    texts = {lang: renderer.labels(lang, "product.") for lang in renderer.languages}
     coupon = campaign.coupon
+    landing = getattr(coupon, "landing_url", None)  # a coupon's own landing page, where its campaign names one
     expires = as_of + timedelta(days=coupon.valid_days) if coupon else None
     signing = load_keys(conn, cfg).signing
     variants = {v.name: v for v in campaign.variants}
@@ -536,11 +579,13 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
             occasion_date=as_of, years=None if pd.isna(r.years) else int(r.years),
             years_as_customer=_whole_years(fp.astimezone(ZoneInfo(r.timezone)).date(), as_of) if fp else 0,
             favourite_category=fav,
-            recommendations=[(sku, fav) for sku in top.get(fav, [])] if fav else [],
+            recommendations=stored.get(r.customer_id) or fallback.get(fav, []),
             coupon=None if coupon is None else {"code": r.coupon_code, "value": coupon.value, "type": coupon.type,
-                                                "currency": coupon.currency, "expires_on": expires},
+                                                "currency": coupon.currency, "expires_on": expires,
+                                                "landing_url": landing},
             unsubscribe_url=f"{cfg.campaigns.unsubscribe_url}/{unsubscribe_token(r.customer_id, signing)}",
-            labels=labels[r.lang],
+            labels=labels[r.lang], texts=texts[r.lang],
+            variant=r.variant if isinstance(r.variant, str) else None,
         )
         if (variant := variants.get(r.variant)) is not None and (subject := variant.subject_for(r.lang)):
             ctx["variant_subject"] = subject
@@ -580,6 +625,8 @@ def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime,
                    test_recipient=test_recipient, lateness=lateness_limit(campaign, as_of))
     if campaign.coupon is not None:
         _insert_coupons(conn, campaign, result.run_id, rows, prefix, as_of)
+    if test_recipient is None:
+        _insert_impressions(conn, rows, contexts, as_of)
 
 
 def _replace_runs(conn: Connection, replaced: list[int]) -> int:
@@ -634,6 +681,19 @@ def _insert_ledger(conn: Connection, campaign: Campaign, run_id: int, rows: pd.D
     ]
     for chunk in _chunks(messages, 2000):
         conn.execute(insert(Message), chunk)
+
+
+def _insert_impressions(conn: Connection, rows: pd.DataFrame, contexts: list[dict], as_of: date) -> None:
+    """The products each message shows (``recommendation_impressions``): the nightly refresh leaves them out
+    of the customer's list for ``recommendations.recent_days``. Recorded when the message is planned for
+    sending (a message suppressed or expired later still counts as shown: a rare miss, on the safe side); a
+    re-planned date writes the same rows again, which the primary key ignores."""
+    day = as_of.isoformat()
+    shown = list(dict.fromkeys((r.customer_id, item["sku"], day) for r, ctx in zip(rows.itertuples(), contexts,
+                                                                                   strict=True)
+                               for item in ctx["customer"]["recommendations"]))
+    bulk_insert(conn, "recommendation_impressions", ["customer_id", "sku", "shown_on"], shown,
+                "ON CONFLICT DO NOTHING")
 
 
 def _insert_coupons(conn: Connection, campaign: Campaign, run_id: int, rows: pd.DataFrame, prefix: str,

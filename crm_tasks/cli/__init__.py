@@ -11,7 +11,18 @@ import logging
 
 import click
 
-from crm_tasks.cli import bounces, campaigns, cleanup, db, ingest, messages, recommendations, reports, segments
+from crm_tasks.cli import (
+    bounces,
+    campaigns,
+    cleanup,
+    db,
+    ingest,
+    messages,
+    recommendations,
+    reports,
+    segments,
+    templates,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -27,7 +38,7 @@ for _command in (
     ingest.ingest, ingest.batches, ingest.generate_data,
     segments.segments_group,
     campaigns.campaign_group, campaigns.coupons_report,
-    messages.templates_group, messages.preview, messages.smtp_sink,
+    templates.templates_group, messages.preview, messages.smtp_sink,
     cleanup.cleanup_group, cleanup.erase_command,
     bounces.bounces_group,
     reports.report_group,

@@ -1,39 +1,13 @@
-"""What the messages look like: ``crm templates check``, ``crm preview``, and the local ``crm smtp-sink``."""
+"""What the messages look like: ``crm preview``, and the local ``crm smtp-sink`` (``crm templates check`` is
+``crm_tasks/cli/templates.py``)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
 from crm_tasks.cli.common import emit, engine, json_output, parse_date, reported, settings
-
-
-@click.group("templates")
-def templates_group() -> None:
-    """The e-mail templates in templates/email/."""
-
-
-@templates_group.command("check")
-@json_output
-def templates_check(as_json) -> None:
-    """Render every template in every language against sample customers; fail on any error.
-
-    Example: crm templates check
-    """
-    from crm_tasks.messages.preview import check_templates
-
-    cfg = settings()
-    with reported(as_json):
-        result = check_templates(cfg)
-    lines = [f"{result['rendered']} messages rendered from {len(result['templates'])} templates in "
-             f"{len(result['languages'])} languages"]
-    lines += [f"  missing translations, {lang}: {', '.join(keys)}" for lang, keys in result["missing"].items()]
-    lines += [f"  error: {e}" for e in result["errors"]]
-    emit(as_json, result, "\n".join(lines))
-    if result["errors"]:
-        sys.exit(1)
 
 
 @click.command("preview")

@@ -13,6 +13,7 @@ the style macros of ``_ui.html``, once per language, direction and brand colour.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -24,7 +25,7 @@ from types import BuiltinMethodType
 import yaml
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date
-from babel.numbers import format_currency, format_percent
+from babel.numbers import format_currency, format_decimal, format_percent
 from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
@@ -44,6 +45,7 @@ from markupsafe import Markup
 
 from crm_tasks.errors import RenderError
 from crm_tasks.messages.deadline import Overtime, time_limit
+from crm_tasks.messages.links import with_utm
 from crm_tasks.settings import Settings
 
 RTL_LANGUAGES = frozenset({"fa", "ur", "ar", "he"})
@@ -315,10 +317,14 @@ class _EmailEnvironment(ImmutableSandboxedEnvironment):
 class Renderer:
     """Loads the templates and catalogs of one folder once; renders any number of messages."""
 
-    def __init__(self, folder: Path, languages: list[str], render_seconds: float = MAX_RENDER_SECONDS) -> None:
+    def __init__(self, folder: Path, languages: list[str], render_seconds: float = MAX_RENDER_SECONDS, *,
+                 shop_url: str | None = None, utm_source: str = "crm") -> None:
         self.folder = Path(folder)
         self.languages = list(languages)
         self.render_seconds = render_seconds
+        self._shared_compiled = False
+        # For contexts planned before messages had shop links (see _upgraded): crm.yaml's shop.
+        self.shop_url, self.utm_source = shop_url, utm_source
         self._variant_subjects: dict[str, object] = {}
         self.catalogs = {lang: self._catalog(lang) for lang in self.languages}
         if "en" not in self.catalogs and self.languages:
@@ -379,12 +385,20 @@ class Renderer:
 
     def render(self, template: str, context: dict) -> RenderedMessage:
         """Subject, HTML and text of one message. The subject is one line, or an error."""
+        if "shop_url" not in context and self.shop_url is not None:
+            context = self._upgraded(context)
         try:
+            # Compiled before the clock starts (once per template and process: the environment caches them),
+            # so that the limit bounds rendering, not a first compile on a busy machine.
+            subject_part = self._subject(template, context.get("variant_subject"))
+            html_part = self.env.get_template(f"{template}/body.html")
+            text_part = self.env.get_template(f"{template}/body.txt")
+            self._compile_shared()
             with time_limit(self.render_seconds):
-                subject = " ".join(self._subject(template, context.get("variant_subject")).render(context).split())
+                subject = " ".join(subject_part.render(context).split())
                 body = {**context, "subject": subject}
-                html = self.env.get_template(f"{template}/body.html").render(body)
-                text = self.env.get_template(f"{template}/body.txt").render(body)
+                html = html_part.render(body)
+                text = text_part.render(body)
         except Overtime:
             raise RenderError(f"template {template} ({context.get('lang')}): rendering one message took more than "
                               f"{self.render_seconds:g} s; loops over too many items?") from None
@@ -397,6 +411,25 @@ class Renderer:
             raise RenderError(f"template {template} ({context.get('lang')}): the message has {size} characters; "
                               f"at most {MAX_MESSAGE_CHARS}")
         return RenderedMessage(subject, html, text)
+
+    def _compile_shared(self) -> None:
+        """The folder's shared files (the layouts and macros templates extend and import), compiled once."""
+        if not self._shared_compiled:
+            for path in sorted(self.folder.glob("*.html")) + sorted(self.folder.glob("*.txt")):
+                self.env.get_template(path.name)
+            self._shared_compiled = True
+
+    def _upgraded(self, context: dict) -> dict:
+        """A context stored in the ledger before messages had shop links and product blocks (planned by an
+        older version, sent by this one): the shop's link with the campaign's UTM parameters, and no products
+        (its recommendations were bare SKUs, which the product blocks cannot show)."""
+        campaign, customer = context.get("campaign"), context.get("customer")
+        name = campaign.get("name") if isinstance(campaign, dict) else None
+        name = name if isinstance(name, str) and name else "crm"
+        if isinstance(customer, dict):
+            customer = {**customer, "recommendations": []}
+        return {**context, "customer": customer,
+                "shop_url": with_utm(self.shop_url, source=self.utm_source, campaign=name, content=name)}
 
     def _subject(self, template: str, variant_subject: str | None):
         """The subject's template: an A/B variant's own text (compiled in the same sandbox, once per text),
@@ -423,11 +456,12 @@ class Renderer:
 
 
 def renderer_for(cfg: Settings) -> Renderer:
-    return Renderer(cfg.campaigns.templates, cfg.campaigns.locales)
+    return Renderer(cfg.campaigns.templates, cfg.campaigns.locales, shop_url=cfg.campaigns.shop_url,
+                    utm_source=cfg.campaigns.utm_source)
 
 
-# A campaign's messages share a handful of dates and coupon values per locale; Babel takes tens of
-# microseconds a call, a large share of building 100k contexts (bench/README.md, campaigns).
+# A campaign's messages share a handful of dates, coupon values and product prices per locale; Babel takes
+# tens of microseconds a call, a large share of building 100k contexts (bench/README.md, campaigns).
 @lru_cache(maxsize=4096)
 def format_coupon(value: Decimal, kind: str, currency: str | None, loc: Locale) -> str:
     if kind == "percent":
@@ -438,6 +472,48 @@ def format_coupon(value: Decimal, kind: str, currency: str | None, loc: Locale) 
 @lru_cache(maxsize=4096)
 def long_date(day: date, loc: Locale) -> str:
     return format_date(day, format="long", locale=loc)
+
+
+@lru_cache(maxsize=16_384)
+def format_price(price: Decimal, currency: str, loc: Locale) -> str:
+    """A product's price in the customer's locale and the product's currency ('₹1,299.00', '‎₹۱٬۲۹۹٫۰۰')."""
+    return format_currency(price, currency, locale=loc)
+
+
+@lru_cache(maxsize=4096)
+def format_count(n: int, loc: Locale) -> str:
+    return format_decimal(n, locale=loc)
+
+
+def product_reason(texts: dict[str, str], kind: str, source: str | None, customers: int, loc: Locale) -> str:
+    """Why a product is shown, in the message's language: ``texts`` are the catalog's ``product.*`` texts
+    (``reason_cross_sell``, ``reason_up_sell``, ``reason_popular``, each with a ``_one`` form for one customer),
+    ``{product}`` the product it comes from, ``{n}`` how many customers stand behind it."""
+    text = (texts.get(f"reason_{kind}_one") if customers == 1 else None) or texts.get(f"reason_{kind}")
+    if text is None:
+        raise RenderError(f"no text for 'product.reason_{kind}' in locales/en.yaml; add it")
+    values = {"product": source or "", "n": format_count(customers, loc)}
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def product_block(item, *, lang: str, loc: Locale, labels: dict[str, str], texts: dict[str, str],
+                  utm: dict[str, str]) -> dict:
+    """One product of a message, as the templates show it: ``item`` is a stored recommendation
+    (crm_tasks.analytics.recommendations.Recommendation: sku, kind, source_name, customers, name, names,
+    category, price, currency, url, image_url)."""
+    try:
+        url = with_utm(item.url, **utm)
+    except ValueError as exc:
+        raise RenderError(f"product {item.sku}: {exc} (fix its url in the products/ catalogue)") from None
+    return {
+        "sku": item.sku,
+        "name": item.names.get(lang) or item.name,
+        "price": format_price(item.price, item.currency, loc),
+        "image_url": item.image_url,
+        "url": url,
+        "category": labels.get(item.category, item.category),
+        "reason": product_reason(texts, item.kind, item.source_name, item.customers, loc),
+    }
 
 
 def message_context(
@@ -451,24 +527,40 @@ def message_context(
     years: int | None,
     years_as_customer: int,
     favourite_category: str | None,
-    recommendations: list[str],
+    recommendations: Sequence,
     coupon: dict | None,
     unsubscribe_url: str,
     labels: dict[str, str],
+    texts: dict[str, str],
+    variant: str | None = None,
 ) -> dict:
     """The whole render context of one message: only these allow-listed, JSON-safe values.
 
-    ``labels`` are the category names in the message's language. ``coupon`` holds
-    code, value (Decimal), type, currency and expires_on (date).
+    ``labels`` are the category names in the message's language, ``texts`` its ``product.*`` texts
+    (``Renderer.labels(lang, "product.")``). ``recommendations`` are the products to show, best first
+    (``Recommendation`` objects; at most ``campaigns.recommendations`` are kept). ``coupon`` holds code,
+    value (Decimal), type, currency, expires_on (date) and optionally landing_url. Shop links carry the
+    campaign's UTM parameters, ``utm_content`` being the A/B ``variant`` (the campaign's name without one).
     """
     loc = babel_locale(locale, lang)
+    settings = cfg.campaigns
+    utm = {"source": settings.utm_source, "campaign": campaign, "content": variant or campaign}
     coupon_ctx = None
+    landing = None
     if coupon is not None:
         coupon_ctx = {
             "code": coupon["code"],
             "value": format_coupon(Decimal(coupon["value"]), coupon["type"], coupon.get("currency"), loc),
             "expires": long_date(coupon["expires_on"], loc),
         }
+        landing = coupon.get("landing_url")
+    try:
+        shop_url = with_utm(landing or settings.shop_url, **utm)
+    except ValueError as exc:
+        raise RenderError(f"campaign {campaign}: {exc} (the coupon's landing page, or campaigns.shop_url in "
+                          "crm.yaml)") from None
+    products = [product_block(r, lang=lang, loc=loc, labels=labels, texts=texts, utm=utm)
+                for r in recommendations[:settings.recommendations]]
     return {
         "lang": lang,
         "dir": "rtl" if lang in RTL_LANGUAGES else "ltr",
@@ -476,12 +568,13 @@ def message_context(
             "first_name": first_name or "",
             "years_as_customer": years_as_customer,
             "favourite_category": labels.get(favourite_category) if favourite_category else None,
-            "recommendations": [{"sku": sku, "category": labels.get(cat, cat)} for sku, cat in recommendations],
+            "recommendations": products,
         },
         "occasion": {"date": long_date(occasion_date, loc), "years": years},
         "coupon": coupon_ctx,
         "campaign": {"name": campaign},
-        "sender": {"name": cfg.campaigns.sender.name, "postal_address": cfg.campaigns.sender.postal_address},
+        "sender": {"name": settings.sender.name, "postal_address": settings.sender.postal_address},
+        "shop_url": shop_url,
         "unsubscribe_url": unsubscribe_url,
-        "brand_color": cfg.campaigns.brand_color,
+        "brand_color": settings.brand_color,
     }

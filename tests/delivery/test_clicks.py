@@ -134,12 +134,14 @@ def test_every_http_link_of_a_sent_message_is_tracked_and_leads_back_to_its_orig
     text_part, html = (p.get_content() for p in msg.iter_parts())
     rendered = renderer_for(cfg).render(row.template, row.context)
     original, sent = hrefs(rendered.html), hrefs(html)
-    assert len(sent) == len(original) == 7
+    assert len(sent) == len(original) == 8
     # The http(s) links are replaced, in order; the unsubscribe link, mailto:, # and tel: stay as they were.
     untracked = {row.context["unsubscribe_url"], "mailto:help@example.com", "#top", "tel:+911234567890"}
     assert {o for o, s in zip(original, sent, strict=True) if o == s} == untracked
     links = [o for o in original if o not in untracked]
-    assert links == [SHOP, "https://shop.example.com/stores", SHOP]
+    # The template's own call to action (the shop, with the campaign's UTM parameters), then the added links.
+    assert links == [row.context["shop_url"], SHOP, "https://shop.example.com/stores", SHOP]
+    assert "utm_campaign=birthday" in links[0]
     assert all(s.startswith(BASE + "/r/") for o, s in zip(original, sent, strict=True) if o not in untracked)
     # The text part keeps its plain links; the preview (the untracked render) is what was rendered.
     assert text_part == rendered.text and BASE + "/r/" not in text_part
@@ -160,8 +162,8 @@ def test_a_test_message_is_tracked_and_redirects_but_its_clicks_are_not_counted(
     [msg] = send(engine, cfg, test_recipient="tester@example.com")
     assert ledger(engine)[0].test
     paths = tracked(msg.get_body(("html",)).get_content())
-    assert len(paths) == 3
-    done = app_client(engine, cfg).get(paths[0])
+    assert len(paths) == 4  # the shop's call to action and the three added links
+    done = app_client(engine, cfg).get(paths[1])
     assert done.status_code == 302 and done.headers["location"] == SHOP
     assert click_rows(engine) == []
 
@@ -305,7 +307,7 @@ def test_a_link_that_was_not_in_the_message_cannot_be_made_to_redirect(engine, c
     cfg = linked(cfg, tmp_path)
     add_customers(engine, {"customer_id": "C1", "birthday": date(1990, 5, 10)})
     [msg] = send(engine, cfg)
-    real = tracked(msg.get_body(("html",)).get_content())[1][len("/r/"):]
+    real = tracked(msg.get_body(("html",)).get_content())[2][len("/r/"):]
     client = app_client(engine, cfg)
     assert client.get(f"/r/{real}").headers["location"] == "https://shop.example.com/stores"
     for other in ("https://evil.example.com/", "https://shop.example.com/stores/../../evil",
@@ -361,7 +363,7 @@ def test_a_token_carries_no_personal_data_and_not_even_the_message_id(engine, cf
     [row] = ledger(engine)
     html = msg.get_body(("html",)).get_content()
     links = [h for h in hrefs(html) if h.startswith(BASE + "/r/")] + re.findall(r'<img src="([^"]+)"', html)
-    assert len(links) == 4
+    assert len(links) == 5  # the shop's call to action, the three added links and the pixel
     digest = message_digest(row.message_id)
     # Nor the Message-ID's digest, which every mail server sees, nor the plain hash of the idempotency key
     # ("birthday:CUST-8841:2026") that older ledger rows use as their digest: a guessed customer id matches it.

@@ -10,6 +10,7 @@ from sqlalchemy import insert, select, update
 
 from crm_tasks.campaigns.planning import plan_campaign
 from crm_tasks.clock import running_from
+from crm_tasks.delivery import clicks
 from crm_tasks.delivery.ledger import FINAL
 from crm_tasks.delivery.send import deliver, prepare_delivery, send_batch
 from crm_tasks.delivery.suppression import email_hash
@@ -80,7 +81,10 @@ def test_every_message_arrives_intact_with_the_headers_marketing_mail_needs(engi
         # The subject decodes to exactly what the template rendered.
         from crm_tasks.messages.render import renderer_for
         rendered = renderer_for(cfg).render(row.template, row.context)
-        assert msg["subject"] == rendered.subject and text == rendered.text and html == rendered.html
+        # The HTML part as rendered, its links (the shop's call to action) tracked; the unsubscribe link direct.
+        sent_html = clicks.track(rendered.html, row.message_id, clicks.tracker_for(cfg, keys.signing),
+                                 keep=(row.context["unsubscribe_url"],))
+        assert msg["subject"] == rendered.subject and text == rendered.text and html == sent_html != rendered.html
         unsub = msg["list-unsubscribe"]
         assert f"<{row.context['unsubscribe_url']}>" in unsub and "<mailto:unsubscribe@example.com" in unsub
         assert msg["list-unsubscribe-post"] == "List-Unsubscribe=One-Click"

@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 
 from crm_tasks.errors import RenderError
+from crm_tasks.messages.preview import SAMPLE_PRODUCTS
 from crm_tasks.messages.render import MAX_VALUE_CHARS, PARTS, Renderer, message_context
 from crm_tasks.settings import settings
 
@@ -59,10 +60,11 @@ def ctx(secrets):
     """The whole render context planning stores for a message, built from settings that hold secrets."""
     return message_context(
         secrets, campaign="birthday", lang="en", locale="en-IN", first_name="Asha", occasion_date=date(2027, 2, 28),
-        years=35, years_as_customer=3, favourite_category="grocery", recommendations=[("GROCERY-1001", "grocery")],
+        years=35, years_as_customer=3, favourite_category="grocery", recommendations=SAMPLE_PRODUCTS[:1],
         coupon={"code": "K7PX2M9QRT", "value": Decimal(15), "type": "percent", "currency": None,
                 "expires_on": date(2027, 3, 14)},
-        unsubscribe_url="https://crm.example.com/unsubscribe/tok", labels={"grocery": "Grocery"})
+        unsubscribe_url="https://crm.example.com/unsubscribe/tok", labels={"grocery": "Grocery"},
+        texts={"reason_cross_sell": "Bought with {product} by {n} customers"})
 
 
 def renderer_with(folder, part: str, source: str) -> Renderer:
