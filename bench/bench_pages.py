@@ -131,12 +131,20 @@ def pages(url: str) -> dict:
 
 def purchase_days(url: str) -> float:
     """Each customer's purchase days brought up to date, as the nightly lifetime-value fit leaves them."""
-    from crm_tasks.analytics.purchase_days import refresh_purchase_days
+    from sqlalchemy import select
+
+    from crm_tasks.analytics.purchase_days import queue_everyone, refresh_purchase_days
     from crm_tasks.settings import load_settings
     from crm_tasks.store.engine import make_engine
+    from crm_tasks.store.models import CustomerDay
 
+    engine = make_engine(url)
     started = time.perf_counter()
-    refresh_purchase_days(make_engine(url), load_settings(env={"CRM_DATABASE_URL": url}))
+    with engine.begin() as conn:
+        # The purchases were written inside the database, around ingest, which queues each buyer: queue them all.
+        if conn.execute(select(CustomerDay.customer_id).limit(1)).first() is None:
+            queue_everyone(conn)
+    refresh_purchase_days(engine, load_settings(env={"CRM_DATABASE_URL": url}))
     return round(time.perf_counter() - started, 1)
 
 

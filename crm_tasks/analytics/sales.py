@@ -44,6 +44,7 @@ from crm_tasks.errors import ConfigError
 from crm_tasks.settings import Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import (
+    CustomerDay,
     CustomerDaysDirty,
     DerivedZone,
     Purchase,
@@ -438,9 +439,13 @@ GROUP BY d.day
 
 
 def _days_are_current(conn: Connection, cfg: Settings) -> bool:
-    """Whether customer_days holds every purchase day: built in crm.yaml's zone, and no customer queued."""
+    """Whether customer_days holds every purchase day: built in crm.yaml's zone, no customer queued, and not
+    empty while there are purchases (a database filled around ingest, whose customers were never queued)."""
     built = conn.execute(select(DerivedZone.timezone).where(DerivedZone.name == "customer_days")).scalar()
-    return built == cfg.timezone and conn.execute(select(CustomerDaysDirty.customer_id).limit(1)).first() is None
+    if built != cfg.timezone or conn.execute(select(CustomerDaysDirty.customer_id).limit(1)).first() is not None:
+        return False
+    return (conn.execute(select(CustomerDay.customer_id).limit(1)).first() is not None
+            or conn.execute(select(Purchase.customer_id).limit(1)).first() is None)
 
 
 def _buyers_from_days(conn: Connection, by: str, span: tuple[date, date]) -> dict[date, tuple[int, int]]:
