@@ -478,6 +478,7 @@ def money(x: Decimal | float | str | None) -> str:
 # --- segment members ------------------------------------------------------------------------------------
 
 MEMBERS_PAGE_SIZE = 100
+MEMBERS_COUNTED = 10_000  # a search from an id counts at most this many members ahead (100 pages)
 EXPORT_MAX_ROWS = 2_000_000  # a bigger export is refused, not cut short: a file missing members misleads
 EXPORT_FIELDS = ("customer_id", "member_since", "first_name", "last_name", "email", "phone", "locale", "country",
                  "email_consent")
@@ -492,10 +493,11 @@ class Members:
     rows: list[dict]  # customer id and the day they entered
     page: int
     pages: int
+    more: bool = False  # from an id on, more pages than were counted (MEMBERS_COUNTED)
 
     def to_dict(self) -> dict:
         return {"segment": self.segment, "size": self.size, "start": self.start, "found": self.found,
-                "rows": self.rows, "page": self.page, "pages": self.pages}
+                "rows": self.rows, "page": self.page, "pages": self.pages, "more": self.more}
 
 
 def _segment_id(conn, name: str) -> int | None:
@@ -517,16 +519,31 @@ def segment_members(engine: Engine, segment: str, start: str | None = None, page
         sid = _segment_id(conn, segment)
         if sid is None:
             return None
-        size = conn.execute(select(func.count()).select_from(sm).where(*_open(sid))).scalar_one()
+        size = _current_size(conn, sid)
         where = _open(sid) + ([sm.customer_id >= start] if start else [])
-        listed = size if not start else conn.execute(select(func.count()).select_from(sm).where(*where)).scalar_one()
-        pages = max(1, -(-listed // MEMBERS_PAGE_SIZE))
+        listed = size
+        if start:  # the members from the id on, counted up to a bound: a search should not count half a million
+            listed = conn.execute(select(func.count()).select_from(
+                select(sm.customer_id).where(*where).limit(MEMBERS_COUNTED + 1).subquery())).scalar_one()
+        pages = max(1, -(-min(listed, MEMBERS_COUNTED) // MEMBERS_PAGE_SIZE))
         page = min(max(page, 1), pages)
         rows = [{"customer_id": c, "member_since": d.isoformat()} for c, d in conn.execute(
             select(sm.customer_id, sm.valid_from).where(*where).order_by(sm.customer_id)
             .offset((page - 1) * MEMBERS_PAGE_SIZE).limit(MEMBERS_PAGE_SIZE))]
     found = None if not start else bool(rows) and page == 1 and rows[0]["customer_id"] == start
-    return Members(segment, size, start, found, rows, page, pages)
+    return Members(segment, size, start, found, rows, page, pages, more=listed > MEMBERS_COUNTED)
+
+
+def _current_size(conn, segment_id: int) -> int:
+    """The segment's current members: the size the latest recompute stored (segment_sizes) when that is the
+    latest recompute of all, which its open memberships are; else counted (up to 500k index entries)."""
+    latest = conn.execute(select(func.max(SegmentRun.as_of))).scalar()
+    stored = conn.execute(select(SegmentSize.as_of, SegmentSize.size).where(SegmentSize.segment_id == segment_id)
+                          .order_by(SegmentSize.as_of.desc()).limit(1)).first()
+    if stored is not None and stored.as_of == latest:
+        return int(stored.size)
+    sm = SegmentMembership
+    return conn.execute(select(func.count()).select_from(sm).where(*_open(segment_id))).scalar_one()
 
 
 def export_size(engine: Engine, segment: str) -> int | None:

@@ -177,6 +177,10 @@ def test_a_segments_members_are_paged_searchable_and_exported_as_audited_csv(crm
     assert Values(found).get("found") == f"{pick} is a member."
     assert re.findall(r'<tr class="member"><th scope="row"><a href="[^"]*">([^<]+)</a>', found)[0] == pick
     assert client.get("/segments/members", params={"segment": "no:such"}).status_code == 404
+    # A search counts the members ahead of it only so far: beyond that, the pager says so.
+    monkeypatch.setattr(data, "MEMBERS_COUNTED", 2)
+    ahead = client.get("/segments/members", params={"segment": name, "start": sorted(members)[0]}).text
+    assert "Page 1 of 1 or more" in ahead and len(members) > 2
 
     # The export: every member once with their profile, a header first; one audit row naming the segment.
     before = _audit(engine)
