@@ -16,6 +16,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -477,8 +478,9 @@ def _load(engine, settings, lf, scan, chunks, keep, report, started) -> BatchRep
                 raise _Rejected
             loaded_at = time.perf_counter()
             metrics.refresh(conn)
-            log.info("%s: rows written in %.1f s, metrics refreshed in %.1f s", lf.rel_path,
-                     loaded_at - t0, time.perf_counter() - loaded_at)
+            log.info("%s: rows written in %.1f s, metrics refreshed in %.1f s%s", lf.rel_path,
+                     loaded_at - t0, time.perf_counter() - loaded_at,
+                     "".join(f"; {k} {v:.1f} s" for k, v in getattr(loader, "seconds", {}).items()))
             _insert_quarantine(conn, batch_id, lf.rel_path, quarantine)
             report.status = BatchStatus.LOADED
             report.batch_id = batch_id
@@ -576,6 +578,13 @@ class _PurchaseLoader:
     # merged one holds this many keys: memory stays bounded on any file size.
     MERGE_EVERY = 8
     FLUSH_KEYS = 400_000
+    # PostgreSQL takes a delta as compact Arrow columns (SQLite as Python tuples, which cost
+    # gigabytes), so it holds the merged deltas of up to this many keys and writes the file's
+    # delta once, at the end: into empty metrics a plain COPY, where an upsert per slice had to
+    # merge millions of keys row by row (most of a 10M-row initial load's time).
+    HOLD_KEYS = 8_000_000
+    # A bulk load's index builds sort the whole table: in memory rather than in temporary files.
+    INDEX_MEMORY = "1GB"
     # A file this large (in estimated rows) that at least doubles the table is a bulk load:
     # maintaining the secondary indexes row by row costs more than building them once after.
     BULK_MIN_ROWS = 1_000_000
@@ -586,8 +595,10 @@ class _PurchaseLoader:
         self.dialect = conn.dialect.name
         self.loaded = self.duplicate = 0
         self.deltas: list[pa.Table] = []  # touched by prepare() only, i.e. by the reading thread
+        self.held: list[pa.Table] = []  # PostgreSQL: merged deltas kept for the end (reading thread too)
         self.rebuild: set[str] = set()
         self.dropped_indexes: list = []
+        self.seconds: dict[str, float] = {}  # where the load's time went, for the log
         estimated = scan.size // self.BYTES_PER_ROW
         if estimated >= self.BULK_MIN_ROWS:
             # The highest id approximates the row count at no cost on either dialect.
@@ -598,6 +609,8 @@ class _PurchaseLoader:
                     index.drop(conn)
                 log.info("%s: bulk load of about %d rows; secondary indexes rebuilt afterwards", lf.rel_path,
                          estimated)
+        # A first bulk load on PostgreSQL writes the whole metrics state at the end, by COPY.
+        self.initial = bool(self.dropped_indexes) and self.dialect == "postgresql" and metrics.metrics_empty(conn)
 
     def prepare(self, chunk: Chunk) -> _Prepared:
         if not len(chunk):
@@ -605,17 +618,31 @@ class _PurchaseLoader:
         values, reasons = standardise_purchases(chunk.columns, self.lf.partition_date)
         idx, rejects = _good_and_rejects(chunk, reasons)
         units = values["amount_units"][idx]
-        rows = (self._tuples(values, idx, units, chunk.line_no) if self.dialect == "sqlite"
-                else self._table(values, idx, units, chunk.line_no))
-        self.deltas.append(metrics.delta(
-            values["customer_id"][idx], values["currency"][idx], values["category"][idx],
-            values["purchased_at"][idx].asi8 // 1000, units, values["quantity"][idx],
-        ))
+        if self.dialect == "sqlite":
+            rows = self._tuples(values, idx, units, chunk.line_no)
+            keys = [values[k][idx] for k in metrics.KEYS]
+        else:
+            rows = self._table(values, idx, units, chunk.line_no)
+            keys = [rows.column(k).combine_chunks() for k in metrics.KEYS]  # converted once, for both
+        self.deltas.append(metrics.delta(*keys, values["purchased_at"][idx].asi8 // 1000, units,
+                                         values["quantity"][idx]))
         delta_rows = None
-        if len(self.deltas) >= self.MERGE_EVERY:
+        if len(self.deltas) >= self.MERGE_EVERY and self.dialect == "sqlite":
             self.deltas = [metrics.merge(self.deltas)]
             if self.deltas[0].num_rows >= self.FLUSH_KEYS:
                 delta_rows = metrics.delta_rows(self.deltas.pop(), self.dialect)
+        elif len(self.deltas) >= self.MERGE_EVERY:
+            # Merged once per MERGE_EVERY chunks, never again until the end: re-merging the
+            # growing whole every time would cost more than the load.
+            self.held.append(metrics.merge(self.deltas))
+            self.deltas = []
+            if sum(t.num_rows for t in self.held) >= self.HOLD_KEYS:
+                merged = metrics.merge(self.held)
+                self.held = [merged]
+                if merged.num_rows >= self.HOLD_KEYS // 2:  # still large: written now, by upsert
+                    delta_rows = metrics.delta_rows(merged, self.dialect)
+                    self.held = []
+                    self.initial = False  # the state is no longer empty: the end upserts and derives in SQL
         return _Prepared(rows, rejects, len(chunk) + len(chunk.broken), delta_rows=delta_rows)
 
     def _tuples(self, values, idx, units, line_no) -> list[tuple]:
@@ -642,8 +669,13 @@ class _PurchaseLoader:
             "line_no": pa.array(line_no[idx], pa.int64()),
         }).select(self.COLUMNS)
 
+    def _timed(self, phase: str, started: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
     def write(self, prepared: _Prepared) -> None:
+        t = time.perf_counter()
         inserted = bulk_insert(self.conn, "purchases", self.COLUMNS, prepared.rows, self.CONFLICT)
+        self._timed("purchases", t)
         self.loaded += inserted
         self.duplicate += len(prepared.rows) - inserted
         if inserted < len(prepared.rows):
@@ -654,19 +686,48 @@ class _PurchaseLoader:
             self.rebuild.update(rows.column("customer_id").to_pylist() if isinstance(rows, pa.Table)
                                 else (r[1] for r in rows))
         if prepared.delta_rows:
+            t = time.perf_counter()
             metrics.write_delta(self.conn, prepared.delta_rows)
+            self._timed("metrics delta", t)
 
     def finish(self) -> None:
-        for index in self.dropped_indexes:
-            index.create(self.conn)
-        if self.deltas:
-            metrics.apply_delta(self.conn, metrics.merge(self.deltas))
+        # The last delta is merged and shaped in a thread (Arrow lets go of the GIL) while the
+        # database rebuilds the indexes.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-delta") as pool:
+            last = self.held + self.deltas
+            self.held, self.deltas = [], []
+            initial = self.initial and bool(last)
+            shape = metrics.initial_rows if initial else (lambda merged: metrics.delta_rows(merged, self.dialect))
+
+            def merged_and_shaped():
+                merged = metrics.merge(last)
+                last.clear()  # the parts' memory is free again before the shaping needs its own
+                return shape(merged)
+
+            shaped = pool.submit(merged_and_shaped) if last else None
+            t = time.perf_counter()
+            if self.dropped_indexes and self.dialect == "postgresql":
+                self.conn.execute(text(f"SET LOCAL maintenance_work_mem = '{self.INDEX_MEMORY}'"))
+            for index in self.dropped_indexes:
+                index.create(self.conn)
+            self._timed("indexes", t)
+            t = time.perf_counter()
+            parts = shaped.result() if shaped is not None else []
+            self._timed("metrics merge (wait)", t)
+            t = time.perf_counter()
+            if initial:
+                metrics.write_initial(self.conn, parts)
+            else:
+                metrics.write_delta(self.conn, parts)
         if self.rebuild:
             metrics.mark_for_rebuild(self.conn, self.rebuild)
+        self._timed("metrics delta", t)
+        t = time.perf_counter()
         if self.dropped_indexes and self.dialect == "postgresql":
             # After a bulk load the planner's statistics describe a nearly empty table;
             # without fresh ones the next nights' metrics queries pick scans over seeks.
-            self.conn.execute(text("ANALYZE purchases, customer_category_metrics, metrics_dirty"))
+            self.conn.execute(text("ANALYZE purchases, customer_category_metrics, metrics_dirty, customer_metrics"))
+        self._timed("analyze", t)
 
 
 class _CustomerLoader:

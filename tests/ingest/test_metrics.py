@@ -6,6 +6,7 @@ from datetime import date
 from decimal import Decimal
 
 import pandas as pd
+import pytest
 from sqlalchemy import select
 
 from crm_tasks.demo.generate import generate
@@ -162,3 +163,50 @@ def test_a_bulk_load_gets_the_same_metrics_as_pandas(engine, cfg, landing, monke
     (batch,) = ingest_dates(engine, cfg, [date(2026, 3, 2)]).batches
     assert (batch.rows_loaded, batch.rows_duplicate) == (60, 1)
     assert_metrics_match(engine)
+
+
+@pytest.mark.parametrize("hold_keys", [8_000_000, 5], ids=["held to the end", "written on the way"])
+def test_a_first_bulk_load_gets_the_same_metrics_as_pandas_and_as_sql(engine, cfg, landing, monkeypatch, hold_keys):
+    """A first load into empty metrics (PostgreSQL derives customer metrics from the whole delta before
+    writing it, instead of in SQL; or, past HOLD_KEYS, upserts on the way and derives in SQL): ties,
+    refunds only, free items, half-way averages, several currencies, deltas merged across chunks. The
+    stored metrics equal both pandas' and an exact rebuild in SQL."""
+    from crm_tasks.ingest import batches as ingest
+
+    monkeypatch.setattr(ingest._PurchaseLoader, "HOLD_KEYS", hold_keys)
+    monkeypatch.setattr(ingest._PurchaseLoader, "BULK_MIN_ROWS", 1)
+    monkeypatch.setattr(ingest._PurchaseLoader, "BYTES_PER_ROW", 1)
+    monkeypatch.setattr(ingest._PurchaseLoader, "MERGE_EVERY", 2)
+    cfg = cfg.model_copy(update={"chunk_rows": 1000})  # three chunks, merged on the way
+    rows = [purchase(f"B{i}", customer=f"C{i % 9}", amount=f"{i}.25", category=("toys", "books", "Äpfel")[i % 3],
+                     at=f"2026-03-0{1 + i % 2}T10:{i % 60:02d}:00+05:30") for i in range(2400)]
+    rows += [
+        purchase("T1", customer="TIE", amount="5", category="zebra"),  # a tie: orders and revenue equal,
+        purchase("T2", customer="TIE", amount="5", category="Zebra"),  # the first by code point wins
+        purchase("R1", customer="REF", amount="-5.00", category="toys", quantity="-1"),  # only a refund
+        purchase("F1", customer="FREE", amount="0", category="toys"),  # a free item is an order
+        purchase("H1", customer="HALF", amount="0.001", currency="BHD"),  # 0.00025: half away from zero
+        *[purchase(f"H{i}", customer="HALF", amount="0", currency="BHD") for i in range(2, 5)],
+        *[purchase(f"N{i}", customer="NEG", amount="0", currency="BHD") for i in range(4)],
+        purchase("N9", customer="NEG", amount="-0.001", currency="BHD", quantity="-1"),
+        purchase("P1", customer="C1", amount="10", currency="PKR", category="books"),
+    ]
+    write_csv(landing, "purchases", "2026-03-02", rows)
+    (batch,) = ingest_dates(engine, cfg, [date(2026, 3, 2)]).batches
+    # (No duplicate: its customers' metrics would be rebuilt in SQL; test_a_bulk_load... covers that.)
+    assert (batch.rows_loaded, batch.rows_duplicate) == (len(rows), 0)
+    assert_metrics_match(engine)
+    m = stored_metrics(engine)
+    assert m.loc[("TIE", "INR")].favourite_category == "Zebra"
+    assert m.loc[("HALF", "BHD")].avg_basket == Decimal("0.0003")
+    assert m.loc[("NEG", "BHD")].avg_basket == Decimal("-0.0003")
+    assert pd.isna(m.loc[("REF", "INR")].favourite_category) and m.loc[("REF", "INR")].avg_basket is None
+    loaded = stored_metrics(engine)
+    with engine.begin() as conn:
+        metrics.mark_all_for_rebuild(conn)
+        metrics.refresh(conn)
+    pd.testing.assert_frame_equal(loaded, stored_metrics(engine))
+    from crm_tasks.store.models import CustomerDaysDirty
+    with engine.connect() as conn:
+        queued = set(conn.execute(select(CustomerDaysDirty.customer_id)).scalars())
+    assert queued == {c for c, _ in m.index}
