@@ -12,8 +12,9 @@ mostly within a "theme" of 10 products of their own (1 purchase in 5 is any prod
 Timed, as of 2026-12-31 (the default 365-day window: about half the purchases), each in a process of its
 own so that its peak resident memory is its own:
 
-- ``refresh``: ``refresh_recommendations`` (statistics, every customer's list, both tables written), twice
-  (the second shows a re-run replaces);
+- ``refresh``: ``refresh_recommendations`` (statistics, every customer's list, the tables replaced), twice
+  (the second shows a re-run replaces), with the lines it wrote to ``customer_recommendations`` (the lists of
+  customers with orders or recent impressions; everyone else's is the shop-wide list, stored once);
 - the reference in the same run: pandas computing the same co-purchase statistics (support, confidence and
   lift of every pair with the minimum support) from the window's purchases read out of the same database.
 
@@ -72,13 +73,20 @@ def build(url: str, customers: int, purchases: int, products: int) -> None:
 
 
 def refresh(url: str) -> dict:
+    from sqlalchemy import func, select
+
     from crm_tasks.analytics.recommendations import refresh_recommendations
     from crm_tasks.settings import load_settings
     from crm_tasks.store.engine import make_engine
+    from crm_tasks.store.models import CustomerRecommendation
 
+    engine = make_engine(url)
     t = time.perf_counter()
-    result = refresh_recommendations(make_engine(url), load_settings(), AS_OF)
-    return {"seconds": round(time.perf_counter() - t, 2), **result.summary(), "peak_rss_mib": peak_rss_mib()}
+    result = refresh_recommendations(engine, load_settings(), AS_OF)
+    seconds = round(time.perf_counter() - t, 2)
+    with engine.connect() as conn:
+        written = conn.execute(select(func.count()).select_from(CustomerRecommendation)).scalar_one()
+    return {"seconds": seconds, **result.summary(), "lines_written": written, "peak_rss_mib": peak_rss_mib()}
 
 
 def reference(url: str) -> dict:

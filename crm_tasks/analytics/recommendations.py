@@ -22,8 +22,15 @@ the window and were not shown in the last ``recent_days`` (``recommendation_impr
    cross-sells; a list still short is filled with the shop's ``pool`` best sellers in stock (popular),
    which is the whole list of a customer without orders in the window.
 
-Ties break by SKU in byte order on both dialects. A refresh replaces both tables whole and records its run
-under its as-of date, so re-running a date gives the same tables. ``evaluate`` trains the same model up to a
+Ties break by SKU in byte order on both dialects. A refresh replaces the tables whole and records its run
+under its as-of date, so re-running a date gives the same tables.
+
+Storage: the best sellers' list (the whole list of a customer without orders in the window and without recent
+impressions: the same list for half the customers of a shop) is stored once, in ``popular_recommendations``;
+``customer_recommendations`` holds the lists of the others, rank 1 first, and for a customer of theirs whose
+list came out empty (every candidate excluded) one line of rank 0 and kind ``none``, so that the shop-wide
+list does not apply to them. A profiled customer without lines has the shop-wide list (``recommendations_for``,
+the segment field ``recommended_category``). ``evaluate`` trains the same model up to a
 cut and scores it against a popularity baseline on what customers bought after it.
 """
 
@@ -36,7 +43,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, Integer, delete, func, select
+from sqlalchemy import Connection, Engine, delete, func, select
 from sqlalchemy import Date as SaDate
 
 from crm_tasks.clock import cutoff_for
@@ -44,7 +51,9 @@ from crm_tasks.errors import CrmError
 from crm_tasks.settings import RecommendationSettings, Settings
 from crm_tasks.store import sql
 from crm_tasks.store.models import (
+    Customer,
     CustomerRecommendation,
+    PopularRecommendation,
     Product,
     ProductPair,
     Purchase,
@@ -60,13 +69,22 @@ KINDS = (CROSS_SELL, UP_SELL, POPULAR)
 
 # --- the statements, in the order a refresh runs them -------------------------------------------------------
 
-# Each customer's distinct products ordered in the window (refunds are not purchases); reads the window as a
-# range of ix_purchases_time.
-_BASKETS = """
+# Each customer's distinct products ordered in the window (refunds are not purchases). A year's window holds about
+# half the purchases: on SQLite one pass over the table reads them faster than a range of ix_purchases_time with a
+# table lookup per row (the unary + keeps the index out), and rec_baskets' key drops the repeats as they come,
+# with no sort for DISTINCT. PostgreSQL picks its own scan and hashes the repeats away.
+_BASKETS = {
+    "sqlite": """
+INSERT INTO rec_baskets (customer_id, sku)
+SELECT customer_id, sku FROM purchases
+WHERE +purchased_at >= :start AND +purchased_at < :end AND amount >= 0
+ON CONFLICT DO NOTHING
+""",
+    "postgresql": """
 INSERT INTO rec_baskets (customer_id, sku)
 SELECT DISTINCT customer_id, sku FROM purchases
 WHERE purchased_at >= :start AND purchased_at < :end AND amount >= 0
-"""
+"""}
 
 _ITEMS = "INSERT INTO rec_items (sku, buyers) SELECT sku, COUNT(*) FROM rec_baskets GROUP BY sku"
 
@@ -89,10 +107,10 @@ INSERT INTO rec_shown (customer_id, sku)
 SELECT DISTINCT customer_id, sku FROM recommendation_impressions WHERE shown_on > :since AND shown_on <= :as_of
 """
 
-# Each product's best in-stock complements: what bounds the cross-sell candidates per basket line.
+# Each product's best in-stock complements, numbered: what bounds the cross-sell candidates per basket line.
 _NEIGHBOURS = """
-INSERT INTO rec_neigh (sku, other_sku, support, confidence)
-SELECT sku, other_sku, support, confidence FROM (
+INSERT INTO rec_neigh (sku, other_sku, support, confidence, pos)
+SELECT sku, other_sku, support, confidence, rn FROM (
   SELECT p.sku, p.other_sku, p.support, p.confidence,
          ROW_NUMBER() OVER (PARTITION BY p.sku ORDER BY p.confidence DESC, p.support DESC, p.other_sku{c}) AS rn
   FROM rec_pairs p JOIN products d ON d.sku = p.other_sku AND d.in_stock = {true}) r
@@ -108,9 +126,9 @@ SELECT sku, buyers, p_rank FROM (
 WHERE p_rank <= :pool
 """
 _CATEGORY_TOP = """
-INSERT INTO rec_cat_top (sku, category, currency, buyers)
-SELECT sku, category, currency, buyers FROM (
-  SELECT d.sku, d.category, d.currency, i.buyers,
+INSERT INTO rec_cat_top (sku, category, currency, price, buyers)
+SELECT sku, category, currency, price, buyers FROM (
+  SELECT d.sku, d.category, d.currency, d.price, i.buyers,
          ROW_NUMBER() OVER (PARTITION BY d.category ORDER BY i.buyers DESC, d.sku{c}) AS rn
   FROM products d JOIN rec_items i ON i.sku = d.sku WHERE d.in_stock = {true}) r
 WHERE rn <= :pool
@@ -119,8 +137,30 @@ WHERE rn <= :pool
 _NEW_TO = """NOT EXISTS (SELECT 1 FROM rec_baskets y WHERE y.customer_id = {who} AND y.sku = {what})
   AND NOT EXISTS (SELECT 1 FROM rec_shown s WHERE s.customer_id = {who} AND s.sku = {what})"""
 
-# Cross-sell: every complement of every product in a profiled customer's basket that is new to them, the
-# source with the best confidence kept; only the first per_customer can reach a list.
+# The customers with a list of their own: the profiled ones with an order in the window or a recent impression;
+# everyone else has the shop-wide list (popular_recommendations). With the number of products they bought and were
+# shown, which bounds how many complements of a product they can have already.
+_ACTIVE = """
+INSERT INTO rec_active (customer_id, bought, shown)
+SELECT a.customer_id, (SELECT COUNT(*) FROM rec_baskets b WHERE b.customer_id = a.customer_id),
+       (SELECT COUNT(*) FROM rec_shown s WHERE s.customer_id = a.customer_id)
+FROM (SELECT customer_id FROM rec_baskets UNION SELECT customer_id FROM rec_shown) a
+JOIN customers k ON k.customer_id = a.customer_id
+"""
+
+# Cross-sell: the complements of the products in an active customer's basket that are new to them, the source
+# with the best confidence kept; only the first per_customer can reach a list. Those are among each basket
+# line's first per_customer new complements (a complement ranks the same in its line and in the list), and of a
+# line's complements at most bought - 1 + shown are not new: so only its first per_customer + bought - 1 + shown
+# are joined, not the whole pool. A customer who bought one product and was shown none has its first
+# per_customer complements, numbered as they rank already, with no lookup and no sort (_CROSS_ONE; CROSS JOIN
+# keeps SQLite walking the customers first, rather than every basket line's complements, then the customer).
+_CROSS_ONE = """
+INSERT INTO rec_cand (customer_id, sku, kind, score, customers, source_sku, k_rn)
+SELECT a.customer_id, n.other_sku, 'cross_sell', n.confidence, n.support, n.sku, n.pos
+FROM rec_active a CROSS JOIN rec_baskets x CROSS JOIN rec_neigh n
+WHERE a.bought = 1 AND a.shown = 0 AND x.customer_id = a.customer_id AND n.sku = x.sku AND n.pos <= :n
+"""
 _CROSS = """
 INSERT INTO rec_cand (customer_id, sku, kind, score, customers, source_sku, k_rn)
 SELECT customer_id, other_sku, 'cross_sell', confidence, support, sku, k_rn FROM (
@@ -129,72 +169,140 @@ SELECT customer_id, other_sku, 'cross_sell', confidence, support, sku, k_rn FROM
   FROM (SELECT x.customer_id, n.other_sku, n.confidence, n.support, n.sku,
                ROW_NUMBER() OVER (PARTITION BY x.customer_id, n.other_sku
                                   ORDER BY n.confidence DESC, n.support DESC, n.sku{c}) AS rn
-        FROM rec_baskets x JOIN customers k ON k.customer_id = x.customer_id
-        JOIN rec_neigh n ON n.sku = x.sku
-        WHERE {new}) s
+        FROM rec_active a JOIN rec_baskets x ON x.customer_id = a.customer_id
+        JOIN rec_neigh n ON n.sku = x.sku AND n.pos < :n + a.bought + a.shown
+        WHERE (a.bought > 1 OR a.shown > 0) AND {new}) s
   WHERE rn = 1) r
 WHERE k_rn <= :n
 """
 
-# Up-sell: per category and currency a customer buys, the dearest catalogue product they bought is the
-# reference; the category's best sellers priced above it are candidates, best seller first, then cheapest.
+# Up-sell, in three steps so that no customer is joined to every best seller of every category they buy.
+# 1. Per category and currency a customer buys, the dearest catalogue product they bought there is the reference.
+_REFS = """
+INSERT INTO rec_refs (customer_id, sku)
+SELECT customer_id, sku FROM (
+  SELECT b.customer_id, d.sku, ROW_NUMBER() OVER (PARTITION BY b.customer_id, d.category, d.currency
+                                                 ORDER BY d.price DESC, d.sku{c}) AS rn
+  FROM rec_active a JOIN rec_baskets b ON b.customer_id = a.customer_id
+  JOIN products d ON d.sku = b.sku) f
+WHERE rn = 1
+"""
+# 2. Once for the catalogue, each bought product's steps up: the best sellers of its category (rec_cat_top) in its
+# currency priced above it, numbered in the order a customer's up-sells rank (best seller first, then cheapest).
+_STEPS = """
+INSERT INTO rec_steps (ref_sku, pos, sku, buyers, price)
+SELECT ref_sku, pos, sku, buyers, price FROM (
+  SELECT d.sku AS ref_sku, t.sku, t.buyers, t.price,
+         ROW_NUMBER() OVER (PARTITION BY d.sku ORDER BY t.buyers DESC, t.price, t.sku{c}) AS pos
+  FROM rec_items i JOIN products d ON d.sku = i.sku
+  JOIN rec_cat_top t ON t.category = d.category AND t.currency = d.currency AND t.price > d.price) s
+"""
+# 3. Each reference's first up_sell steps, marked where the customer cannot have them: shown recently or a
+# cross-sell already (a step up is never in the basket: it costs more than everything they bought in its category
+# and currency). A customer's best up-sells are among their references' first up_sell new steps, as both rank the
+# same way...
+_UP_FIRST = """
+INSERT INTO rec_up (customer_id, sku, source_sku, buyers, price, excluded)
+SELECT r.customer_id, s.sku, r.sku, s.buyers, s.price,
+       CASE WHEN EXISTS (SELECT 1 FROM rec_shown h WHERE h.customer_id = r.customer_id AND h.sku = s.sku)
+              OR EXISTS (SELECT 1 FROM rec_cand c WHERE c.customer_id = r.customer_id AND c.sku = s.sku)
+            THEN 1 ELSE 0 END
+FROM rec_refs r JOIN rec_steps s ON s.ref_sku = r.sku AND s.pos <= :up_sell
+"""
+# ...so only the few references with a marked step need their further steps, those new to the customer.
+_UP_REST = """
+INSERT INTO rec_up (customer_id, sku, source_sku, buyers, price, excluded)
+SELECT r.customer_id, s.sku, r.source_sku, s.buyers, s.price, 0
+FROM (SELECT DISTINCT customer_id, source_sku FROM rec_up WHERE excluded = 1) r
+JOIN rec_steps s ON s.ref_sku = r.source_sku AND s.pos > :up_sell
+WHERE NOT EXISTS (SELECT 1 FROM rec_shown h WHERE h.customer_id = r.customer_id AND h.sku = s.sku)
+  AND NOT EXISTS (SELECT 1 FROM rec_cand c WHERE c.customer_id = r.customer_id AND c.sku = s.sku)
+"""
 _UP = """
 INSERT INTO rec_cand (customer_id, sku, kind, score, customers, source_sku, k_rn)
 SELECT customer_id, sku, 'up_sell', buyers, buyers, source_sku, k_rn FROM (
-  SELECT r.customer_id, t.sku, t.buyers, r.sku AS source_sku,
-         ROW_NUMBER() OVER (PARTITION BY r.customer_id ORDER BY t.buyers DESC, dt.price, t.sku{c}) AS k_rn
-  FROM (SELECT customer_id, sku, category, currency, price FROM (
-          SELECT b.customer_id, d.sku, d.category, d.currency, d.price,
-                 ROW_NUMBER() OVER (PARTITION BY b.customer_id, d.category, d.currency
-                                    ORDER BY d.price DESC, d.sku{c}) AS rn
-          FROM rec_baskets b JOIN customers k ON k.customer_id = b.customer_id
-          JOIN products d ON d.sku = b.sku) f
-        WHERE rn = 1) r
-  JOIN rec_cat_top t ON t.category = r.category AND t.currency = r.currency
-  JOIN products dt ON dt.sku = t.sku AND dt.price > r.price
-  WHERE {new}
-    AND NOT EXISTS (SELECT 1 FROM rec_cand c WHERE c.customer_id = r.customer_id AND c.sku = t.sku)) u
+  SELECT customer_id, sku, buyers, source_sku,
+         ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY buyers DESC, price, sku{c}) AS k_rn
+  FROM rec_up WHERE excluded = 0) u
 WHERE k_rn <= :up_sell
 """
 
-# Popular: every profiled customer with a basket or a recent impression whose candidates cannot fill a list
-# gets the best sellers new to them; the candidates are counted into rec_have first (its key is what each
-# customer's count is looked up by). A customer with neither gets the best sellers as they rank (_PLAIN).
-_HAVE = "INSERT INTO rec_have (customer_id, have) SELECT customer_id, COUNT(*) FROM rec_cand GROUP BY customer_id"
-_FILL = """
+# Popular. Of the shop's best sellers, a customer cannot have those they bought, were shown or have as a candidate
+# already (rec_banned). One whose candidates cannot fill their list gets the first of the others: only the first
+# per_customer - candidates + banned best sellers are joined to them, and for most customers none is banned, so
+# their best sellers are numbered by rank with no sort (_FILL_PLAIN), the others ranked (_FILL_RANKED). CROSS JOIN:
+# SQLite then walks the customers and looks their best sellers up by rank (ix_rec_popular_rank), not the reverse.
+_BANNED = """
+INSERT INTO rec_banned (customer_id, sku)
+SELECT b.customer_id, b.sku FROM rec_baskets b JOIN rec_popular p ON p.sku = b.sku
+UNION SELECT s.customer_id, s.sku FROM rec_shown s JOIN rec_popular p ON p.sku = s.sku
+UNION SELECT c.customer_id, c.sku FROM rec_cand c JOIN rec_popular p ON p.sku = c.sku
+"""
+_COUNTS = """
+UPDATE rec_active SET
+  have = (SELECT COUNT(*) FROM rec_cand c WHERE c.customer_id = rec_active.customer_id),
+  crossed = (SELECT COUNT(*) FROM rec_cand c WHERE c.customer_id = rec_active.customer_id AND c.kind = 'cross_sell'),
+  banned = (SELECT COUNT(*) FROM rec_banned b WHERE b.customer_id = rec_active.customer_id)
+"""
+_FILL_PLAIN = """
+INSERT INTO rec_cand (customer_id, sku, kind, score, customers, source_sku, k_rn)
+SELECT a.customer_id, p.sku, 'popular', p.buyers, p.buyers, NULL, p.p_rank
+FROM rec_active a CROSS JOIN rec_popular p
+WHERE a.banned = 0 AND a.have < :n AND p.p_rank <= :n - a.have
+"""
+_FILL_RANKED = """
 INSERT INTO rec_cand (customer_id, sku, kind, score, customers, source_sku, k_rn)
 SELECT customer_id, sku, 'popular', buyers, buyers, NULL, k_rn FROM (
-  SELECT k.customer_id, p.sku, p.buyers, ROW_NUMBER() OVER (PARTITION BY k.customer_id ORDER BY p.p_rank) AS k_rn
-  FROM customers k
-  LEFT JOIN rec_have h ON h.customer_id = k.customer_id
-  CROSS JOIN rec_popular p
-  WHERE COALESCE(h.have, 0) < :n AND {new}
-    AND NOT EXISTS (SELECT 1 FROM rec_cand c WHERE c.customer_id = k.customer_id AND c.sku = p.sku)
-    AND (EXISTS (SELECT 1 FROM rec_baskets b WHERE b.customer_id = k.customer_id)
-         OR EXISTS (SELECT 1 FROM rec_shown s WHERE s.customer_id = k.customer_id))) q
-WHERE k_rn <= :n
+  SELECT a.customer_id, a.have, p.sku, p.buyers,
+         ROW_NUMBER() OVER (PARTITION BY a.customer_id ORDER BY p.p_rank) AS k_rn
+  FROM rec_active a CROSS JOIN rec_popular p
+  WHERE a.banned > 0 AND a.have < :n AND p.p_rank <= :n - a.have + a.banned
+    AND NOT EXISTS (SELECT 1 FROM rec_banned b WHERE b.customer_id = a.customer_id AND b.sku = p.sku)) q
+WHERE k_rn <= :n - have
 """
 
 # The list: the reserved up-sell slots after the first cross-sells, the other cross-sells after them, then
-# popular products.
+# popular products. Each kind's candidates are numbered already (k_rn) and each customer's cross-sells and
+# candidates counted (rec_active), so a line's rank is arithmetic, with no sort of every line:
+#   a cross-sell within the first per_customer - up_sell: its number; an up-sell: after min(cross-sells, those
+#   slots); a later cross-sell: after the up-sells too; a best seller: after every candidate.
 _LIST = """
 INSERT INTO {target} (customer_id, rank, sku, kind, source_sku, customers, score, as_of)
 SELECT customer_id, rnk, sku, kind, source_sku, customers, score, :as_of FROM (
   SELECT c.customer_id, c.sku, c.kind, c.source_sku, c.customers, c.score,
-         ROW_NUMBER() OVER (PARTITION BY c.customer_id ORDER BY
-           CASE WHEN c.kind = 'cross_sell' AND c.k_rn <= :n - :up_sell THEN 1 WHEN c.kind = 'up_sell' THEN 2
-                WHEN c.kind = 'cross_sell' THEN 3 ELSE 4 END, c.k_rn) AS rnk
-  FROM rec_cand c) r
+         CASE WHEN c.kind = 'cross_sell' AND c.k_rn <= :n - :up_sell THEN c.k_rn
+              WHEN c.kind = 'up_sell' THEN c.k_rn + CASE WHEN a.crossed < :n - :up_sell THEN a.crossed
+                                                         ELSE :n - :up_sell END
+              WHEN c.kind = 'cross_sell' THEN c.k_rn + a.have - a.crossed
+              ELSE c.k_rn + a.have END AS rnk
+  FROM rec_cand c JOIN rec_active a ON a.customer_id = c.customer_id) r
 WHERE rnk <= :n
 """
-# ...and the customers without orders in the window or recent impressions: half the customers of a shop, and
-# the same list for each, written without ranking anything.
+# A customer with a list of their own that came out empty (every candidate and best seller excluded): one line of
+# rank 0, so that the shop-wide list does not stand in for it.
+_EMPTY = """
+INSERT INTO customer_recommendations (customer_id, rank, sku, kind, source_sku, customers, score, as_of)
+SELECT a.customer_id, 0, '', 'none', NULL, 0, 0, :as_of FROM rec_active a
+WHERE NOT EXISTS (SELECT 1 FROM rec_cand c WHERE c.customer_id = a.customer_id)
+"""
+# The shop-wide list, once.
+_SHOP = """
+INSERT INTO popular_recommendations (rank, sku, customers, as_of)
+SELECT p_rank, sku, buyers, :as_of FROM rec_popular WHERE p_rank <= :n
+"""
+# The evaluation's lists are scored in the database, so there every customer without orders in the window (and
+# without recent impressions) gets the best sellers as they rank, written out.
 _PLAIN = """
 INSERT INTO {target} (customer_id, rank, sku, kind, source_sku, customers, score, as_of)
 SELECT k.customer_id, p.p_rank, p.sku, 'popular', NULL, p.buyers, p.buyers, :as_of
 FROM customers k CROSS JOIN rec_popular p
 WHERE p.p_rank <= :n AND NOT EXISTS (SELECT 1 FROM rec_baskets b WHERE b.customer_id = k.customer_id)
   AND NOT EXISTS (SELECT 1 FROM rec_shown s WHERE s.customer_id = k.customer_id)
+"""
+# What a refresh stored, in one pass: lines by kind, lists (a rank 1) and full lists (a rank per_customer).
+_SIZES = """
+SELECT kind, COUNT(*), SUM(CASE WHEN rank = 1 THEN 1 ELSE 0 END), SUM(CASE WHEN rank = :n THEN 1 ELSE 0 END)
+FROM customer_recommendations GROUP BY kind
 """
 
 _SCRATCH = {
@@ -204,15 +312,25 @@ _SCRATCH = {
                  "lift DOUBLE PRECISION, PRIMARY KEY (sku, other_sku)",
     "rec_shown": "customer_id VARCHAR(64), sku VARCHAR(64), PRIMARY KEY (customer_id, sku)",
     "rec_neigh": "sku VARCHAR(64), other_sku VARCHAR(64), support INTEGER, confidence DOUBLE PRECISION, "
-                 "PRIMARY KEY (sku, other_sku)",
+                 "pos INTEGER, PRIMARY KEY (sku, other_sku)",
     "rec_popular": "sku VARCHAR(64) PRIMARY KEY, buyers INTEGER, p_rank INTEGER",
-    "rec_cat_top": "sku VARCHAR(64) PRIMARY KEY, category VARCHAR(64), currency VARCHAR(3), buyers INTEGER",
+    "rec_cat_top": "sku VARCHAR(64) PRIMARY KEY, category VARCHAR(64), currency VARCHAR(3), price NUMERIC, "
+                   "buyers INTEGER",
     "rec_cand": "customer_id VARCHAR(64), sku VARCHAR(64), kind VARCHAR(16), score DOUBLE PRECISION, "
                 "customers INTEGER, source_sku VARCHAR(64), k_rn INTEGER, PRIMARY KEY (customer_id, sku)",
-    "rec_have": "customer_id VARCHAR(64) PRIMARY KEY, have INTEGER",
+    "rec_refs": "customer_id VARCHAR(64), sku VARCHAR(64), PRIMARY KEY (customer_id, sku)",
+    "rec_steps": "ref_sku VARCHAR(64), pos INTEGER, sku VARCHAR(64), buyers INTEGER, price NUMERIC, "
+                 "PRIMARY KEY (ref_sku, pos)",
+    "rec_up": "customer_id VARCHAR(64), sku VARCHAR(64), source_sku VARCHAR(64), buyers INTEGER, price NUMERIC, "
+              "excluded INTEGER, PRIMARY KEY (customer_id, sku)",
+    "rec_banned": "customer_id VARCHAR(64), sku VARCHAR(64), PRIMARY KEY (customer_id, sku)",
+    "rec_active": "customer_id VARCHAR(64) PRIMARY KEY, bought INTEGER, shown INTEGER, have INTEGER, "
+                  "crossed INTEGER, banned INTEGER",
 }
-# Up-sell looks a category's best sellers up by category and currency.
-_SCRATCH_INDEXES = {"rec_cat_top": "CREATE INDEX IF NOT EXISTS ix_rec_cat_top ON rec_cat_top (category, currency)"}
+# Up-sell looks a category's best sellers up by category and currency; the popular fill the first best sellers
+# by rank.
+_SCRATCH_INDEXES = {"rec_cat_top": "CREATE INDEX IF NOT EXISTS ix_rec_cat_top ON rec_cat_top (category, currency)",
+                    "rec_popular": "CREATE INDEX IF NOT EXISTS ix_rec_popular_rank ON rec_popular (p_rank)"}
 
 
 @dataclass
@@ -240,7 +358,8 @@ def window_start(rules: RecommendationSettings, as_of: date) -> date:
 
 def refresh_recommendations(engine: Engine, cfg: Settings, as_of: date) -> RefreshResult:
     """Recompute the co-purchase statistics and every customer's list as of the end of ``as_of``, replacing
-    the previous ones, in one transaction; returns the counts."""
+    the previous ones, in one transaction; returns the counts (a customer with the shop-wide list counted as
+    if it were written out for them)."""
     started = time.perf_counter()
     rules = cfg.recommendations
     result = RefreshResult(as_of, window_start(rules, as_of))
@@ -252,15 +371,25 @@ def refresh_recommendations(engine: Engine, cfg: Settings, as_of: date) -> Refre
                                          "SELECT sku, other_sku, :as_of, support, confidence, lift FROM rec_pairs",
                                    {"as_of": as_of}, as_of=SaDate()).rowcount
         conn.execute(delete(CustomerRecommendation))
+        conn.execute(delete(PopularRecommendation))
         _list(conn, rules, as_of, "customer_recommendations")
+        params = {"as_of": as_of, "n": rules.per_customer}
+        sql.execute(conn, _EMPTY, params, as_of=SaDate())
+        shop = sql.execute(conn, _SHOP, params, as_of=SaDate()).rowcount
         result.phases["store"] = round(time.perf_counter() - mark, 3)
-        for kind, n in conn.execute(select(CustomerRecommendation.kind, func.count())
-                                    .group_by(CustomerRecommendation.kind)):
-            result.by_kind[kind] = n
-        sizes = (select(func.count().label("n")).select_from(CustomerRecommendation)
-                 .group_by(CustomerRecommendation.customer_id).subquery())
-        result.customers, result.short_lists = conn.execute(
-            select(func.count(), func.coalesce(func.sum((sizes.c.n < rules.per_customer).cast(Integer)), 0))).one()
+        full = 0
+        for kind, n, lists, full_lists in sql.execute(conn, _SIZES, params):
+            if kind in result.by_kind:
+                result.by_kind[kind] = int(n)
+                result.customers += int(lists or 0)
+                full += int(full_lists or 0)
+        # Every profiled customer without a list of their own has the shop-wide one.
+        shared = sql.count(conn, "SELECT COUNT(*) FROM customers") - sql.count(conn, "SELECT COUNT(*) FROM rec_active")
+        if shop:
+            result.customers += shared
+            result.by_kind[POPULAR] += shared * shop
+            full += shared if shop == rules.per_customer else 0
+        result.short_lists = result.customers - full
         result.seconds = time.perf_counter() - started
         conn.execute(delete(RecommendationRun).where(RecommendationRun.as_of == as_of))
         conn.execute(RecommendationRun.__table__.insert().values(
@@ -283,8 +412,8 @@ def _analyze(conn: Connection, *tables: str) -> None:
 
 def _model(conn: Connection, cfg: Settings, rules: RecommendationSettings, as_of: date, *,
            exclude_shown: bool) -> tuple[int, dict[str, float]]:
-    """Fill the scratch tables up to the candidates (``rec_pairs``, ``rec_popular``, ``rec_cand``) as of the end
-    of ``as_of``; returns the window's buyers and the seconds per step."""
+    """Fill the scratch tables up to the candidates (``rec_pairs``, ``rec_popular``, ``rec_cand``,
+    ``rec_active``) as of the end of ``as_of``; returns the window's buyers and the seconds per step."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
         conn.exec_driver_sql("SET LOCAL jit = off")  # one-off statements: compiling costs more than it saves
@@ -292,8 +421,9 @@ def _model(conn: Connection, cfg: Settings, rules: RecommendationSettings, as_of
         sql.scratch(conn, name, columns, *filter(None, [_SCRATCH_INDEXES.get(name)]))
     c, true = sql.byte_order(conn), sql.true(conn)
     params = {"start": cutoff_for(window_start(rules, as_of) - timedelta(days=1), cfg.timezone),
-              "end": cutoff_for(as_of, cfg.timezone), "as_of": as_of, "since": as_of - timedelta(days=rules.recent_days),
-              "min_support": rules.min_support, "pool": rules.pool, "n": rules.per_customer, "up_sell": rules.up_sell}
+              "end": cutoff_for(as_of, cfg.timezone), "as_of": as_of,
+              "since": as_of - timedelta(days=rules.recent_days), "min_support": rules.min_support,
+              "pool": rules.pool, "n": rules.per_customer, "up_sell": rules.up_sell}
     phases: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -302,7 +432,7 @@ def _model(conn: Connection, cfg: Settings, rules: RecommendationSettings, as_of
         phases[name] = round(time.perf_counter() - mark, 3)
         mark = time.perf_counter()
 
-    sql.execute(conn, _BASKETS, params, start=UtcDateTime(), end=UtcDateTime())
+    sql.execute(conn, _BASKETS[conn.dialect.name], params, start=UtcDateTime(), end=UtcDateTime())
     conn.exec_driver_sql(_ITEMS)
     _analyze(conn, "rec_baskets", "rec_items")
     params["buyers"] = sql.count(conn, "SELECT COUNT(DISTINCT customer_id) FROM rec_baskets")
@@ -314,24 +444,36 @@ def _model(conn: Connection, cfg: Settings, rules: RecommendationSettings, as_of
         sql.execute(conn, _SHOWN, params, since=SaDate(), as_of=SaDate())
     for statement in (_NEIGHBOURS, _POPULAR, _CATEGORY_TOP):
         sql.execute(conn, statement.format(c=c, true=true), params)
-    _analyze(conn, "rec_shown", "rec_neigh", "rec_popular", "rec_cat_top")
+    sql.execute(conn, _ACTIVE, params)
+    _analyze(conn, "rec_shown", "rec_neigh", "rec_popular", "rec_cat_top", "rec_active")
+    sql.execute(conn, _CROSS_ONE, params)
     sql.execute(conn, _CROSS.format(c=c, new=_NEW_TO.format(who="x.customer_id", what="n.other_sku")), params)
-    step("cross_sell")
-    sql.execute(conn, _UP.format(c=c, new=_NEW_TO.format(who="r.customer_id", what="t.sku")), params)
     _analyze(conn, "rec_cand")
+    step("cross_sell")
+    for statement in (_REFS, _STEPS):
+        sql.execute(conn, statement.format(c=c), params)
+    _analyze(conn, "rec_refs", "rec_steps")
+    sql.execute(conn, _UP_FIRST, params)
+    _analyze(conn, "rec_up")
+    sql.execute(conn, _UP_REST, params)
+    sql.execute(conn, _UP.format(c=c), params)
     step("up_sell")
-    conn.exec_driver_sql(_HAVE)
-    _analyze(conn, "rec_have")
-    sql.execute(conn, _FILL.format(new=_NEW_TO.format(who="k.customer_id", what="p.sku")), params)
+    sql.execute(conn, _BANNED, params)
+    _analyze(conn, "rec_banned")
+    sql.execute(conn, _COUNTS, params)
+    _analyze(conn, "rec_active")
+    for statement in (_FILL_PLAIN, _FILL_RANKED):
+        sql.execute(conn, statement, params)
     step("popular")
     return params["buyers"], phases
 
 
-def _list(conn: Connection, rules: RecommendationSettings, as_of: date, target: str) -> int:
-    """Rank the candidates into each customer's list in ``target``; returns the lines written."""
+def _list(conn: Connection, rules: RecommendationSettings, as_of: date, target: str, *, plain: bool = False) -> int:
+    """Rank the candidates into each customer's list in ``target`` (with ``plain``, the best sellers' list written
+    out for every customer without orders or impressions too); returns the lines written."""
     params = {"as_of": as_of, "n": rules.per_customer, "up_sell": rules.up_sell}
     return sum(sql.execute(conn, statement.format(target=target), params, as_of=SaDate()).rowcount
-               for statement in (_LIST, _PLAIN))
+               for statement in (_LIST, _PLAIN)[: 2 if plain else 1])
 
 
 # --- offline evaluation ---------------------------------------------------------------------------------------
@@ -420,7 +562,7 @@ def evaluate(engine: Engine, cfg: Settings, holdout_days: int, as_of: date | Non
         sql.scratch(conn, "rec_truth", "customer_id VARCHAR(64), sku VARCHAR(64), PRIMARY KEY (customer_id, sku)")
         sql.scratch(conn, "rec_baseline", "customer_id VARCHAR(64), rank INTEGER, sku VARCHAR(64), "
                                           "PRIMARY KEY (customer_id, rank)")
-        _list(conn, rules, cut, "rec_final")
+        _list(conn, rules, cut, "rec_final", plain=True)
         sql.execute(conn, _TRUTH, {"cut_end": cutoff_for(cut, cfg.timezone), "end": cutoff_for(as_of, cfg.timezone)},
                     cut_end=UtcDateTime(), end=UtcDateTime())
         _analyze(conn, "rec_final", "rec_truth")
@@ -497,24 +639,48 @@ class Recommendation:
         return asdict(self) | {"price": str(self.price), "reason": self.reason}
 
 
-def recommendations_for(engine: Engine, customer_ids: list[str]) -> dict[str, list[Recommendation]]:
-    """The stored lists of these customers, best first, with the products' descriptions; customers without
-    a list are absent. Products that left the catalogue since the refresh are left out."""
+def recommendations_for(engine: Engine, customer_ids: list[str],
+                        limit: int | None = None) -> dict[str, list[Recommendation]]:
+    """The stored lists of these customers, best first, with the products' descriptions; a profiled customer
+    without a list of their own has the shop-wide list (``popular_recommendations``), customers without a list
+    are absent. Products that left the catalogue since the refresh are left out. ``limit``: at most the first
+    this many ranks of each list (an e-mail shows three of ten: reading the rest was nine tenths of the time)."""
     source = Product.__table__.alias("source")
-    cols = [getattr(Product, f"name_{lang}") for lang in LOCALISED_NAMES]
-    query = (select(CustomerRecommendation, Product.name, *cols, Product.category, Product.price, Product.currency,
-                    Product.url, Product.image_url, source.c.name.label("source_name"))
-             .join(Product, Product.sku == CustomerRecommendation.sku)
-             .outerjoin(source, source.c.sku == CustomerRecommendation.source_sku)
-             .where(CustomerRecommendation.customer_id.in_(customer_ids))
-             .order_by(CustomerRecommendation.customer_id, CustomerRecommendation.rank))
+    described = [Product.name, *(getattr(Product, f"name_{lang}") for lang in LOCALISED_NAMES), Product.category,
+                 Product.price, Product.currency, Product.url, Product.image_url]
+    r = CustomerRecommendation
+    # Outer joins: a customer whose lines all left the catalogue, or whose list came out empty (rank 0), still has
+    # a list of their own, and so not the shop-wide one.
+    own = (select(r.customer_id, r.rank, r.sku, r.kind, r.source_sku, r.customers, *described,
+                  source.c.name.label("source_name"))
+           .outerjoin(Product, Product.sku == r.sku)
+           .outerjoin(source, source.c.sku == r.source_sku)
+           .where(r.customer_id.in_(customer_ids), *([r.rank <= limit] if limit is not None else []))
+           .order_by(r.customer_id, r.rank))
+    p = PopularRecommendation
+    shop = (select(p.rank, p.sku, p.customers, *described).join(Product, Product.sku == p.sku)
+            .where(*([p.rank <= limit] if limit is not None else [])).order_by(p.rank))
     out: dict[str, list[Recommendation]] = {}
+    seen: set[str] = set()
+
+    def line(customer_id: str, m, kind: str, source_sku: str | None, source_name: str | None) -> Recommendation:
+        names = {lang: m[f"name_{lang}"] for lang in LOCALISED_NAMES if m[f"name_{lang}"]}
+        return Recommendation(customer_id, m["rank"], m["sku"], kind, source_sku, source_name, m["customers"],
+                              m["name"], names, m["category"], m["price"], m["currency"], m["url"], m["image_url"])
+
     with engine.connect() as conn:
-        for row in conn.execute(query):
-            r = row._mapping
-            names = {lang: r[f"name_{lang}"] for lang in LOCALISED_NAMES if r[f"name_{lang}"]}
-            out.setdefault(r["customer_id"], []).append(Recommendation(
-                r["customer_id"], r["rank"], r["sku"], r["kind"], r["source_sku"],
-                r["source_name"] or r["source_sku"], r["customers"], r["name"], names, r["category"], r["price"],
-                r["currency"], r["url"], r["image_url"]))
-    return out
+        for row in conn.execute(own):
+            m = row._mapping
+            seen.add(m["customer_id"])
+            if m["rank"] >= 1 and m["name"] is not None:
+                out.setdefault(m["customer_id"], []).append(
+                    line(m["customer_id"], m, m["kind"], m["source_sku"], m["source_name"] or m["source_sku"]))
+        missing = [c for c in dict.fromkeys(customer_ids) if c not in seen]
+        if missing:
+            shared = [row._mapping for row in conn.execute(shop)]
+            profiled = set(conn.execute(select(Customer.customer_id).where(Customer.customer_id.in_(missing))
+                                        ).scalars()) if shared else set()
+            for cid in missing:
+                if cid in profiled:
+                    out[cid] = [line(cid, m, POPULAR, None, None) for m in shared]
+    return dict(sorted(out.items()))

@@ -293,7 +293,7 @@ def _stored_products(conn: Connection, customers: list[str], cfg: Settings) -> d
     out: dict[str, list[Recommendation]] = {}
     shown = cfg.campaigns.recommendations
     for chunk in _chunks(customers, IN_CHUNK):
-        out.update((c, lines[:shown]) for c, lines in recommendations_for(conn.engine, chunk).items())
+        out.update((c, lines[:shown]) for c, lines in recommendations_for(conn.engine, chunk, limit=shown).items())
     return out
 
 

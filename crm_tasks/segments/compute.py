@@ -70,6 +70,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     bindparam,
+    case,
     cast,
     delete,
     func,
@@ -92,6 +93,7 @@ from crm_tasks.store.models import (
     CustomerClv,
     CustomerRecommendation,
     CustomerScore,
+    PopularRecommendation,
     Product,
     Purchase,
     Segment,
@@ -189,8 +191,8 @@ _CLV_FIELDS = [
     ("purchases_365", "number", "Expected purchase days in the next 365 days."),
     ("clv_12m", "money", "Expected spend over the next 12 months, discounted, in the base currency."),
 ]
-# From the latest recommendations refreshed on or before the as-of date (customer_recommendations,
-# crm_tasks/analytics/recommendations.py); empty for a customer without a list.
+# From the latest recommendations refreshed on or before the as-of date (customer_recommendations, else the
+# shop-wide popular_recommendations; crm_tasks/analytics/recommendations.py); empty for a customer without a list.
 _RECOMMENDATION_FIELDS = [
     ("recommended_category", "text", "Catalogue category of the customer's first recommended product."),
 ]
@@ -218,10 +220,15 @@ def _rule_columns(c, s, cfg: Settings, dialect: str, as_of: date) -> dict:
     v = CustomerClv.__table__
     cols.update({n: select(v.c[n]).where(v.c.customer_id == c.c.customer_id, v.c.as_of <= as_of).scalar_subquery()
                  for n, _t, _d in _CLV_FIELDS})
-    r = CustomerRecommendation.__table__
-    cols["recommended_category"] = (
-        select(Product.category).join(r, r.c.sku == Product.sku)
-        .where(r.c.customer_id == c.c.customer_id, r.c.rank == 1, r.c.as_of <= as_of).scalar_subquery())
+    # The customer's own first line, else, for a customer without a list of their own, the shop-wide list's
+    # first (popular_recommendations: the list of everyone without orders or recent impressions, stored once).
+    r, shop = CustomerRecommendation.__table__, PopularRecommendation.__table__
+    own = (select(Product.category).join(r, r.c.sku == Product.sku)
+           .where(r.c.customer_id == c.c.customer_id, r.c.rank == 1, r.c.as_of <= as_of).scalar_subquery())
+    shared = (select(Product.category).join(shop, shop.c.sku == Product.sku)
+              .where(shop.c.rank == 1, shop.c.as_of <= as_of).scalar_subquery())
+    has_list = select(r.c.rank).where(r.c.customer_id == c.c.customer_id).exists()
+    cols["recommended_category"] = func.coalesce(own, case((~has_list, shared)))
     for attr in cfg.custom_attributes:
         value = c.c.attributes[attr.name]
         if attr.type == "number":

@@ -919,6 +919,19 @@ class CustomerRecommendation(Base):
     as_of: Mapped[date] = mapped_column(Date)
 
 
+class PopularRecommendation(Base):
+    """The shop-wide list of the latest refresh: its best sellers in stock, rank 1 first. It is the list of
+    every profiled customer without rows in ``customer_recommendations`` (no orders in the window, nothing
+    shown recently: half the customers of a shop, the same list each), stored once instead of once each."""
+
+    __tablename__ = "popular_recommendations"
+
+    rank: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # 1 is the best
+    sku: Mapped[str] = mapped_column(String(64))
+    customers: Mapped[int] = mapped_column(Integer)  # customers who bought the product in the window
+    as_of: Mapped[date] = mapped_column(Date)
+
+
 class RecommendationRun(Base):
     """One refresh of the recommendations: its window, sizes and time."""
 
@@ -1021,6 +1034,7 @@ __all__ = [
     "Message",
     "MessageState",
     "MetricsDirty",
+    "PopularRecommendation",
     "Product",
     "ProductPair",
     "Purchase",

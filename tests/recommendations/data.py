@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import insert, select
 
+from crm_tasks.analytics.recommendations import recommendations_for
 from crm_tasks.clock import cutoff_for
 from crm_tasks.settings import RecommendationSettings
 from crm_tasks.store.models import (
-    CustomerRecommendation,
+    Customer,
     Product,
     ProductPair,
     Purchase,
@@ -172,14 +173,13 @@ def reference(engine, rules: RecommendationSettings, tz: str, as_of: date, custo
 
 
 def stored(engine) -> tuple[pd.DataFrame, dict[str, list[tuple]]]:
-    """The refresh's pairs and lists in the reference's shapes."""
+    """The refresh's pairs and every profiled customer's list as ``recommendations_for`` reads it (a list of
+    their own, else the shop-wide one), in the reference's shapes."""
     pairs = _frame(engine, ProductPair)
-    lists: dict[str, list] = {}
     with engine.connect() as conn:
-        for r in conn.execute(select(CustomerRecommendation).order_by(CustomerRecommendation.customer_id,
-                                                                      CustomerRecommendation.rank)):
-            r = r[0] if not hasattr(r, "sku") else r
-            lists.setdefault(r.customer_id, []).append((r.sku, r.kind, r.source_sku, r.customers))
+        everyone = conn.execute(select(Customer.customer_id)).scalars().all()
+    lists = {cid: [(r.sku, r.kind, r.source_sku, r.customers) for r in lines]
+             for cid, lines in recommendations_for(engine, everyone).items()}
     return pairs, lists
 
 

@@ -12,7 +12,12 @@ import pytest
 from sqlalchemy import func, select
 
 from crm_tasks.analytics.recommendations import reason, recommendations_for, refresh_recommendations
-from crm_tasks.store.models import CustomerRecommendation, ProductPair, RecommendationRun
+from crm_tasks.store.models import (
+    CustomerRecommendation,
+    PopularRecommendation,
+    ProductPair,
+    RecommendationRun,
+)
 from tests.factories import add_customers
 from tests.recommendations.data import (
     T0,
@@ -61,6 +66,22 @@ def test_statistics_and_lists_equal_an_independent_pandas_computation(engine, cf
     assert result.short_lists == sum(1 for v in want_lists.values() if len(v) < settings["per_customer"])
 
 
+@pytest.mark.parametrize("settings", [
+    {"per_customer": 6, "up_sell": 2, "pool": 6},
+    {"per_customer": 2, "up_sell": 1, "pool": 20},
+], ids=["two-upsells", "short-lists-long-pool"])
+def test_the_candidates_read_are_bounded_without_changing_a_list(engine, cfg, settings):
+    # The refresh reads each reference's first up_sell steps up, and the further ones only where one of those was
+    # shown or a cross-sell (recent impressions make such steps here); and each basket line's first
+    # per_customer + bought - 1 + shown complements (short lists from a long pool cut most lines).
+    cfg = _rules(cfg, window_days=100, min_support=2, recent_days=30, **settings)
+    shop = generate(engine, AS_OF)
+    refresh_recommendations(engine, cfg, AS_OF)
+    _, want_lists = reference(engine, cfg.recommendations, cfg.timezone, AS_OF, shop.customers)
+    assert stored(engine)[1] == want_lists
+    assert sum(1 for v in want_lists.values() for line in v if line[1] == "up_sell") > 20
+
+
 def test_rerunning_a_date_replaces_its_results(engine, cfg):
     generate(engine, AS_OF)
     first = refresh_recommendations(engine, cfg, AS_OF)
@@ -100,10 +121,15 @@ def _small_shop(engine) -> None:
 
 
 def _lists(engine) -> dict:
+    """Every profiled customer's list as (sku, kind, source_sku, customers), as ``recommendations_for`` reads it."""
+    return stored(engine)[1]
+
+
+def _rows(engine) -> dict:
+    """The lines stored per customer in customer_recommendations, as (rank, sku, kind)."""
     with engine.connect() as conn:
-        rows = conn.execute(select(CustomerRecommendation.customer_id, CustomerRecommendation.sku,
-                                   CustomerRecommendation.kind, CustomerRecommendation.source_sku,
-                                   CustomerRecommendation.customers)
+        rows = conn.execute(select(CustomerRecommendation.customer_id, CustomerRecommendation.rank,
+                                   CustomerRecommendation.sku, CustomerRecommendation.kind)
                             .order_by(CustomerRecommendation.customer_id, CustomerRecommendation.rank)).all()
     out: dict = {}
     for cid, *line in rows:
@@ -155,6 +181,51 @@ def test_each_recommendation_says_why_in_a_sentence(engine, cfg):
                                      "a step up from Basmati rice, bought by 1 customer",
                                      "a best seller, bought by 2 customers"]
     assert reason("cross_sell", "X", 1) == "bought with X by 1 customer"
-    with engine.connect() as conn:
+    assert [r.reason for r in lines["NEW"]] == ["a best seller, bought by 5 customers",
+                                                "a best seller, bought by 3 customers",
+                                                "a best seller, bought by 2 customers"]
+    assert lines["NEW"][0].customer_id == "NEW" and lines["NEW"][0].name == "Basmati rice"
+    with engine.connect() as conn:  # the buyers' lists are written out, the shop-wide one once
         assert conn.execute(select(func.count()).select_from(CustomerRecommendation)).scalar_one() == sum(
-            len(v) for v in recommendations_for(engine, ["A", "B", "C", "D", "E", "NEW"]).values())
+            len(v) for v in recommendations_for(engine, ["A", "B", "C", "D", "E"]).values())
+
+
+def test_the_best_sellers_list_is_stored_once_and_stands_in_for_every_customer_without_a_list(engine, cfg):
+    _small_shop(engine)
+    add_customers(engine, *({"customer_id": f"Z{i}"} for i in range(5)))
+    add_impressions(engine, [("Z0", "DAL", AS_OF - timedelta(days=2))])
+    result = refresh_recommendations(engine, _rules(cfg, min_support=3, per_customer=3, recent_days=30), AS_OF)
+    rows = _rows(engine)
+    # Buyers, and Z0 (shown dal recently: its best sellers skip it), have lines; NEW and Z1-Z4 none.
+    assert set(rows) == {"A", "B", "C", "D", "E", "Z0"}
+    assert [s for _, s, _ in rows["Z0"]] == ["RICE", "TEA", "RICE-XL"]
+    with engine.connect() as conn:
+        shop = conn.execute(select(PopularRecommendation.rank, PopularRecommendation.sku,
+                                   PopularRecommendation.customers, PopularRecommendation.as_of)
+                            .order_by(PopularRecommendation.rank)).all()
+    assert shop == [(1, "RICE", 5, AS_OF), (2, "DAL", 3, AS_OF), (3, "TEA", 2, AS_OF)]
+    lists = _lists(engine)
+    for cid in ("NEW", "Z1", "Z4"):
+        assert lists[cid] == [("RICE", "popular", None, 5), ("DAL", "popular", None, 3), ("TEA", "popular", None, 2)]
+    # The run's sizes count the shop-wide list once per customer it stands in for, as if written out.
+    assert result.customers == len(lists) == 11
+    assert result.by_kind["popular"] == sum(1 for v in lists.values() for line in v if line[1] == "popular")
+    # A profile loaded after the refresh has the best sellers too; an unknown id has nothing.
+    add_customers(engine, {"customer_id": "LATE"})
+    got = recommendations_for(engine, ["LATE", "NOBODY"])
+    assert set(got) == {"LATE"} and [r.sku for r in got["LATE"]] == ["RICE", "DAL", "TEA"]
+    assert [r.rank for r in got["LATE"]] == [1, 2, 3] and got["LATE"][0].kind == "popular"
+
+
+def test_a_customer_whose_every_candidate_is_excluded_has_no_list_not_the_best_sellers(engine, cfg):
+    _small_shop(engine)
+    # E bought rice and was shown everything else in stock: nothing is left for it, and the best sellers (which it
+    # bought or was shown) must not stand in for its empty list.
+    add_impressions(engine, [("E", s, AS_OF - timedelta(days=1)) for s in ("DAL", "TEA", "RICE-XL", "SOAP")])
+    result = refresh_recommendations(engine, _rules(cfg, min_support=3, per_customer=3, recent_days=30), AS_OF)
+    assert _rows(engine)["E"] == [(0, "", "none")]
+    lists = _lists(engine)
+    assert "E" not in lists and "NEW" in lists
+    assert recommendations_for(engine, ["E"]) == {}
+    assert result.customers == len(lists) and result.by_kind["popular"] == sum(
+        1 for v in lists.values() for line in v if line[1] == "popular")

@@ -9,7 +9,7 @@ from decimal import Decimal
 from crm_tasks.analytics.recommendations import recommendations_for, refresh_recommendations
 from crm_tasks.segments import compute as segments
 from tests.factories import add_customers
-from tests.recommendations.data import T0, add_products, add_purchases
+from tests.recommendations.data import T0, add_impressions, add_products, add_purchases
 from tests.recommendations.test_recommendations import AS_OF, _rules, _small_shop
 from tests.segments.support import members
 
@@ -45,3 +45,24 @@ def test_a_rule_on_the_recommended_category_selects_by_the_first_recommendation(
 
 def test_the_field_is_described_for_marketing(cfg):
     assert segments.rule_fields(cfg)["recommended_category"].type == "text"
+
+
+def test_the_shop_wide_list_stands_in_for_a_customer_without_one_and_an_empty_list_stays_empty(engine, seg_cfg):
+    _small_shop(engine)
+    add_customers(engine, {"customer_id": "Z"})
+    # E bought rice and was shown everything else in stock: its list is empty, and stays so in the rules.
+    add_impressions(engine, [("E", s, AS_OF - timedelta(days=1)) for s in ("DAL", "TEA", "RICE-XL", "SOAP")])
+    cfg = _rules(seg_cfg, min_support=3, per_customer=3, recent_days=30)
+    refresh_recommendations(engine, cfg, AS_OF)
+    (cfg.segments.folder / "grocery_next.yaml").write_text(
+        "name: grocery_next\ndescription: first recommendation is grocery, for the test\n"
+        "rule: {field: recommended_category, eq: grocery}\n")
+    (cfg.segments.folder / "no_list.yaml").write_text(
+        "name: no_list\ndescription: without recommendations\nrule: {field: recommended_category, is_null: true}\n")
+    assert segments.recompute(engine, cfg, AS_OF).problems == []
+    everyone = ["A", "B", "C", "D", "E", "NEW", "Z"]
+    lists = recommendations_for(engine, everyone)
+    expected = {c for c, lines in lists.items() if lines[0].category == "grocery"}
+    assert {"NEW", "Z"} <= expected  # neither has a line of its own: the best sellers' first, rice, is grocery
+    assert members(engine, "grocery_next") == expected
+    assert members(engine, "no_list") == {"E"} == set(everyone) - set(lists)
