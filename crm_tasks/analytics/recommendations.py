@@ -639,6 +639,21 @@ class Recommendation:
         return asdict(self) | {"price": str(self.price), "reason": self.reason}
 
 
+def described_columns() -> list:
+    """The catalogue's columns a Recommendation carries (Product's: name, localised names, category, price,
+    currency, links)."""
+    return [Product.name, *(getattr(Product, f"name_{lang}") for lang in LOCALISED_NAMES), Product.category,
+            Product.price, Product.currency, Product.url, Product.image_url]
+
+
+def described_line(m, *, customer_id: str, rank: int, kind: str, customers: int, source_sku: str | None = None,
+                   source_name: str | None = None) -> Recommendation:
+    """A Recommendation from a row holding ``described_columns()`` (its ``sku`` too)."""
+    names = {lang: m[f"name_{lang}"] for lang in LOCALISED_NAMES if m[f"name_{lang}"]}
+    return Recommendation(customer_id, rank, m["sku"], kind, source_sku, source_name, customers, m["name"], names,
+                          m["category"], m["price"], m["currency"], m["url"], m["image_url"])
+
+
 def recommendations_for(engine: Engine, customer_ids: list[str],
                         limit: int | None = None) -> dict[str, list[Recommendation]]:
     """The stored lists of these customers, best first, with the products' descriptions; a profiled customer
@@ -646,8 +661,7 @@ def recommendations_for(engine: Engine, customer_ids: list[str],
     are absent. Products that left the catalogue since the refresh are left out. ``limit``: at most the first
     this many ranks of each list (an e-mail shows three of ten: reading the rest was nine tenths of the time)."""
     source = Product.__table__.alias("source")
-    described = [Product.name, *(getattr(Product, f"name_{lang}") for lang in LOCALISED_NAMES), Product.category,
-                 Product.price, Product.currency, Product.url, Product.image_url]
+    described = described_columns()
     r = CustomerRecommendation
     # Outer joins: a customer whose lines all left the catalogue, or whose list came out empty (rank 0), still has
     # a list of their own, and so not the shop-wide one.
@@ -664,9 +678,8 @@ def recommendations_for(engine: Engine, customer_ids: list[str],
     seen: set[str] = set()
 
     def line(customer_id: str, m, kind: str, source_sku: str | None, source_name: str | None) -> Recommendation:
-        names = {lang: m[f"name_{lang}"] for lang in LOCALISED_NAMES if m[f"name_{lang}"]}
-        return Recommendation(customer_id, m["rank"], m["sku"], kind, source_sku, source_name, m["customers"],
-                              m["name"], names, m["category"], m["price"], m["currency"], m["url"], m["image_url"])
+        return described_line(m, customer_id=customer_id, rank=m["rank"], kind=kind, source_sku=source_sku,
+                              source_name=source_name, customers=m["customers"])
 
     with engine.connect() as conn:
         for row in conn.execute(own):

@@ -468,13 +468,13 @@ def _distinct_buyers(conn: Connection, cfg: Settings, by: str, span: tuple[date,
     of all sales from the purchase days when they are current, else (and for one category, store or
     segment) from the range's purchases, where a day's number is its period for days, a CASE over the
     periods' first days otherwise."""
+    if not (category or store or segment) and _days_are_current(conn, cfg):
+        return _buyers_from_days(conn, by, span)
     periods = [period_of(span[0], by)]
     step = {"day": lambda d: d + timedelta(days=1), "week": lambda d: d + timedelta(days=7),
             "month": lambda d: (d + timedelta(days=32)).replace(day=1)}[by]
     while step(periods[-1]) <= span[1]:
         periods.append(step(periods[-1]))
-    if not (category or store or segment) and _days_are_current(conn, cfg):
-        return _buyers_from_days(conn, by, span)
     lo = cutoff_for(span[0] - timedelta(days=1), cfg.timezone)
     hi = cutoff_for(span[1], cfg.timezone)
     params: dict = {"lo": lo, "hi": hi}

@@ -38,7 +38,13 @@ import pandas as pd
 from croniter import croniter
 from sqlalchemy import Connection, Engine, delete, distinct, func, insert, select, text, update
 
-from crm_tasks.analytics.recommendations import LOCALISED_NAMES, POPULAR, Recommendation, recommendations_for
+from crm_tasks.analytics.recommendations import (
+    POPULAR,
+    Recommendation,
+    described_columns,
+    described_line,
+    recommendations_for,
+)
 from crm_tasks.campaigns.audience import select_audience
 from crm_tasks.campaigns.coupons import unique_codes
 from crm_tasks.campaigns.definitions import Campaign
@@ -293,7 +299,7 @@ def _stored_products(conn: Connection, customers: list[str], cfg: Settings) -> d
     out: dict[str, list[Recommendation]] = {}
     shown = cfg.campaigns.recommendations
     for chunk in _chunks(customers, IN_CHUNK):
-        out.update((c, lines[:shown]) for c, lines in recommendations_for(conn.engine, chunk, limit=shown).items())
+        out.update(recommendations_for(conn.engine, chunk, limit=shown))
     return out
 
 
@@ -311,9 +317,7 @@ def _best_sellers(conn: Connection, cutoff: datetime, cfg: Settings,
             .where(p.purchased_at >= start, p.purchased_at < cutoff, p.quantity > 0,
                    p.category.in_(sorted(categories)))
             .group_by(p.sku).subquery())
-    names = [getattr(d, f"name_{lang}") for lang in LOCALISED_NAMES]
-    rows = conn.execute(select(d.sku, d.name, *names, d.category, d.price, d.currency, d.url, d.image_url,
-                               sold.c.buyers)
+    rows = conn.execute(select(d.sku, *described_columns(), sold.c.buyers)
                         .join(sold, sold.c.sku == d.sku)
                         .where(d.in_stock.is_(True), d.category.in_(sorted(categories)))).all()
     rows.sort(key=lambda r: (r.category, -r.buyers, r.sku))
@@ -321,9 +325,8 @@ def _best_sellers(conn: Connection, cutoff: datetime, cfg: Settings,
     for r in rows:
         picks = top.setdefault(r.category, [])
         if len(picks) < cfg.campaigns.recommendations:
-            localised = {lang: getattr(r, f"name_{lang}") for lang in LOCALISED_NAMES if getattr(r, f"name_{lang}")}
-            picks.append(Recommendation("", len(picks) + 1, r.sku, POPULAR, None, None, int(r.buyers), r.name,
-                                        localised, r.category, r.price, r.currency, r.url, r.image_url))
+            picks.append(described_line(r._mapping, customer_id="", rank=len(picks) + 1, kind=POPULAR,
+                                        customers=int(r.buyers)))
     return top
 
 
