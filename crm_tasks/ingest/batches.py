@@ -572,6 +572,7 @@ def _good_and_rejects(chunk: Chunk, reasons) -> tuple[np.ndarray, list[tuple[int
 class _PurchaseLoader:
     COLUMNS = ["transaction_id", "customer_id", "purchased_at", "amount", "currency", "store_id", "sku",
                "category", "quantity", "coupon_code", "batch_id", "line_no"]
+    TEXT = ("transaction_id", "customer_id", "currency", "store_id", "sku", "category", "coupon_code")
     # First occurrence of a transaction id wins; later ones are counted as duplicates.
     CONFLICT = "ON CONFLICT (transaction_id) DO NOTHING"
     # Chunk deltas are merged this many at a time, and handed to the database once the
@@ -618,12 +619,13 @@ class _PurchaseLoader:
         values, reasons = standardise_purchases(chunk.columns, self.lf.partition_date)
         idx, rejects = _good_and_rejects(chunk, reasons)
         units = values["amount_units"][idx]
+        picked = pa.array(idx)
+        text = {name: values[name].take(picked) for name in self.TEXT}
         if self.dialect == "sqlite":
-            rows = self._tuples(values, idx, units, chunk.line_no)
-            keys = [values[k][idx] for k in metrics.KEYS]
+            rows = self._tuples(values, text, idx, units, chunk.line_no)
         else:
-            rows = self._table(values, idx, units, chunk.line_no)
-            keys = [rows.column(k).combine_chunks() for k in metrics.KEYS]  # converted once, for both
+            rows = self._table(values, text, idx, units, chunk.line_no)
+        keys = [text[k] for k in metrics.KEYS]
         self.deltas.append(metrics.delta(*keys, values["purchased_at"][idx].asi8 // 1000, units,
                                          values["quantity"][idx]))
         delta_rows = None
@@ -645,21 +647,18 @@ class _PurchaseLoader:
                     self.initial = False  # the state is no longer empty: the end upserts and derives in SQL
         return _Prepared(rows, rejects, len(chunk) + len(chunk.broken), delta_rows=delta_rows)
 
-    def _tuples(self, values, idx, units, line_no) -> list[tuple]:
+    def _tuples(self, values, text, idx, units, line_no) -> list[tuple]:
         """SQLite's rows: money as integer units, instants as its storage text."""
         return list(zip(
-            values["transaction_id"][idx].tolist(), values["customer_id"][idx].tolist(),
+            text["transaction_id"].to_pylist(), text["customer_id"].to_pylist(),
             _timestamps(values["purchased_at"][idx], self.dialect), units.tolist(),
-            values["currency"][idx].tolist(), values["store_id"][idx].tolist(), values["sku"][idx].tolist(),
-            values["category"][idx].tolist(), values["quantity"][idx].tolist(),
-            values["coupon_code"][idx].tolist(), [self.batch_id] * len(idx), line_no[idx].tolist(),
+            text["currency"].to_pylist(), text["store_id"].to_pylist(), text["sku"].to_pylist(),
+            text["category"].to_pylist(), values["quantity"][idx].tolist(),
+            text["coupon_code"].to_pylist(), [self.batch_id] * len(idx), line_no[idx].tolist(),
         ))
 
-    def _table(self, values, idx, units, line_no) -> pa.Table:
+    def _table(self, values, text, idx, units, line_no) -> pa.Table:
         """PostgreSQL's rows as Arrow columns, for COPY in CSV."""
-        text = {name: pa.array(values[name][idx], pa.string())
-                for name in ("transaction_id", "customer_id", "currency", "store_id", "sku", "category",
-                             "coupon_code")}
         return pa.table({
             **text,
             "purchased_at": copy_instants(pa.array(values["purchased_at"][idx])),
