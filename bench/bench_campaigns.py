@@ -6,7 +6,9 @@
 The database is synthetic and built once per dialect (bench/data/campaigns-*.db, or
 the PostgreSQL schema crm_bench_campaigns): 1M profiles in five locales and time
 zones with birthdays and consent, their maintained purchase totals, 1M purchases over
-the last 90 days (for the recommendations), and 100k members of lifecycle:at_risk.
+the last 90 days, a catalogue of the 800 products they name (names in the five
+languages, prices, links, images), the recommendations refreshed from them (so every
+offer e-mail shows product blocks), and 100k members of lifecycle:at_risk.
 
 Steps, each timed in its own process:
 
@@ -96,6 +98,7 @@ def build(url: str, customers: int) -> None:
             bulk_insert(conn, "purchases", ["transaction_id", "customer_id", "purchased_at", "amount", "currency",
                                             "store_id", "sku", "category", "quantity", "coupon_code", "batch_id",
                                             "line_no"], rows[i:i + 100_000])
+        _catalogue(conn, dialect, money, t0_text)
         sid = conn.execute(insert(Segment).values(name="lifecycle:at_risk", family="lifecycle", description="",
                                                   status="active", updated_at=t0).returning(Segment.id)).scalar_one()
         members = rng.choice(customers, min(100_000, customers), replace=False)
@@ -104,10 +107,44 @@ def build(url: str, customers: int) -> None:
     engine.dispose()
 
 
+# Product names in the five languages of the shipped templates, per category (a real catalogue names each
+# product; these vary by number so that every block differs).
+NAMES = {"en": "Basket item", "hi": "टोकरी सामान", "te": "బుట్ట వస్తువు", "fa": "کالای سبد", "ur": "ٹوکری کا سامان"}
+
+
+def _catalogue(conn, dialect: str, money: int, t0_text: str) -> None:
+    """Every SKU the purchases name, in stock, with names in five languages, a price, a link and an image:
+    the offer's e-mails show product blocks, as a shop with a catalogue sends them."""
+    from crm_tasks.store.bulk import bulk_insert
+
+    rows = []
+    for c in CATEGORIES:
+        for sku in range(1000, 1100):
+            name = {lang: f"{text} {c} {sku}" for lang, text in NAMES.items()}
+            rows.append((f"{c.upper()}-{sku}", name["en"], name["hi"], name["te"], name["fa"], name["ur"], "Brand",
+                         c, (100 + sku % 400) * money, "INR", f"https://shop.example/p/{c}-{sku}",
+                         f"https://shop.example/img/{c}-{sku}.jpg", True, t0_text, 1))
+    bulk_insert(conn, "products", ["sku", "name", "name_hi", "name_te", "name_fa", "name_ur", "brand", "category",
+                                   "price", "currency", "url", "image_url", "in_stock", "updated_at", "batch_id"],
+                rows)
+
+
+def recommend(url: str) -> float:
+    """The nightly recommendation refresh before the plans, as the DAGs run it; returns its seconds."""
+    from crm_tasks.analytics.recommendations import refresh_recommendations
+    from crm_tasks.settings import load_settings
+    from crm_tasks.store.engine import make_engine
+
+    engine = make_engine(url)
+    result = refresh_recommendations(engine, load_settings(), AS_OF - timedelta(days=1))
+    engine.dispose()
+    return result.seconds
+
+
 def database(dialect: str, root: Path, customers: int) -> str:
     from sqlalchemy import create_engine, text
 
-    marker = root / f"campaigns-{dialect}-{customers}.ready"
+    marker = root / f"campaigns-{dialect}-{customers}-catalogue.ready"
     url = (f"sqlite:///{root / f'campaigns-{customers}.db'}" if dialect == "sqlite"
            else f"{PG_URL}?options=-csearch_path%3D{SCHEMA}")
     if not marker.exists():
@@ -122,7 +159,8 @@ def database(dialect: str, root: Path, customers: int) -> str:
             admin.dispose()
         started = time.perf_counter()
         build(url, customers)
-        print(f"built the {dialect} database in {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"built the {dialect} database in {time.perf_counter() - started:.0f} s; recommendations refreshed "
+              f"in {recommend(url):.0f} s", flush=True)
         marker.write_text("ok")
     return url
 
@@ -155,7 +193,8 @@ def step(url: str, name: str) -> dict:
         for ctx in contexts:
             renderer.render(c.template, ctx)
         seconds = time.perf_counter() - started
-        return {"step": name, "messages": len(contexts), "seconds": round(seconds, 2),
+        products = sum(len(ctx["customer"]["recommendations"]) for ctx in contexts)
+        return {"step": name, "messages": len(contexts), "product_blocks": products, "seconds": round(seconds, 2),
                 "renders_per_second": round(len(contexts) / seconds), "peak_mib": peak_rss_mib()}
     started = time.perf_counter()
     r = plan_campaign(engine, cfg, c, AS_OF, run_at, sample=0)
