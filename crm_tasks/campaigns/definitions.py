@@ -38,6 +38,8 @@ DATE_FIELDS = ("birthday",)
 
 
 OFFER_LATENESS_DAYS = 3  # an offer (segment, transition) may still go out up to 3 days late
+# A coupon's scope as written in the campaign file -> what the issued coupon stores (coupons.CouponScope).
+COUPON_SCOPES = {"any": "any", "recommended_category": "category", "recommended_product": "product"}
 
 
 class _Strict(BaseModel):
@@ -103,6 +105,22 @@ class CouponSettings(_Strict):
     valid_days: int = Field(30, ge=1, le=730)  # redeemable up to and including the send day + valid_days
     # The coupon's own landing page: the e-mail's call to action goes there instead of the shop (UTM added).
     landing_url: str | None = Field(None, max_length=500)
+    # What the coupon is valid on: any purchase, or only the category / the product of the customer's first
+    # recommendation (fixed at planning; a customer with no recommendation is excluded, reason
+    # no_recommendation). Redemption and attribution count only purchases that match (README, "Targeted
+    # coupons").
+    scope: Literal["any", "recommended_category", "recommended_product"] = "any"
+
+    @field_validator("scope", mode="before")
+    @classmethod
+    def _scope(cls, v):
+        if not isinstance(v, str) or v not in COUPON_SCOPES:
+            close = difflib.get_close_matches(str(v), COUPON_SCOPES, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ValueError(f"'{v}' is not a coupon scope; {hint}write any (every purchase, the default), "
+                             "recommended_category (the category of the customer's first recommended product) "
+                             "or recommended_product (that product only)")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> CouponSettings:

@@ -6,15 +6,17 @@ A run, for one campaign and one date:
 2. excludes, with one reason each, in this order: no or invalid e-mail address,
    no e-mail consent, suppressed address, already planned or sent for this
    occurrence, frequency cap reached, outside the send window (the customer's
-   local window on the day has passed by the run's time);
+   local window on the day has passed by the run's time), and, for a targeted
+   coupon (``coupon.scope``), no recommended product to target it at;
 3. holds out a deterministic share of the rest (a hash of campaign and customer,
    so the same customers stay in the control group run after run);
 4. applies the guardrails: more recipients than ``max_audience``, or far more
    than the previous run, blocks the run before anything is planned for sending;
-5. issues coupons and renders every message, with the products it shows (the
-   customer's stored recommendations, else their favourite category's best
-   sellers), so that one bad template or profile fails the run before any
-   message is handed to delivery;
+5. issues coupons (a targeted one valid on the category or the product of the
+   customer's first recommendation) and renders every message, with the
+   products it shows (the customer's stored recommendations, else their
+   favourite category's best sellers), so that one bad template or profile
+   fails the run before any message is handed to delivery;
 6. records the run, its plan and (unless a dry run) the ledger rows and the
    products shown, in one transaction; re-running a date replaces what it
    planned and has not sent.
@@ -46,8 +48,8 @@ from crm_tasks.analytics.recommendations import (
     recommendations_for,
 )
 from crm_tasks.campaigns.audience import select_audience
-from crm_tasks.campaigns.coupons import unique_codes
-from crm_tasks.campaigns.definitions import Campaign
+from crm_tasks.campaigns.coupons import CouponScope, unique_codes
+from crm_tasks.campaigns.definitions import COUPON_SCOPES, Campaign
 from crm_tasks.clock import Phases, cutoff_for
 from crm_tasks.delivery.suppression import email_hash, unsubscribe_token
 from crm_tasks.errors import CampaignBlocked, RenderError
@@ -79,8 +81,11 @@ SUPPRESSED = "suppressed"
 ALREADY_SENT = "already_sent"
 FREQUENCY_CAP = "frequency_cap"
 OUTSIDE_WINDOW = "outside_send_window"
+# A targeted coupon (coupon.scope) and no recommended product to target it at: never an unscoped coupon instead.
+NO_RECOMMENDATION = "no_recommendation"
 AUDIENCE_LIMIT = "audience_limit"  # a hand-triggered run's limit, applied after the holdout
-REASONS = (GLOBAL_CONTROL, INVALID_EMAIL, NO_CONSENT, SUPPRESSED, ALREADY_SENT, FREQUENCY_CAP, OUTSIDE_WINDOW, AUDIENCE_LIMIT)
+REASONS = (GLOBAL_CONTROL, INVALID_EMAIL, NO_CONSENT, SUPPRESSED, ALREADY_SENT, FREQUENCY_CAP, OUTSIDE_WINDOW,
+           NO_RECOMMENDATION, AUDIENCE_LIMIT)
 SEND, HOLDOUT, EXCLUDED = "send", "holdout", "excluded"
 
 # Messages that no longer count against the frequency cap: they never reached anyone.
@@ -303,6 +308,48 @@ def _stored_products(conn: Connection, customers: list[str], cfg: Settings) -> d
     return out
 
 
+def coupon_scope(campaign: Campaign) -> CouponScope | None:
+    """What the campaign's coupons are valid on: None without a coupon, else any, category or product."""
+    return None if campaign.coupon is None else CouponScope(COUPON_SCOPES[campaign.coupon.scope])
+
+
+def _coupon_targets(conn: Connection, campaign: Campaign, customers: list[str]) -> dict[str, Recommendation]:
+    """For a targeted coupon, each customer's first recommended product: the first line of their own stored list,
+    else, for a customer without one, of the shop-wide list (``popular_recommendations``). This is the rule of
+    the segment field ``recommended_category`` (crm_tasks/segments/compute.py), read through
+    ``recommendations_for`` with ``limit=1``: one query per IN_CHUNK customers, never one per customer. Like the
+    products the e-mail shows, it reads the latest refresh (the segment field looks back to the lists of its
+    as-of day; planning a date again after a newer refresh must not lose everyone). A customer left out has
+    nothing to target (an empty list of their own, a first product that left the catalogue, or no refresh yet):
+    the caller excludes them. Empty for an unscoped coupon."""
+    if coupon_scope(campaign) in (None, CouponScope.ANY) or not customers:
+        return {}
+    out: dict[str, Recommendation] = {}
+    for chunk in _chunks(customers, IN_CHUNK):
+        out.update({cid: lines[0] for cid, lines in recommendations_for(conn.engine, chunk, limit=1).items()
+                    if lines})
+    return out
+
+
+def _scope_value(scope: CouponScope | None, target) -> str | None:
+    """The category or sku a coupon of ``scope`` is valid on, from the customer's first recommendation."""
+    if scope == CouponScope.CATEGORY:
+        return target.category
+    if scope == CouponScope.PRODUCT:
+        return target.sku
+    return None
+
+
+def _valid_on(scope: CouponScope | None, target, lang: str, labels: dict[str, str]) -> dict | None:
+    """What a targeted coupon is valid on, as its e-mail says it: the category's label or the product's name in
+    the message's language (the catalogue's default name where it has none). None for an unscoped coupon."""
+    if scope == CouponScope.CATEGORY:
+        return {"kind": "category", "name": labels.get(target.category, target.category)}
+    if scope == CouponScope.PRODUCT:
+        return {"kind": "product", "name": target.name_in(lang)}
+    return None
+
+
 def _best_sellers(conn: Connection, cutoff: datetime, cfg: Settings,
                   categories: set[str]) -> dict[str, list[Recommendation]]:
     """The fallback for customers without a stored list (new since the last refresh, or no refresh yet):
@@ -412,8 +459,8 @@ def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_
     phases.done("audience")
 
     cutoff = cutoff_for(as_of, cfg.timezone)
-    reason, send_at, local_at = _exclusions(conn, cfg, campaign, frame, as_of, run_at, cutoff,
-                                            test=test, replaced=real_replaced)
+    reason, send_at, local_at, frame["target"] = _exclusions(conn, cfg, campaign, frame, as_of, run_at, cutoff,
+                                                             test=test, replaced=real_replaced)
     phases.done("exclusions")
 
     outcome = _outcomes(campaign, frame, reason, holdout=not test, audience_limit=audience_limit)
@@ -459,7 +506,8 @@ def _plan(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, run_
 def _exclusions(conn: Connection, cfg: Settings, campaign: Campaign, frame: pd.DataFrame, as_of: date,
                 run_at: datetime, cutoff: datetime, *, test: bool, replaced: list[int]):
     """Each audience member's exclusion reason (None: eligible), the first that applies in REASONS'
-    order, with the UTC and local send times. Returns (reason, send_at, local_send_at)."""
+    order, with the UTC and local send times and, for a targeted coupon, the recommendation it targets.
+    Returns (reason, send_at, local_send_at, target)."""
     reason = pd.Series(None, index=frame.index, dtype=object)
 
     def exclude(mask: pd.Series, why: str) -> None:
@@ -485,7 +533,13 @@ def _exclusions(conn: Connection, cfg: Settings, campaign: Campaign, frame: pd.D
     exclude(frame["customer_id"].map(recent).fillna(0) >= cap.messages, FREQUENCY_CAP)
     send_at, local_at = send_times(frame, as_of, campaign, run_at)
     exclude(send_at.isna(), OUTSIDE_WINDOW)
-    return reason, send_at, local_at
+    target = pd.Series(None, index=frame.index, dtype=object)
+    if coupon_scope(campaign) not in (None, CouponScope.ANY):
+        targets = _coupon_targets(conn, campaign, frame["customer_id"][reason.isna()].tolist())
+        found = frame["customer_id"].isin(targets.keys())
+        target[found] = frame["customer_id"][found].map(targets)
+        exclude(~found, NO_RECOMMENDATION)
+    return reason, send_at, local_at, target
 
 
 def _outcomes(campaign: Campaign, frame: pd.DataFrame, reason: pd.Series, *, holdout: bool,
@@ -554,13 +608,17 @@ def _coupon_codes(conn: Connection, campaign: Campaign, frame: pd.DataFrame, sen
 
 def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: date, rows: pd.DataFrame,
                    renderer: Renderer, cutoff: datetime) -> list[dict]:
-    """The render context of every row (profile columns, lang, years, coupon_code, variant), each rendered
-    once to prove it renders: one bad template or profile fails the whole run, before anything is stored.
-    The products shown are the customer's stored recommendations, else their favourite category's best
-    sellers."""
+    """The render context of every row (profile columns, lang, years, coupon_code, variant, and for a targeted
+    coupon the recommendation it targets), each rendered once to prove it renders: one bad template or profile
+    fails the whole run, before anything is stored. The products shown are the customer's stored
+    recommendations, else their favourite category's best sellers. Rows without a ``target`` column (a
+    preview) have their coupon's target read here."""
     if rows.empty:
         return []
     customers = rows["customer_id"].tolist()
+    scope = coupon_scope(campaign)
+    if "target" not in rows.columns:
+        rows = rows.assign(target=rows["customer_id"].map(_coupon_targets(conn, campaign, customers)))
     favourite, first = _personalisation(conn, customers)
     stored = _stored_products(conn, customers, cfg)
     # Only a customer without a stored list gets the best sellers of their favourite category.
@@ -590,6 +648,13 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
             labels=labels[r.lang], texts=texts[r.lang],
             variant=r.variant if isinstance(r.variant, str) else None,
         )
+        if scope not in (None, CouponScope.ANY):
+            if not isinstance(r.target, Recommendation):
+                raise RenderError(f"campaign {campaign.name}, customer {r.customer_id}: no recommended product to "
+                                  f"target its coupon at (coupon.scope: {coupon.scope}); planning excludes such "
+                                  f"customers ({NO_RECOMMENDATION})")
+            # Only a targeted coupon says what it is valid on: an unscoped coupon's e-mail stays as it was.
+            ctx["coupon"]["valid_on"] = _valid_on(scope, r.target, r.lang, labels[r.lang])
         if (variant := variants.get(r.variant)) is not None and (subject := variant.subject_for(r.lang)):
             ctx["variant_subject"] = subject
         try:
@@ -701,12 +766,15 @@ def _insert_impressions(conn: Connection, rows: pd.DataFrame, contexts: list[dic
 
 def _insert_coupons(conn: Connection, campaign: Campaign, run_id: int, rows: pd.DataFrame, prefix: str,
                     as_of: date) -> None:
-    """The coupons the messages carry, valid from the occurrence day for the campaign's valid_days."""
+    """The coupons the messages carry, valid from the occurrence day for the campaign's valid_days, each with
+    its scope: any purchase, or the category / the product of the customer's first recommendation."""
     c = campaign.coupon
+    scope = coupon_scope(campaign)
     coupons = [
         {"code": r.coupon_code, "idempotency_key": prefix + r.key, "campaign": campaign.name,
          "customer_id": r.customer_id, "value": c.value, "value_type": c.type, "currency": c.currency,
-         "issued_on": as_of, "expires_on": as_of + timedelta(days=c.valid_days), "run_id": run_id}
+         "issued_on": as_of, "expires_on": as_of + timedelta(days=c.valid_days), "run_id": run_id,
+         "scope": scope.value, "scope_value": _scope_value(scope, r.target)}
         for r in rows.itertuples()
     ]
     for chunk in _chunks(coupons, 5000):

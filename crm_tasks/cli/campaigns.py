@@ -184,12 +184,16 @@ def campaign_status_command(name, as_of, as_json) -> None:
 def coupons_report(campaign, as_json) -> None:
     """Coupons issued and redeemed per campaign, matched from purchases' coupon_code.
 
+    A targeted coupon is redeemed only by a purchase in its category or of its product; purchases that
+    carried its code on anything else are shown as "outside scope".
+
     Example: crm coupons --campaign at_risk_offer
     """
     from crm_tasks.campaigns.coupons import redemptions
 
     rows = [r.to_dict() for r in redemptions(engine(), campaign)]
     lines = [f"  {r['campaign']:<24} issued {r['issued']:>7}  redeemed {r['redeemed']:>6} "
-             f"({r['redemption_rate']:.1%})  revenue {r['revenue'] or '-'}" for r in rows]
+             f"({r['redemption_rate']:.1%})  revenue {r['revenue'] or '-'}"
+             + (f"  outside scope {r['outside_scope']}" if r["outside_scope"] else "") for r in rows]
     emit(as_json, {"campaigns": rows}, "\n".join(lines) or "no coupons issued yet")
 

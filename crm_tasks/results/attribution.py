@@ -3,7 +3,9 @@
 The rule (README, "Success measures"), one message per purchase at most:
 
 1. **The coupon wins.** A purchase that redeems a message's coupon belongs to that message, whenever it
-   happens and whoever redeems it: the coupon is the proof that the message was used.
+   happens and whoever redeems it: the coupon is the proof that the message was used. A purchase that
+   carries a targeted coupon's code outside its scope (another category or product) did not redeem it
+   (``coupons.in_scope``, the rule redemptions count by) and is left to the next rule.
 2. **Otherwise the last touch.** A purchase by a recipient within the attribution window after a sent
    message (``attribution_days`` of its campaign, default ``results.attribution_days``) belongs to the
    latest message sent to them before it; a tie goes to the greater idempotency key, so the choice is
@@ -20,13 +22,14 @@ from datetime import datetime
 
 from sqlalchemy import Connection, delete
 
+from crm_tasks.campaigns.coupons import in_scope_sql
 from crm_tasks.store import sql
 from crm_tasks.store.models import Attribution
 from crm_tasks.store.types import UtcDateTime
 
 # The coupon rule. Walks the purchases once for those with a code (there is no index on coupon_code: a
 # scan of purchases costs less than maintaining one on every nightly insert) and joins coupons and
-# messages by their primary keys.
+# messages by their primary keys. {in_scope}: the purchase matches the coupon's scope (coupons.in_scope).
 _BY_COUPON = """
 INSERT INTO attributions (purchase_id, idempotency_key, campaign, run_id, variant, customer_id, rule, amount,
                           currency, purchased_at)
@@ -35,7 +38,7 @@ SELECT p.id, m.idempotency_key, m.campaign, m.run_id, m.variant, p.customer_id, 
 FROM purchases p
 JOIN coupons c ON c.code = p.coupon_code
 JOIN messages m ON m.idempotency_key = c.idempotency_key
-WHERE p.coupon_code IS NOT NULL AND p.purchased_at < :cutoff AND NOT m.test
+WHERE p.coupon_code IS NOT NULL AND p.purchased_at < :cutoff AND NOT m.test AND {in_scope}
 """
 
 # The last-touch rule. SQLite drives it by the sent messages, each probing ix_purchases_customer
@@ -76,7 +79,7 @@ def attribute(conn: Connection, cutoff: datetime, days_by_campaign: dict[str, in
     """Rebuild ``attributions`` with the purchases before ``cutoff``; returns how many were attributed."""
     conn.execute(delete(Attribution))
     params: dict = {"cutoff": cutoff}
-    sql.execute(conn, _BY_COUPON, params, cutoff=UtcDateTime())
+    sql.execute(conn, _BY_COUPON.format(in_scope=in_scope_sql("c", "p")), params, cutoff=UtcDateTime())
     first_sent = sql.execute(conn, "SELECT MIN(sent_at) AS first FROM messages WHERE state = 'sent' AND NOT test",
                              result_types={"first": UtcDateTime()}).scalar()
     if first_sent is not None:

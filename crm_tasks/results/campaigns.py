@@ -142,6 +142,8 @@ WHERE m.state = 'sent' AND NOT m.test
 GROUP BY m.run_id, COALESCE(m.variant, '')
 """
 
+# Attributed orders and revenue, and coupons redeemed: messages with a purchase attributed by the coupon rule,
+# which gives a purchase to a coupon only within the coupon's scope (coupons.in_scope, as `crm coupons` counts).
 _ATTRIBUTED = """
 SELECT a.run_id, COALESCE(a.variant, ''), a.currency, SUM(CASE WHEN a.amount >= 0 THEN 1 ELSE 0 END),
        SUM(a.amount) AS revenue,

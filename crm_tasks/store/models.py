@@ -431,6 +431,10 @@ class Coupon(Base):
     issued_on: Mapped[date] = mapped_column(Date)
     expires_on: Mapped[date] = mapped_column(Date)  # last day it can be redeemed
     run_id: Mapped[int] = mapped_column(BigInteger)
+    # What it is valid on (CouponScope): any purchase, or only one category / one product (sku), copied
+    # from the customer's recommendations at planning. Redemption and attribution count only matching lines.
+    scope: Mapped[str] = mapped_column(String(16), default="any", server_default="any")
+    scope_value: Mapped[str | None] = mapped_column(String(64))  # the category or sku; None when scope is any
 
 
 class Suppression(Base):

@@ -162,3 +162,42 @@ def test_variants_are_stable_weighted_and_measured_apart(engine, cfg):
     assert rows["bold"].converters == 60 and rows["plain"].converters == 0
     assert rows["bold"].lift["win_probability"] > 0.99
     assert rows["bold"].lift["win_probability"] + rows["plain"].lift["win_probability"] == pytest.approx(1)
+
+
+def test_a_targeted_coupon_earns_only_purchases_within_its_scope(engine, cfg):
+    """A purchase carrying a category coupon's code on something else is not the coupon's: the recipient's falls to
+    the last-touch rule, a stranger's is nobody's, and results count only the in-scope redemption."""
+    from crm_tasks.ingest import metrics
+    from crm_tasks.store.models import PopularRecommendation, Purchase
+    from tests.recommendations.data import add_products
+
+    add_products(engine, {"sku": "LAMP-1", "name": "Desk Lamp", "category": "home"})
+    with engine.begin() as conn:
+        conn.execute(insert(PopularRecommendation).values(rank=1, sku="LAMP-1", customers=9, as_of=DAY))
+    add_customers(engine, *({"customer_id": cid, "birthday": date(1990, 6, 1)} for cid in ("A", "B", "C")))
+    c = campaign(coupon={"type": "percent", "value": 10, "scope": "recommended_category"})
+    plan(engine, cfg, c, DAY, RUN_AT, record=True)
+    with engine.begin() as conn:
+        conn.execute(update(Message).values(state="sent", sent_at=Message.send_at))
+        sent = {m.customer_id: m for m in conn.execute(select(Message)).all()}
+    assert len(sent) == 3
+    at = sent["A"].sent_at
+
+    def buy_line(tid: str, cid: str, days: int, category: str, code: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(insert(Purchase).values(
+                transaction_id=tid, customer_id=cid, purchased_at=at + timedelta(days=days), amount=Decimal(60),
+                currency="INR", store_id="S1", sku=f"{category.upper()}-1", category=category, quantity=1,
+                coupon_code=code, batch_id=1, line_no=1))
+            metrics.mark_for_rebuild(conn, {cid})
+            metrics.refresh(conn)
+
+    buy_line("IN", "A", 20, "home", sent["A"].coupon_code)  # in scope, after the window: the coupon's
+    buy_line("OUT", "B", 2, "grocery", sent["B"].coupon_code)  # outside scope, in the window: the last touch's
+    buy_line("STRANGER", "X", 3, "grocery", sent["C"].coupon_code)  # outside scope, not a recipient: nobody's
+    refresh_results(engine, cfg, AS_OF)
+    with engine.connect() as conn:
+        attributed = {r.customer_id: r.rule for r in conn.execute(select(Attribution)).all()}
+        t = conn.execute(select(CampaignResult).where(CampaignResult.grp == "treatment")).one()
+    assert attributed == {"A": "coupon", "B": "window"}
+    assert t.coupons_redeemed == 1 and t.attributed_orders == 2
