@@ -1,13 +1,14 @@
-"""Shared fixtures: a fresh CRM database per test on SQLite and on PostgreSQL,
-and one migrated Airflow metadata database per test session."""
+"""Shared fixtures: a fresh CRM database per test on SQLite and on PostgreSQL (made from one migrated
+per test process: tests/databases.py), and one migrated Airflow metadata database per test session."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ os.environ.pop("CRM_DATABASE_URL", None)
 os.environ.pop("CRM_LANDING_DIR", None)
 
 from crm_tasks.settings import load_settings, settings
-from crm_tasks.store.engine import make_engine, upgrade
+from crm_tasks.store.engine import make_engine
+from tests.databases import ReusedSchema, migrated_sqlite_template, sqlite_copy
 
 POSTGRES_URL = os.environ.get("CRM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -55,32 +57,26 @@ def postgres_ready() -> None:
         pytest.skip(problem)
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    """This test process's migrated SQLite database, copied for each test (tests/databases.py)."""
+    return migrated_sqlite_template(tmp_path_factory.mktemp("crm-template"))
+
+
+@pytest.fixture(scope="session")
+def postgres_schema(postgres_ready):
+    """This test process's migrated PostgreSQL schema, put back in its migrated state for each test."""
+    schema = ReusedSchema(POSTGRES_URL)
+    yield schema
+    schema.drop()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path) -> str:
-    """A migrated, empty CRM database: a SQLite file, or a private PostgreSQL schema."""
+    """A migrated, empty CRM database with keys of its own: a SQLite file, or a PostgreSQL schema."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'crm.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
-        yield url
-        return
-    request.getfixturevalue("postgres_ready")
-    from sqlalchemy import create_engine, text
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    engine = make_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+        return sqlite_copy(request.getfixturevalue("sqlite_template"), tmp_path / "crm.db")
+    return request.getfixturevalue("postgres_schema").fresh()
 
 
 @pytest.fixture
@@ -135,8 +131,27 @@ def use_settings(cfg, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def airflow_db() -> Path:
-    """Migrate the session's Airflow metadata database once (dag.test() needs it)."""
-    airflow = Path(sys.executable).with_name("airflow")
-    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=os.environ.copy())
+def airflow_db(tmp_path_factory) -> Path:
+    """The session's Airflow metadata database, migrated (dag.test() needs it): a copy of one migrated once per
+    run, by the first test process that needs it, since `airflow db migrate` takes seconds of CPU per process."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent  # this run's folder, common to its test processes
+    else:
+        shared = tmp_path_factory.mktemp("airflow-template")
+    template = shared / "airflow-template.db"
+    with open(shared / "airflow-template.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait while one migrates
+        if not template.exists():
+            _migrate_airflow(shared / "airflow-template", template)
+    shutil.copyfile(template, _AIRFLOW_HOME / "airflow.db")
     return _AIRFLOW_HOME
+
+
+def _migrate_airflow(home: Path, database: Path) -> None:
+    """`airflow db migrate` into ``database`` (written beside it first: a half-migrated file is never taken)."""
+    home.mkdir()
+    partial = database.with_suffix(".partial")
+    airflow = Path(sys.executable).with_name("airflow")
+    env = os.environ | {"AIRFLOW_HOME": str(home), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{partial}"}
+    subprocess.run([str(airflow), "db", "migrate"], check=True, capture_output=True, env=env)
+    partial.rename(database)

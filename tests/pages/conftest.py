@@ -16,6 +16,7 @@ from crm_tasks.pages.app import create_crm_app
 from crm_tasks.settings import load_settings, settings
 from crm_tasks.store.engine import make_engine, upgrade
 from tests.conftest import POSTGRES_URL, REPO
+from tests.databases import sqlite_copy
 
 
 @cache
@@ -77,8 +78,9 @@ def client(app, airflow_token):
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def crm(request, tmp_path_factory):
     """The scenario (tests/pages/scenario.py) in a database of each dialect, built once for a module whose
-    tests only read it (as the pages do): ``engine``, ``cfg``, ``url`` and the campaign's ``run_id``. Built
-    the way tests/conftest.py's ``db_url`` builds a fresh database, with the same settings as ``cfg``."""
+    tests only read it (as the pages do): ``engine``, ``cfg``, ``url`` and the campaign's ``run_id``. A fresh
+    database with the same settings as ``cfg``: a copy of the migrated SQLite template, or a PostgreSQL schema
+    of the module's own, migrated."""
     from sqlalchemy import create_engine, text
 
     from tests.pages import scenario
@@ -87,7 +89,7 @@ def crm(request, tmp_path_factory):
     (tmp / "landing").mkdir()
     schema = None
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp / 'crm.db'}"
+        url = sqlite_copy(request.getfixturevalue("sqlite_template"), tmp / "crm.db")
     else:
         request.getfixturevalue("postgres_ready")
         schema = f"t_{uuid.uuid4().hex[:12]}"
@@ -96,7 +98,8 @@ def crm(request, tmp_path_factory):
             conn.execute(text(f"CREATE SCHEMA {schema}"))
         url = f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}options=-csearch_path%3D{schema}"
     engine = make_engine(url)
-    upgrade(engine)
+    if schema:  # a schema of the module's own, beside the one its tests take in turn (tests/databases.py)
+        upgrade(engine)
     base = load_settings(REPO / "crm.yaml", env={"CRM_LANDING_DIR": str(tmp / "landing"), "CRM_DATABASE_URL": url})
     cfg = base.model_copy(update={"results": base.results.model_copy(update={"global_control_share": 0.0})})
     run_id = scenario.everything(engine, cfg)

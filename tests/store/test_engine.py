@@ -1,4 +1,4 @@
-"""The ORM models and the Alembic migrations describe the same schema, on both dialects."""
+"""The ORM models and the Alembic migrations describe the same schema, on both dialects, migrating from empty."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from crm_tasks.store.engine import check_schema, head_revision
 from crm_tasks.store.models import Base
 
 
-def test_models_match_migrations(engine):
-    assert check_schema(engine) == head_revision()
-    with engine.connect() as conn:
+def test_models_match_migrations(engine_from_empty):
+    assert check_schema(engine_from_empty) == head_revision()
+    with engine_from_empty.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
 
