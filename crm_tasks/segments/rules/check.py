@@ -173,17 +173,35 @@ class _Checker:
     def problem(self, path: str, message: str) -> None:
         self.problems.append((path, message))
 
+    # A node: within the limits, of exactly one shape, then checked as that shape.
+
     def node(self, node: object, path: str, depth: int = 1) -> _Node | None:
+        """The validated node, or None once its problems are recorded."""
+        if not self.count_within_limit(path) or not self.depth_within_limit(path, depth):
+            return None
+        shape = self.shape(node, path)
+        if shape is None:
+            return None
+        if shape == "field":
+            return self.condition(node, path)
+        return self.combination(shape, node, path, depth)
+
+    def count_within_limit(self, path: str) -> bool:
         self.nodes += 1
-        if self.nodes == MAX_NODES + 1:
+        if self.nodes == MAX_NODES + 1:  # said once, at the first node too many
             self.problem(path, f"the rule has more than {MAX_NODES} parts; split it into segments "
                                "combined with in_segment")
-        if self.nodes > MAX_NODES:
-            return None
+        return self.nodes <= MAX_NODES
+
+    def depth_within_limit(self, path: str, depth: int) -> bool:
         if depth > MAX_DEPTH:
             self.problem(path, f"nesting is deeper than {MAX_DEPTH} levels; simplify the rule or move "
                                "part of it into its own segment and use in_segment")
-            return None
+            return False
+        return True
+
+    def shape(self, node: object, path: str) -> str | None:
+        """The node's one key among all, any, not, in_segment and field."""
         if not isinstance(node, dict) or not node:
             self.problem(path, "expected a mapping with one of all, any, not, in_segment or field, e.g. "
                                f"{{field: monetary, gte: 10000}}; got {_show(node)}")
@@ -198,9 +216,10 @@ class _Checker:
             self.problem(path, f"'{shapes[0]}' and '{shapes[1]}' in one node; a node has exactly one of "
                                f"{', '.join(_SHAPES)}: put them as separate items under all: or any:")
             return None
-        shape = shapes[0]
-        if shape == "field":
-            return self.condition(node, path)
+        return shapes[0]
+
+    def combination(self, shape: str, node: dict, path: str, depth: int) -> _Node | None:
+        """all, any, not or in_segment: the shape's key is the node's only key."""
         extra = [k for k in node if k != shape]
         if extra:
             self.problem(path, f"unexpected key '{extra[0]}' beside '{shape}'; a node has exactly one key "
@@ -230,15 +249,32 @@ class _Checker:
         self.references.append((name, path))
         return _InSegment(name, path)
 
+    # A field condition: a known field, one operator that applies to its type, a fitting value.
+
     def condition(self, node: dict, path: str) -> _Node | None:
-        name = node["field"]
+        info = self.known_field(node["field"], path)
+        if info is None:
+            return None
+        op = self.operator(info, node, path)
+        if op is None:
+            return None
+        try:
+            return _operand(info, op, node[op], f"{path}.{op}")
+        except _Bad as bad:
+            self.problem(bad.path or f"{path}.{op}", bad.message)
+            return None
+
+    def known_field(self, name: object, path: str) -> FieldInfo | None:
         info = self.fields.get(name) if isinstance(name, str) else None
         if info is None:
             close = _closest(name, self.fields)
             hint = f"did you mean '{close}'? " if close else ""
             self.problem(path, f"unknown field {_show(name)} ({hint}fields: {_listing(sorted(self.fields))})")
-            return None
-        allowed = _OPS_BY_TYPE[info.type]
+        return info
+
+    def operator(self, info: FieldInfo, node: dict, path: str) -> str | None:
+        """The condition's one operator, known and applying to the field's type."""
+        name, allowed = info.name, _OPS_BY_TYPE[info.type]
         ops = [k for k in node if k != "field"]
         if not ops:
             self.problem(path, f"no operator for field '{name}'; add one of {', '.join(allowed)}")
@@ -256,44 +292,64 @@ class _Checker:
             self.problem(f"{path}.{op}", f"operator '{op}' does not apply to {info.type} field '{name}'; use one "
                                          f"of {', '.join(allowed)}")
             return None
-        try:
-            return self.operand(info, op, node[op], f"{path}.{op}")
-        except _Bad as bad:
-            self.problem(bad.path or f"{path}.{op}", bad.message)
-            return None
+        return op
 
-    def operand(self, info: FieldInfo, op: str, raw: object, path: str) -> _Node:
-        """The condition node for one operator and its YAML value; _Bad(message[, path]) if unfit."""
-        field, ftype = info.name, info.type
-        if op in _COMPARE or op in _TEXT_OPS:
-            value = _convert(ftype, field, raw)
-            if op in _TEXT_OPS and value == "":
-                raise _Bad(f"'{op}' of an empty text matches every filled value; use is_null: false")
-            return _Compare(field, ftype, op, value)
-        if op == "is_null":
-            if not isinstance(raw, bool):
-                raise _Bad(f"expected true or false, got {_show(raw)}")
-            return _Compare(field, ftype, op, raw)
-        if op == "between":
-            return _Compare(field, ftype, op, _pair(raw, lambda v: _convert(ftype, field, v)))
-        if op in _LISTS:
-            if not isinstance(raw, list) or not raw:
-                raise _Bad(f"expected a non-empty list of values, e.g. [IN, PK], got {_show(raw)}")
-            values = []
-            for i, item in enumerate(raw):
-                try:
-                    values.append(_convert(ftype, field, item))
-                except _Bad as bad:
-                    raise _Bad(bad.message, f"{path}[{i}]") from None
-            return _Compare(field, ftype, op, tuple(values))
-        compare = _day_compare(raw, path, _ANNIVERSARY_COMPARE if op == _ANNIVERSARY else _DAY_COMPARE)
-        sub_op, sub_raw = compare
-        if op == _ANNIVERSARY:
-            low, high = _anniversary_window(sub_op, sub_raw, f"{path}.{sub_op}")
-            return _Anniversary(field, low, high)
-        value = _days(sub_raw, f"{path}.{sub_op}", sub_op)
-        interval = _day_interval(sub_op, value)
-        return _DayRange(field, ftype == "timestamp", *(_negate(interval) if op == "days_ago" else interval))
+
+# --- operands: one operator's YAML value as a condition node, or _Bad(message[, path]) -------------
+
+
+def _operand(info: FieldInfo, op: str, raw: object, path: str) -> _Node:
+    """The condition node for one operator and its YAML value; _Bad(message[, path]) if unfit."""
+    if op in _COMPARE or op in _TEXT_OPS:
+        return _comparison(info, op, raw)
+    if op == "is_null":
+        return _null_test(info, raw)
+    if op == "between":
+        return _Compare(info.name, info.type, op, _pair(raw, partial(_convert, info.type, info.name)))
+    if op in _LISTS:
+        return _membership(info, op, raw, path)
+    if op == _ANNIVERSARY:
+        return _anniversary(info, raw, path)
+    return _day_range(info, op, raw, path)
+
+
+def _comparison(info: FieldInfo, op: str, raw: object) -> _Compare:
+    value = _convert(info.type, info.name, raw)
+    if op in _TEXT_OPS and value == "":
+        raise _Bad(f"'{op}' of an empty text matches every filled value; use is_null: false")
+    return _Compare(info.name, info.type, op, value)
+
+
+def _null_test(info: FieldInfo, raw: object) -> _Compare:
+    if not isinstance(raw, bool):
+        raise _Bad(f"expected true or false, got {_show(raw)}")
+    return _Compare(info.name, info.type, "is_null", raw)
+
+
+def _membership(info: FieldInfo, op: str, raw: object, path: str) -> _Compare:
+    """in / not_in: every item of the list converted, a bad one named by its index."""
+    if not isinstance(raw, list) or not raw:
+        raise _Bad(f"expected a non-empty list of values, e.g. [IN, PK], got {_show(raw)}")
+    values = []
+    for i, item in enumerate(raw):
+        try:
+            values.append(_convert(info.type, info.name, item))
+        except _Bad as bad:
+            raise _Bad(bad.message, f"{path}[{i}]") from None
+    return _Compare(info.name, info.type, op, tuple(values))
+
+
+def _anniversary(info: FieldInfo, raw: object, path: str) -> _Anniversary:
+    sub_op, sub_raw = _day_compare(raw, path, _ANNIVERSARY_COMPARE)
+    low, high = _anniversary_window(sub_op, sub_raw, f"{path}.{sub_op}")
+    return _Anniversary(info.name, low, high)
+
+
+def _day_range(info: FieldInfo, op: str, raw: object, path: str) -> _DayRange:
+    """days_ago / days_until: the comparison of a day count as an interval of day indices."""
+    sub_op, sub_raw = _day_compare(raw, path, _DAY_COMPARE)
+    interval = _day_interval(sub_op, _days(sub_raw, f"{path}.{sub_op}", sub_op))
+    return _DayRange(info.name, info.type == "timestamp", *(_negate(interval) if op == "days_ago" else interval))
 
 
 def _pair(raw: object, convert: Callable[[object], Any]) -> tuple[Any, Any]:

@@ -3,9 +3,11 @@ parameter, day counts shifted onto bound dates and instants, the same on both di
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from sqlalchemy import Boolean, String, and_, false, func, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
@@ -15,6 +17,7 @@ from crm_tasks.segments.rules.check import check_rule
 from crm_tasks.segments.rules.tree import (
     _DAY,
     _ORDERED,
+    _TEXT_OPS,
     FieldInfo,
     _All,
     _Anniversary,
@@ -69,9 +72,7 @@ class _Compiler:
             case _Any(children):
                 return or_(*(self.build(c) for c in children))
             case _Not(child):
-                # NOT of an unknown (NULL) comparison is unknown, which drops the customer; the
-                # rule language promises "not true", so an unknown inner condition counts as false.
-                return not_(func.coalesce(self.build(child), false(), type_=Boolean))
+                return self.negation(child)
             case _InSegment(name):
                 return self.member_of(name)
             case _Compare():
@@ -82,37 +83,23 @@ class _Compiler:
                 return self.anniversary(node)
         raise AssertionError(node)
 
+    def negation(self, child: _Node) -> ColumnElement[bool]:
+        # NOT of an unknown (NULL) comparison is unknown, which drops the customer; the
+        # rule language promises "not true", so an unknown inner condition counts as false.
+        return not_(func.coalesce(self.build(child), false(), type_=Boolean))
+
     def compare(self, node: _Compare) -> ColumnElement[bool]:
-        # Comparing the column with a plain value binds it with the column's type, which matters
-        # for Money on SQLite (stored as 1/10000 units) and UtcDateTime.
-        col, value = self.column(node.field), node.value
+        col = self.comparable_column(node)
+        if node.op in _TEXT_OPS:
+            return self.text_match(col, node.op, node.value)
+        return _SQL_OPERATORS[node.op](col, node.value)
+
+    def comparable_column(self, node: _Compare) -> ColumnElement:
+        col = self.column(node.field)
         if node.type == "text" and node.op in _ORDERED and self.dialect == "postgresql":
             # PostgreSQL orders text by the database's locale; "C" gives code point order, as on SQLite.
-            col = col.collate("C")
-        match node.op:
-            case "eq":
-                return col == value
-            case "ne":
-                return col != value
-            case "lt":
-                return col < value
-            case "lte":
-                return col <= value
-            case "gt":
-                return col > value
-            case "gte":
-                return col >= value
-            case "between":
-                return col.between(*value)
-            case "in":
-                return col.in_(value)
-            case "not_in":
-                return col.not_in(value)
-            case "is_null":
-                return col.is_(None) if value else col.is_not(None)
-            case "starts_with" | "contains":
-                return self.text_match(col, node.op, value)
-        raise AssertionError(node.op)
+            return col.collate("C")
+        return col
 
     def text_match(self, col: ColumnElement, op: str, value: str) -> ColumnElement[bool]:
         if self.dialect == "sqlite":
@@ -123,23 +110,32 @@ class _Compiler:
 
     def day_range(self, node: _DayRange) -> ColumnElement[bool]:
         col = self.column(node.field)
+        if node.timestamp:
+            return self.instants_on_days(col, node.low, node.high)
+        return self.dates_on_days(col, node.low, node.high)
+
+    def dates_on_days(self, col: ColumnElement, low: int | None, high: int | None) -> ColumnElement[bool]:
+        """A date column within the days as_of + low .. as_of + high (None: open)."""
+        first = None if low is None else self.as_of + low * _DAY
+        last = None if high is None else self.as_of + high * _DAY
+        if first is not None and first == last:
+            return col == first
         conditions = []
-        if not node.timestamp:
-            first = None if node.low is None else self.as_of + node.low * _DAY
-            last = None if node.high is None else self.as_of + node.high * _DAY
-            if first is not None and first == last:
-                return col == first
-            if first is not None:
-                conditions.append(col >= first)
-            if last is not None:
-                conditions.append(col <= last)
-        else:
-            # Day k runs from start + k days up to, not including, start + k + 1 days.
-            start = self.cutoff - _DAY
-            if node.low is not None:
-                conditions.append(col >= start + node.low * _DAY)
-            if node.high is not None:
-                conditions.append(col < start + (node.high + 1) * _DAY)
+        if first is not None:
+            conditions.append(col >= first)
+        if last is not None:
+            conditions.append(col <= last)
+        return and_(*conditions)
+
+    def instants_on_days(self, col: ColumnElement, low: int | None, high: int | None) -> ColumnElement[bool]:
+        """A timestamp column within those days, each a half-open span of instants; day 0 ends at the cutoff."""
+        # Day k runs from start + k days up to, not including, start + k + 1 days.
+        start = self.cutoff - _DAY
+        conditions = []
+        if low is not None:
+            conditions.append(col >= start + low * _DAY)
+        if high is not None:
+            conditions.append(col < start + (high + 1) * _DAY)
         return and_(*conditions)
 
     def anniversary(self, node: _Anniversary) -> ColumnElement[bool]:
@@ -149,6 +145,22 @@ class _Compiler:
         else:
             month_day = func.to_char(col, "MM-DD", type_=String)
         return month_day.in_(sorted(_anniversary_month_days(self.as_of, node.low, node.high)))
+
+
+# Each comparison of a _Compare node in SQL. Comparing the column with a plain value binds it with the
+# column's type, which matters for Money on SQLite (stored as 1/10000 units) and UtcDateTime.
+_SQL_OPERATORS: dict[str, Callable[[ColumnElement, Any], ColumnElement[bool]]] = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "between": lambda col, value: col.between(*value),
+    "in": lambda col, value: col.in_(value),
+    "not_in": lambda col, value: col.not_in(value),
+    "is_null": lambda col, value: col.is_(None) if value else col.is_not(None),
+}
 
 
 def _anniversary_month_days(as_of: date, low: int, high: int) -> set[str]:
