@@ -18,12 +18,14 @@ own so that its peak resident memory is its own:
 - the reference in the same run: pandas computing the same co-purchase statistics (support, confidence and
   lift of every pair with the minimum support) from the window's purchases read out of the same database.
 
-Figures go to stdout (and --json FILE); bench/README.md records them.
+Each figure comes with the machine's load average just before and after it. Figures go to stdout (and
+--json FILE); bench/README.md records them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -134,12 +136,15 @@ def reference(url: str) -> dict:
 
 
 def child(what: str, url: str) -> dict:
-    """Run ``what`` in a process of its own: its peak memory is then its own."""
+    """Run ``what`` in a process of its own: its peak memory is then its own. With the machine's load average
+    (1, 5, 15 minutes) just before and just after, as ``uptime`` shows it: the machine may be shared."""
+    before = [round(x, 2) for x in os.getloadavg()]
     done = subprocess.run([sys.executable, __file__, "--child", what, url], check=False, capture_output=True,
                           text=True)
     if done.returncode:
         raise RuntimeError(f"{what} failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "load_before": before,
+            "load_after": [round(x, 2) for x in os.getloadavg()], "finished": time.strftime("%H:%M:%S")}
 
 
 def main() -> None:

@@ -2,11 +2,16 @@
 (``product_pairs``) and each customer's list (``customer_recommendations``), every line with its reason.
 
 Over the orders (amount >= 0) of the ``window_days`` business days up to the as-of date, a customer's
-*basket* is the set of products they bought. For two products A and B:
+*basket* is the set of products they bought. For two products A and B, B in the catalogue:
 
 - support(A, B): customers who bought both; pairs below ``min_support`` are noise and are not kept;
 - confidence(A -> B) = support / buyers of A;
 - lift(A -> B) = confidence / (buyers of B / buyers in the window).
+
+Only a catalogue product can be recommended or named, so a pair whose B is not listed is not counted: a basket
+costs the square of its size in pairs, and a catalogue that lags the tills (or none yet, on a first load) would
+otherwise have every product of a shared account's basket (a till's walk-in customer, thousands of products)
+paired with every other, for nothing.
 
 Each customer (``customers``) gets at most ``per_customer`` in-stock catalogue products they did not buy in
 the window and were not shown in the last ``recent_days`` (``recommendation_impressions``):
@@ -55,7 +60,6 @@ from crm_tasks.store.models import (
     CustomerRecommendation,
     PopularRecommendation,
     Product,
-    ProductPair,
     Purchase,
     RecommendationEvaluation,
     RecommendationRun,
@@ -88,14 +92,23 @@ WHERE purchased_at >= :start AND purchased_at < :end AND amount >= 0
 
 _ITEMS = "INSERT INTO rec_items (sku, buyers) SELECT sku, COUNT(*) FROM rec_baskets GROUP BY sku"
 
-# Both directions of every pair with the minimum support: a self-join of the baskets on the customer
-# (rec_baskets' primary key), grouped by pair. The floats are computed as the pandas check computes them.
+# The basket lines of catalogue products: the other side of every pair. Only written when some product bought
+# in the window is not listed (otherwise they are rec_baskets itself).
+_LISTED = """
+INSERT INTO rec_listed (customer_id, sku)
+SELECT b.customer_id, b.sku FROM rec_baskets b JOIN products d ON d.sku = b.sku
+"""
+_UNLISTED = "SELECT COUNT(*) FROM rec_items i WHERE NOT EXISTS (SELECT 1 FROM products d WHERE d.sku = i.sku)"
+
+# Every pair (A, B) with the minimum support, B listed (both directions where both are): a self-join of the
+# baskets on the customer (the primary keys), grouped by pair. The floats are computed as the pandas check
+# computes them.
 _PAIRS = """
 INSERT INTO rec_pairs (sku, other_sku, support, confidence, lift)
 SELECT c.sku, c.other_sku, c.support, CAST(c.support AS DOUBLE PRECISION) / ia.buyers,
        CAST(c.support AS DOUBLE PRECISION) * :buyers / (CAST(ia.buyers AS DOUBLE PRECISION) * ib.buyers)
 FROM (SELECT a.sku, b.sku AS other_sku, COUNT(*) AS support
-      FROM rec_baskets a JOIN rec_baskets b ON b.customer_id = a.customer_id AND b.sku <> a.sku
+      FROM rec_baskets a JOIN {listed} b ON b.customer_id = a.customer_id AND b.sku <> a.sku
       GROUP BY a.sku, b.sku HAVING COUNT(*) >= :min_support) c
 JOIN rec_items ia ON ia.sku = c.sku
 JOIN rec_items ib ON ib.sku = c.other_sku
@@ -139,13 +152,15 @@ _NEW_TO = """NOT EXISTS (SELECT 1 FROM rec_baskets y WHERE y.customer_id = {who}
 
 # The customers with a list of their own: the profiled ones with an order in the window or a recent impression;
 # everyone else has the shop-wide list (popular_recommendations). With the number of products they bought and were
-# shown, which bounds how many complements of a product they can have already.
+# shown, which bounds how many complements of a product they can have already. Counted by one grouping, not a
+# lookup per customer (PostgreSQL runs those as a subplan each).
 _ACTIVE = """
-INSERT INTO rec_active (customer_id, bought, shown)
-SELECT a.customer_id, (SELECT COUNT(*) FROM rec_baskets b WHERE b.customer_id = a.customer_id),
-       (SELECT COUNT(*) FROM rec_shown s WHERE s.customer_id = a.customer_id)
-FROM (SELECT customer_id FROM rec_baskets UNION SELECT customer_id FROM rec_shown) a
-JOIN customers k ON k.customer_id = a.customer_id
+INSERT INTO rec_active (customer_id, bought, shown, have, crossed, banned)
+SELECT u.customer_id, SUM(u.bought), SUM(u.shown), 0, 0, 0
+FROM (SELECT customer_id, 1 AS bought, 0 AS shown FROM rec_baskets
+      UNION ALL SELECT customer_id, 0, 1 FROM rec_shown) u
+JOIN customers k ON k.customer_id = u.customer_id
+GROUP BY u.customer_id
 """
 
 # Cross-sell: the complements of the products in an active customer's basket that are new to them, the source
@@ -238,12 +253,19 @@ SELECT b.customer_id, b.sku FROM rec_baskets b JOIN rec_popular p ON p.sku = b.s
 UNION SELECT s.customer_id, s.sku FROM rec_shown s JOIN rec_popular p ON p.sku = s.sku
 UNION SELECT c.customer_id, c.sku FROM rec_cand c JOIN rec_popular p ON p.sku = c.sku
 """
-_COUNTS = """
-UPDATE rec_active SET
-  have = (SELECT COUNT(*) FROM rec_cand c WHERE c.customer_id = rec_active.customer_id),
-  crossed = (SELECT COUNT(*) FROM rec_cand c WHERE c.customer_id = rec_active.customer_id AND c.kind = 'cross_sell'),
-  banned = (SELECT COUNT(*) FROM rec_banned b WHERE b.customer_id = rec_active.customer_id)
-"""
+# Each customer's candidates, cross-sells and banned best sellers, counted by grouping (rec_cand's and rec_banned's
+# keys lead with the customer: no sort) and joined to rec_active, whose counts start at 0 for the customers
+# without any.
+_COUNTS = ("""
+UPDATE rec_active SET have = c.have, crossed = c.crossed
+FROM (SELECT customer_id, COUNT(*) AS have, SUM(CASE WHEN kind = 'cross_sell' THEN 1 ELSE 0 END) AS crossed
+      FROM rec_cand GROUP BY customer_id) c
+WHERE c.customer_id = rec_active.customer_id
+""", """
+UPDATE rec_active SET banned = b.banned
+FROM (SELECT customer_id, COUNT(*) AS banned FROM rec_banned GROUP BY customer_id) b
+WHERE b.customer_id = rec_active.customer_id
+""")
 _FILL_PLAIN = """
 INSERT INTO rec_cand (customer_id, sku, kind, score, customers, source_sku, k_rn)
 SELECT a.customer_id, p.sku, 'popular', p.buyers, p.buyers, NULL, p.p_rank
@@ -266,6 +288,8 @@ WHERE k_rn <= :n - have
 # candidates counted (rec_active), so a line's rank is arithmetic, with no sort of every line:
 #   a cross-sell within the first per_customer - up_sell: its number; an up-sell: after min(cross-sells, those
 #   slots); a later cross-sell: after the up-sells too; a best seller: after every candidate.
+# Written in the order of the target's primary key, so that its index grows at its end: PostgreSQL sorts the 5M
+# lines (its hash join returns them in no order), SQLite only each customer's few (rec_cand's key leads with them).
 _LIST = """
 INSERT INTO {target} (customer_id, rank, sku, kind, source_sku, customers, score, as_of)
 SELECT customer_id, rnk, sku, kind, source_sku, customers, score, :as_of FROM (
@@ -277,6 +301,7 @@ SELECT customer_id, rnk, sku, kind, source_sku, customers, score, :as_of FROM (
               ELSE c.k_rn + a.have END AS rnk
   FROM rec_cand c JOIN rec_active a ON a.customer_id = c.customer_id) r
 WHERE rnk <= :n
+ORDER BY customer_id, rnk
 """
 # A customer with a list of their own that came out empty (every candidate and best seller excluded): one line of
 # rank 0, so that the shop-wide list does not stand in for it.
@@ -308,6 +333,7 @@ FROM customer_recommendations GROUP BY kind
 _SCRATCH = {
     "rec_baskets": "customer_id VARCHAR(64), sku VARCHAR(64), PRIMARY KEY (customer_id, sku)",
     "rec_items": "sku VARCHAR(64) PRIMARY KEY, buyers INTEGER",
+    "rec_listed": "customer_id VARCHAR(64), sku VARCHAR(64), PRIMARY KEY (customer_id, sku)",
     "rec_pairs": "sku VARCHAR(64), other_sku VARCHAR(64), support INTEGER, confidence DOUBLE PRECISION, "
                  "lift DOUBLE PRECISION, PRIMARY KEY (sku, other_sku)",
     "rec_shown": "customer_id VARCHAR(64), sku VARCHAR(64), PRIMARY KEY (customer_id, sku)",
@@ -366,12 +392,10 @@ def refresh_recommendations(engine: Engine, cfg: Settings, as_of: date) -> Refre
     with engine.begin() as conn:
         result.buyers, result.phases = _model(conn, cfg, rules, as_of, exclude_shown=True)
         mark = time.perf_counter()
-        conn.execute(delete(ProductPair))
+        sql.empty(conn, "product_pairs", "customer_recommendations", "popular_recommendations")
         result.pairs = sql.execute(conn, "INSERT INTO product_pairs (sku, other_sku, as_of, support, confidence, lift) "
                                          "SELECT sku, other_sku, :as_of, support, confidence, lift FROM rec_pairs",
                                    {"as_of": as_of}, as_of=SaDate()).rowcount
-        conn.execute(delete(CustomerRecommendation))
-        conn.execute(delete(PopularRecommendation))
         _list(conn, rules, as_of, "customer_recommendations")
         params = {"as_of": as_of, "n": rules.per_customer}
         sql.execute(conn, _EMPTY, params, as_of=SaDate())
@@ -414,6 +438,7 @@ def _model(conn: Connection, cfg: Settings, rules: RecommendationSettings, as_of
            exclude_shown: bool) -> tuple[int, dict[str, float]]:
     """Fill the scratch tables up to the candidates (``rec_pairs``, ``rec_popular``, ``rec_cand``,
     ``rec_active``) as of the end of ``as_of``; returns the window's buyers and the seconds per step."""
+    sql.scratch_memory(conn, 512)  # the scratch tables hold millions of rows at 1M customers
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
         conn.exec_driver_sql("SET LOCAL jit = off")  # one-off statements: compiling costs more than it saves
@@ -437,7 +462,12 @@ def _model(conn: Connection, cfg: Settings, rules: RecommendationSettings, as_of
     _analyze(conn, "rec_baskets", "rec_items")
     params["buyers"] = sql.count(conn, "SELECT COUNT(DISTINCT customer_id) FROM rec_baskets")
     step("baskets")
-    sql.execute(conn, _PAIRS, params)
+    listed = "rec_baskets"
+    if sql.count(conn, _UNLISTED):
+        conn.exec_driver_sql(_LISTED)
+        _analyze(conn, "rec_listed")
+        listed = "rec_listed"
+    sql.execute(conn, _PAIRS.format(listed=listed), params)
     _analyze(conn, "rec_pairs")
     step("pairs")
     if exclude_shown and rules.recent_days:
@@ -460,7 +490,8 @@ def _model(conn: Connection, cfg: Settings, rules: RecommendationSettings, as_of
     step("up_sell")
     sql.execute(conn, _BANNED, params)
     _analyze(conn, "rec_banned")
-    sql.execute(conn, _COUNTS, params)
+    for statement in _COUNTS:
+        sql.execute(conn, statement, params)
     _analyze(conn, "rec_active")
     for statement in (_FILL_PLAIN, _FILL_RANKED):
         sql.execute(conn, statement, params)
@@ -626,6 +657,7 @@ class Recommendation:
     currency: str
     url: str
     image_url: str
+    source_names: dict[str, str] = field(default_factory=dict)  # the source's names by language, where given
 
     @property
     def reason(self) -> str:
@@ -634,6 +666,11 @@ class Recommendation:
     def name_in(self, language: str) -> str:
         """The product's name in a language, else the catalogue's default (English) name."""
         return self.names.get(language, self.name)
+
+    def source_name_in(self, language: str) -> str | None:
+        """The name in a language of the product this one is recommended from (cross-sell, up-sell), else its
+        default name; None for a best seller."""
+        return self.source_names.get(language, self.source_name)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"price": str(self.price), "reason": self.reason}
@@ -647,11 +684,11 @@ def described_columns() -> list:
 
 
 def described_line(m, *, customer_id: str, rank: int, kind: str, customers: int, source_sku: str | None = None,
-                   source_name: str | None = None) -> Recommendation:
+                   source_name: str | None = None, source_names: dict[str, str] | None = None) -> Recommendation:
     """A Recommendation from a row holding ``described_columns()`` (its ``sku`` too)."""
     names = {lang: m[f"name_{lang}"] for lang in LOCALISED_NAMES if m[f"name_{lang}"]}
     return Recommendation(customer_id, rank, m["sku"], kind, source_sku, source_name, customers, m["name"], names,
-                          m["category"], m["price"], m["currency"], m["url"], m["image_url"])
+                          m["category"], m["price"], m["currency"], m["url"], m["image_url"], source_names or {})
 
 
 def recommendations_for(engine: Engine, customer_ids: list[str],
@@ -666,7 +703,8 @@ def recommendations_for(engine: Engine, customer_ids: list[str],
     # Outer joins: a customer whose lines all left the catalogue, or whose list came out empty (rank 0), still has
     # a list of their own, and so not the shop-wide one.
     own = (select(r.customer_id, r.rank, r.sku, r.kind, r.source_sku, r.customers, *described,
-                  source.c.name.label("source_name"))
+                  source.c.name.label("source_name"),
+                  *(source.c[f"name_{lang}"].label(f"source_name_{lang}") for lang in LOCALISED_NAMES))
            .outerjoin(Product, Product.sku == r.sku)
            .outerjoin(source, source.c.sku == r.source_sku)
            .where(r.customer_id.in_(customer_ids), *([r.rank <= limit] if limit is not None else []))
@@ -678,8 +716,11 @@ def recommendations_for(engine: Engine, customer_ids: list[str],
     seen: set[str] = set()
 
     def line(customer_id: str, m, kind: str, source_sku: str | None, source_name: str | None) -> Recommendation:
+        # A source missing from the catalogue is named by its SKU, in every language.
+        source_names = {lang: m[f"source_name_{lang}"] for lang in LOCALISED_NAMES
+                        if source_name is not None and m.get(f"source_name_{lang}")}
         return described_line(m, customer_id=customer_id, rank=m["rank"], kind=kind, source_sku=source_sku,
-                              source_name=source_name, customers=m["customers"])
+                              source_name=source_name, source_names=source_names, customers=m["customers"])
 
     with engine.connect() as conn:
         for row in conn.execute(own):

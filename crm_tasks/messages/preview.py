@@ -32,12 +32,14 @@ SAMPLES = [
     {"first_name": "علی‌رضا", "coupon": True, "recommendations": 2, "years": 12, "favourite": "home"},
 ]
 # Sample products, as the nightly refresh stores them: each kind of reason, a name in markup (escaped or
-# the check fails), a catalogue link with a query of its own, names in some languages only, three currencies.
+# the check fails), a catalogue link with a query of its own, names (of a product and of the one it is recommended
+# from) in some languages only, three currencies.
 SAMPLE_PRODUCTS = [
     Recommendation("sample", 1, "GROCERY-1027", "cross_sell", "GROCERY-1001", "Basmati Rice 5 kg", 42,
                    "Toor Dal 1 kg", {"hi": "तूर दाल 1 किलो", "te": "కంది పప్పు 1 కిలో", "fa": "عدس زرد ۱ کیلو",
                                      "ur": "توڑ دال 1 کلو"}, "grocery", Decimal("189.00"), "INR",
-                   "https://shop.example.com/p/GROCERY-1027?ref=catalogue", "https://img.example.com/GROCERY-1027.jpg"),
+                   "https://shop.example.com/p/GROCERY-1027?ref=catalogue", "https://img.example.com/GROCERY-1027.jpg",
+                   {"te": "బాస్మతి బియ్యం 5 కిలో", "fa": "برنج باسماتی ۵ کیلو", "ur": "باسمتی چاول 5 کلو"}),
     Recommendation("sample", 2, "ELEC-0042", "up_sell", "ELEC-0007", "Earbuds", 1, "<b>Noise-cancelling</b> headphones",
                    {"hi": "नॉइज़-कैंसलिंग हेडफ़ोन"}, "electronics", Decimal("12999.50"), "INR",
                    "https://shop.example.com/p/ELEC-0042", "https://img.example.com/ELEC-0042.jpg"),

@@ -499,8 +499,9 @@ def product_reason(texts: dict[str, str], kind: str, source: str | None, custome
 def product_block(item, *, lang: str, loc: Locale, labels: dict[str, str], texts: dict[str, str],
                   utm: dict[str, str]) -> dict:
     """One product of a message, as the templates show it: ``item`` is a stored recommendation
-    (crm_tasks.analytics.recommendations.Recommendation: sku, kind, source_name, customers, name, names,
-    category, price, currency, url, image_url)."""
+    (crm_tasks.analytics.recommendations.Recommendation: sku, kind, source_name, source_names, customers, name,
+    names, category, price, currency, url, image_url). Both the product and the one its reason names are shown
+    in the message's language where the catalogue has it, else by their default name."""
     try:
         url = with_utm(item.url, **utm)
     except ValueError as exc:
@@ -512,7 +513,8 @@ def product_block(item, *, lang: str, loc: Locale, labels: dict[str, str], texts
         "image_url": item.image_url,
         "url": url,
         "category": labels.get(item.category, item.category),
-        "reason": product_reason(texts, item.kind, item.source_name, item.customers, loc),
+        "reason": product_reason(texts, item.kind, item.source_names.get(lang) or item.source_name, item.customers,
+                                 loc),
     }
 
 

@@ -112,3 +112,28 @@ def utc_date(column: str, dialect: str) -> str:
     if dialect == "sqlite":
         return f"substr({column}, 1, 10)"
     return f"CAST({column} AT TIME ZONE 'UTC' AS DATE)"
+
+
+def empty(conn: Connection, *tables: str) -> None:
+    """Remove every row of ``tables`` inside the current transaction, before rewriting them whole. PostgreSQL:
+    ``TRUNCATE``, transactional there (a rollback restores the rows) and leaving no dead rows to vacuum, where a
+    ``DELETE`` of millions writes each row's deletion first; it locks the tables until the commit, so readers
+    wait for the rewrite instead of reading the old rows. SQLite truncates a ``DELETE`` without ``WHERE`` itself."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"TRUNCATE {', '.join(tables)}")
+    else:
+        for table in tables:
+            conn.exec_driver_sql(f"DELETE FROM {table}")
+
+
+def scratch_memory(conn: Connection, mib: int) -> None:
+    """Let this connection's scratch tables (``scratch``) keep ``mib`` MiB in memory before they go through
+    files, for a job whose scratch tables hold millions of rows. SQLite gives its temporary database a page cache
+    of its own, 2 MB by default whatever the main database's (engine.py); PostgreSQL keeps temporary tables in
+    ``temp_buffers`` (8 MB by default), which can only be set before the session's first temporary table: a
+    pooled connection that had one keeps its size. Both allocate as the tables grow and keep the setting (and on
+    PostgreSQL the buffers) for the connection's life."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{mib * 1024}")
+    elif not conn.exec_driver_sql("SELECT pg_my_temp_schema() <> 0").scalar():
+        conn.exec_driver_sql(f"SET temp_buffers = '{mib}MB'")

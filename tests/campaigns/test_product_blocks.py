@@ -79,7 +79,7 @@ def test_a_stored_list_is_shown_in_the_customers_language_and_the_rest_get_their
     assert [p["sku"] for p in listed] == ["DAL-1", "GHEE-1", "TEA-1"]  # the first 3 of the stored list, in order
     assert [p["name"] for p in listed] == ["तूर दाल 1 किलो", "Cow Ghee 1 l", "Assam Tea 500 g"]  # Hindi, else default
     assert [p["price"] for p in listed] == ["₹189.00", "₹1,299.50", "₹1,49,999.00"]  # hi-IN groups lakhs
-    assert listed[0]["reason"] == "42 ग्राहकों ने इसे Basmati Rice 5 kg के साथ खरीदा"
+    assert listed[0]["reason"] == "42 ग्राहकों ने इसे बासमती चावल 5 किलो के साथ खरीदा"  # the source in Hindi too
     assert listed[2]["reason"] == "सबसे ज़्यादा बिकने वाला, 1 ग्राहक ने खरीदा" and listed[0]["category"] == "किराना"
     assert listed[0]["url"].startswith("https://shop.example.in/p/DAL-1?pack=1&utm_source=crm&")
     assert listed[0]["image_url"] == "https://cdn.example.in/DAL-1.jpg"

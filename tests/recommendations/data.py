@@ -90,8 +90,9 @@ def generate(engine, as_of: date, seed: int = 3, customers: int = 160, themes: i
 
 
 def _frame(engine, model) -> pd.DataFrame:
-    with engine.connect() as conn:
-        return pd.DataFrame([dict(r._mapping) for r in conn.execute(select(model.__table__))])
+    with engine.connect() as conn:  # the columns named, so that an empty table (no catalogue) still has them
+        return pd.DataFrame([dict(r._mapping) for r in conn.execute(select(model.__table__))],
+                            columns=[c.name for c in model.__table__.columns])
 
 
 def reference(engine, rules: RecommendationSettings, tz: str, as_of: date, customers: list[str],
@@ -111,6 +112,7 @@ def reference(engine, rules: RecommendationSettings, tz: str, as_of: date, custo
     both = both[both["sku"] != both["sku_o"]]
     pairs = both.groupby(["sku", "sku_o"]).size().rename("support").reset_index()
     pairs = pairs[pairs["support"] >= rules.min_support].rename(columns={"sku_o": "other_sku"})
+    pairs = pairs[pairs["other_sku"].isin(set(products["sku"]))]  # B in the catalogue
     a, b = buyers.loc[pairs["sku"]].to_numpy(), buyers.loc[pairs["other_sku"]].to_numpy()
     pairs["confidence"] = pairs["support"].to_numpy().astype(float) / a
     pairs["lift"] = pairs["support"].to_numpy().astype(float) * n_buyers / (a.astype(float) * b)
