@@ -31,6 +31,8 @@ SAMPLES = [
     {"first_name": "", "coupon": True, "recommendations": 1, "years": 1, "favourite": "electronics"},
     {"first_name": "علی‌رضا", "coupon": True, "recommendations": 2, "years": 12, "favourite": "home"},
 ]
+# Samples whose coupon is targeted (coupon.scope), by index: what it is valid on.
+SCOPED_SAMPLES = {2: "category", 3: "product"}
 # Sample products, as the nightly refresh stores them: each kind of reason, a name in markup (escaped or
 # the check fails), a catalogue link with a query of its own, names (of a product and of the one it is recommended
 # from) in some languages only, three currencies.
@@ -103,6 +105,13 @@ def check_templates(cfg: Settings) -> dict:
                         favourite_category=s["favourite"], recommendations=SAMPLE_PRODUCTS[:s["recommendations"]],
                         coupon=coupon, unsubscribe_url=UNSUBSCRIBE_SAMPLE, labels=labels, texts=texts,
                         variant="sample" if i % 2 else None)
+                    if ctx["coupon"] is not None and i in SCOPED_SAMPLES:
+                        # As planning says what a targeted coupon is valid on: a category's label, a product's
+                        # name in the message's language (the sample's has markup, which must come out escaped).
+                        product = SAMPLE_PRODUCTS[1]
+                        ctx["coupon"]["valid_on"] = (
+                            {"kind": "category", "name": labels.get(s["favourite"], s["favourite"])}
+                            if SCOPED_SAMPLES[i] == "category" else {"kind": "product", "name": product.name_in(lang)})
                     msg = renderer.render(template, ctx)
                     if "<script>" in msg.html or "<b>Noise" in msg.html:
                         raise RenderError(f"template {template} ({lang}): a name reached the HTML unescaped")

@@ -99,3 +99,14 @@ def test_a_template_that_does_not_render_fails(folders):
 def test_the_command_has_help_with_an_example():
     done = CliRunner().invoke(main, ["templates", "check", "--help"])
     assert done.exit_code == 0 and "Example: crm templates check" in done.output
+
+
+def test_the_check_renders_a_targeted_coupon_and_names_a_broken_translation_of_it(folders):
+    templates, _ = folders
+    assert check().exit_code == 0
+    fa = templates / "locales" / "fa.yaml"
+    # A translator's typo in the placeholder of the sentence only targeted coupons show.
+    fa.write_text(fa.read_text(encoding="utf-8").replace("{product}", "{prodcut}"), encoding="utf-8")
+    result = check()
+    assert result.exit_code != 0
+    assert "'common.coupon_valid_on_product' in fa uses {prodcut}" in result.output
