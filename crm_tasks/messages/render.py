@@ -351,10 +351,16 @@ class Renderer:
         path = self.folder / "locales" / f"{lang}.yaml"
         if not path.is_file():
             return {}
+        text = path.read_text(encoding="utf-8")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise RenderError(f"{path}: not valid YAML: {exc}") from None
+            # libyaml reads the five catalogues of every plan and send in a tenth of pure Python's time; a
+            # broken file is read again in Python, whose error shows the offending line with a caret.
+            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+        except yaml.YAMLError:
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise RenderError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
             raise RenderError(f"{path}: expected a flat mapping of keys to text, e.g. birthday.subject: \"...\"")
         return {str(k): v for k, v in data.items()}
