@@ -74,21 +74,14 @@ KINDS = (CROSS_SELL, UP_SELL, POPULAR)
 # --- the statements, in the order a refresh runs them -------------------------------------------------------
 
 # Each customer's distinct products ordered in the window (refunds are not purchases). A year's window holds about
-# half the purchases: on SQLite one pass over the table reads them faster than a range of ix_purchases_time with a
-# table lookup per row (the unary + keeps the index out), and rec_baskets' key drops the repeats as they come,
-# with no sort for DISTINCT. PostgreSQL picks its own scan and hashes the repeats away.
-_BASKETS = {
-    "sqlite": """
+# half the purchases: read in one pass over the table, not a range of ix_purchases_time (sql.scanned), each pair
+# once (sql.distinct_into: rec_baskets' key is the pair).
+_BASKETS = """
 INSERT INTO rec_baskets (customer_id, sku)
-SELECT customer_id, sku FROM purchases
-WHERE +purchased_at >= :start AND +purchased_at < :end AND amount >= 0
-ON CONFLICT DO NOTHING
-""",
-    "postgresql": """
-INSERT INTO rec_baskets (customer_id, sku)
-SELECT DISTINCT customer_id, sku FROM purchases
-WHERE purchased_at >= :start AND purchased_at < :end AND amount >= 0
-"""}
+SELECT {distinct} customer_id, sku FROM purchases
+WHERE {purchased_at} >= :start AND {purchased_at} < :end AND amount >= 0
+{repeats}
+"""
 
 _ITEMS = "INSERT INTO rec_items (sku, buyers) SELECT sku, COUNT(*) FROM rec_baskets GROUP BY sku"
 
@@ -457,7 +450,9 @@ def _model(conn: Connection, cfg: Settings, rules: RecommendationSettings, as_of
         phases[name] = round(time.perf_counter() - mark, 3)
         mark = time.perf_counter()
 
-    sql.execute(conn, _BASKETS[conn.dialect.name], params, start=UtcDateTime(), end=UtcDateTime())
+    distinct, repeats = sql.distinct_into(conn)
+    baskets = _BASKETS.format(distinct=distinct, repeats=repeats, purchased_at=sql.scanned("purchased_at", conn))
+    sql.execute(conn, baskets, params, start=UtcDateTime(), end=UtcDateTime())
     conn.exec_driver_sql(_ITEMS)
     _analyze(conn, "rec_baskets", "rec_items")
     params["buyers"] = sql.count(conn, "SELECT COUNT(DISTINCT customer_id) FROM rec_baskets")

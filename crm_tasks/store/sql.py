@@ -36,6 +36,20 @@ def epoch_seconds(column: str, dialect: str) -> str:
     return f"CAST(FLOOR(EXTRACT(EPOCH FROM {column})) AS BIGINT)"
 
 
+def scanned(column: str, conn: Connection) -> str:
+    """``column`` in a range condition that should not drive an index, for a range holding a large share of the
+    table: SQLite's planner takes any usable index, and a range of one with a table lookup per row reads half a
+    table slower than one pass over it; a unary plus keeps the index out. PostgreSQL weighs that itself."""
+    return f"+{column}" if conn.dialect.name == "sqlite" else column
+
+
+def distinct_into(conn: Connection) -> tuple[str, str]:
+    """(SELECT prefix, INSERT suffix) that put each row of an ``INSERT ... SELECT`` in once, into a table whose
+    primary key is the row: SQLite lets the key drop the repeats as they come (no sort for DISTINCT), PostgreSQL
+    hashes them away before inserting (a conflict check per row costs it more)."""
+    return ("", "ON CONFLICT DO NOTHING") if conn.dialect.name == "sqlite" else ("DISTINCT", "")
+
+
 def scratch(conn: Connection, name: str, columns: str, *indexes: str) -> None:
     """An empty temporary table for this transaction: never in the database's journal or WAL."""
     conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} ({columns}) {on_commit_drop(conn)}")
