@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 PURCHASE_HEADER = ["transaction_id", "customer_id", "purchased_at", "amount", "currency", "store_id", "sku",
                    "category", "quantity", "coupon_code"]
@@ -71,3 +73,20 @@ def lenient_campaigns(folder: Path, days: int = 7) -> Path:
         (folder / src.name).write_text(src.read_text(encoding="utf-8") + f"\nmax_lateness_days: {days}\n",
                                        encoding="utf-8")
     return folder
+
+
+@contextmanager
+def statements_naming(engine, table: str) -> Iterator[list[str]]:
+    """The SQL statements run on ``engine`` inside the block that name ``table``: a test counts them to prove
+    a read is batched, not one per customer."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, *args):
+        if table in statement:
+            seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import event, insert, select
+from sqlalchemy import insert, select
 
 from crm_tasks.campaigns.coupons import CouponScope, in_scope_sql, redemptions
 from crm_tasks.campaigns.definitions import COUPON_SCOPES, parse_campaign
@@ -28,6 +28,7 @@ from crm_tasks.store.models import (
 )
 from tests.campaigns.test_definitions import CFG, _birthday
 from tests.factories import add_customers, campaign, plan
+from tests.helpers import statements_naming
 from tests.recommendations.data import add_products
 
 AS_OF = date(2027, 3, 10)
@@ -159,17 +160,8 @@ def test_targets_are_read_in_one_query_per_batch_of_customers_never_per_customer
     n = IN_CHUNK + 50
     add_customers(engine, *({"customer_id": f"C{i:04d}", "birthday": BDAY} for i in range(n)))
     lists(engine, **{f"C{i:04d}": ["TV-1"] for i in range(0, n, 7)})
-    reads = []
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def count(conn, cursor, statement, *args):
-        if "customer_recommendations" in statement:
-            reads.append(statement)
-
-    try:
+    with statements_naming(engine, "customer_recommendations") as reads:
         result = plan(engine, cfg, targeted("recommended_category", max_audience=10_000), AS_OF, RUN_AT)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert result.recipients == n and not result.reasons
     assert len(reads) == 4  # 2 chunks for the targets, 2 for the products shown
 

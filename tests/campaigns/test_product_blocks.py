@@ -9,12 +9,13 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
 
-from sqlalchemy import event, insert, select
+from sqlalchemy import insert, select
 
 from crm_tasks.store.bulk import IN_CHUNK
 from crm_tasks.store.models import CustomerRecommendation, Message, Purchase, RecommendationImpression
 from tests.delivery.test_clicks import AS_OF, BASE, RUN_AT, app_client, hrefs, send, tracked
 from tests.factories import add_customers, add_first_purchase, campaign, plan
+from tests.helpers import statements_naming
 from tests.recommendations.data import add_products
 
 CATALOGUE = [
@@ -117,17 +118,8 @@ def test_stored_lists_are_read_in_one_query_per_batch_of_customers_never_per_cus
     add_customers(engine, *({"customer_id": f"C{i:04d}", "birthday": date(1990, 5, 10)} for i in range(n)))
     for i in range(0, n, 7):
         stored(engine, f"C{i:04d}", ("DAL-1", "popular", None, 5))
-    reads = []
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def count(conn, cursor, statement, *args):
-        if "customer_recommendations" in statement:
-            reads.append(statement)
-
-    try:
+    with statements_naming(engine, "customer_recommendations") as reads:
         result = plan(engine, cfg, campaign(), AS_OF, RUN_AT)
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
     assert result.recipients == n
     assert len(reads) == 2  # IN_CHUNK customers a query
 
