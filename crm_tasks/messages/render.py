@@ -519,8 +519,7 @@ def product_block(item, *, lang: str, loc: Locale, labels: dict[str, str], texts
         "image_url": item.image_url,
         "url": url,
         "category": labels.get(item.category, item.category),
-        "reason": product_reason(texts, item.kind, item.source_names.get(lang) or item.source_name, item.customers,
-                                 loc),
+        "reason": product_reason(texts, item.kind, item.source_name_in(lang), item.customers, loc),
     }
 
 
