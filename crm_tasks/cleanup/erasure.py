@@ -36,6 +36,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, or_, select, text, u
 from crm_tasks.delivery.suppression import add_suppressions, email_hash, normalise_email
 from crm_tasks.errors import ConfigError
 from crm_tasks.settings import REPO_ROOT, Settings
+from crm_tasks.store import sql
 from crm_tasks.store.bulk import rows_in
 from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import (
@@ -55,18 +56,17 @@ MAIL_DIR = REPO_ROOT / "var" / "mail"  # where the demo's `crm smtp-sink` keeps 
 ERASED_LINE = "[erased]"
 
 # The recipient and the first name of the render context go; the rest of the ledger row is pseudonymous.
-_REDACT_MESSAGES = {
-    "sqlite": "UPDATE messages SET recipient = '', context = json_replace(context, '$.customer.first_name', '') "
-              "WHERE customer_id IN ({ids}){extra}",
-    "postgresql": "UPDATE messages SET recipient = '', "
-                  "context = jsonb_set(context, '{{customer,first_name}}', CAST('\"\"' AS jsonb), false) "
-                  "WHERE customer_id IN ({ids}){extra}",
-}
+_REDACT_MESSAGES = "UPDATE messages SET recipient = '', context = {blanked} WHERE customer_id IN ({ids}){extra}"
+
+
+def _redaction(conn: Connection, ids_sql: str, extra: str):
+    blanked = sql.json_blanked("context", ("customer", "first_name"), conn.dialect.name)
+    return text(_REDACT_MESSAGES.format(blanked=blanked, ids=ids_sql, extra=extra))
 
 
 def redact_messages(conn: Connection, ids_sql: str, params: dict, extra: str = "") -> int:
     """Blank the address and first name of the messages of the customers ``ids_sql`` selects."""
-    stmt = text(_REDACT_MESSAGES[conn.dialect.name].format(ids=ids_sql, extra=extra))
+    stmt = _redaction(conn, ids_sql, extra)
     if "as_of" in params:
         from sqlalchemy import Date
 
@@ -179,7 +179,7 @@ def _erase(conn: Connection, cfg: Settings, email: str | None, customer_id: str 
         params["emails"] = sorted(emails)
     ids_sql = ", ".join(f":id_{i}" for i in range(len(ids_list))) or "NULL"
     params |= {f"id_{i}": v for i, v in enumerate(ids_list)}
-    stmt = text(_REDACT_MESSAGES[conn.dialect.name].format(ids=ids_sql, extra=recipients))
+    stmt = _redaction(conn, ids_sql, recipients)
     if emails:
         stmt = stmt.bindparams(bindparam("emails", expanding=True))
     removed["messages"] = conn.execute(stmt, params).rowcount

@@ -50,6 +50,7 @@ from crm_tasks.ingest.readers import (
 )
 from crm_tasks.ingest.standardise import standardise_customers, standardise_products, standardise_purchases
 from crm_tasks.settings import Settings
+from crm_tasks.store import sql
 from crm_tasks.store.bulk import bulk_insert, copy_instants, copy_money
 from crm_tasks.store.models import BatchStatus, IngestBatch, Purchase, QuarantinedRow
 from crm_tasks.store.types import timestamp_texts
@@ -742,15 +743,10 @@ class _CustomerLoader:
             f"{c} = excluded.{c}" for c in self.COLUMNS if c not in ("customer_id", "attributes", "created_at")
         )
         # A profile was created when it was first seen: the earliest creation time stays.
-        earliest = "MIN" if self.dialect == "sqlite" else "LEAST"
-        updates += f", created_at = {earliest}(customers.created_at, excluded.created_at)"
+        updates += f", created_at = {sql.least(self.dialect)}(customers.created_at, excluded.created_at)"
         # Declared attributes merge: a file without a column keeps what is stored;
         # an empty value clears it.
-        merge = (
-            "json_patch(customers.attributes, excluded.attributes)"
-            if self.dialect == "sqlite"
-            else "jsonb_strip_nulls(customers.attributes || excluded.attributes)"
-        )
+        merge = sql.json_merged("customers.attributes", "excluded.attributes", self.dialect)
         # The latest updated_at wins; an equal one re-applies. A corrected file also
         # overrides what its own earlier version wrote, whatever the timestamps say.
         # (Batch ids are integers from our own table, never input.)
@@ -796,7 +792,7 @@ class _CustomerLoader:
 
     def finish(self) -> None:
         # A null attribute means "clear it" during the merge; new profiles must not keep the nulls.
-        strip = "json_patch('{}', attributes)" if self.dialect == "sqlite" else "jsonb_strip_nulls(attributes)"
+        strip = sql.json_without_nulls("attributes", self.dialect)
         self.conn.execute(text(f"UPDATE customers SET attributes = {strip} WHERE batch_id = :b"), {"b": self.batch_id})
 
 

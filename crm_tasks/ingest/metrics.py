@@ -88,13 +88,13 @@ _COLUMNS = KEYS + ["first_purchase_at", "last_purchase_at"] + _SUMS
 _UPSERT = {
     dialect: (
         "ON CONFLICT (customer_id, currency, category) DO UPDATE SET "
-        f"first_purchase_at = {least}(COALESCE(customer_category_metrics.first_purchase_at, "
+        f"first_purchase_at = {sql.least(dialect)}(COALESCE(customer_category_metrics.first_purchase_at, "
         "excluded.first_purchase_at), COALESCE(excluded.first_purchase_at, customer_category_metrics.first_purchase_at)), "
-        f"last_purchase_at = {greatest}(COALESCE(customer_category_metrics.last_purchase_at, "
+        f"last_purchase_at = {sql.greatest(dialect)}(COALESCE(customer_category_metrics.last_purchase_at, "
         "excluded.last_purchase_at), COALESCE(excluded.last_purchase_at, customer_category_metrics.last_purchase_at)), "
         + ", ".join(f"{c} = customer_category_metrics.{c} + excluded.{c}" for c in _SUMS)
     )
-    for dialect, least, greatest in (("sqlite", "MIN", "MAX"), ("postgresql", "LEAST", "GREATEST"))
+    for dialect in ("sqlite", "postgresql")
 }
 
 

@@ -316,18 +316,6 @@ WHERE purchased_at < :cutoff
 GROUP BY customer_id, currency
 """
 
-# Converted per currency, rounded to the money scale, then added: the same on both
-# dialects and on both sources. SQLite holds money as integer 1/10000 units.
-_CONVERT = {
-    # Exact on SQLite too: the rate is a fraction num/den and integer division rounds
-    # half away from zero, as PostgreSQL's ROUND(numeric) does.
-    "sqlite": (
-        "(CASE WHEN revenue_w * ({num}) >= 0 THEN 2 * revenue_w * ({num}) + ({den}) "
-        "ELSE 2 * revenue_w * ({num}) - ({den}) END) / (2 * ({den}))"
-    ),
-    "postgresql": "ROUND(revenue_w * ({rate}), 4)",
-}
-
 # Whole seconds of the first and last order are computed here, once per row, inside the
 # aggregate (SQLite would otherwise re-parse the timestamp text wherever they are used).
 # Counts stay integers (PostgreSQL's SUM of BIGINT is NUMERIC, slower to sort).
@@ -372,9 +360,8 @@ FROM (
     {fence}
 ) b
 """
-# Keeps the planner from merging b into the outer query, which would copy the
+# The fence keeps the planner from merging b into the outer query, which would copy the
 # previous-order lookup into every place that uses its result and run it twice.
-_FENCE = {"sqlite": "LIMIT -1 OFFSET 0", "postgresql": "OFFSET 0"}
 
 # Step 2, the quintile scores of the customers with an order in the window, and the
 # rows written once. The ranks are computed over the four narrow columns they need
@@ -787,7 +774,8 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
     params: dict = {}
     rates = _rate_cases(cfg, params)
     per_customer = _PER_CUSTOMER.format(
-        converted=_CONVERT[dialect].format(**rates), first_epoch=sql.epoch_seconds("first_at", dialect),
+        # Converted per currency, rounded to the money scale, then added: the same cents on both dialects and sources.
+        converted=sql.money_times("revenue_w", rates["rate"], rates["num"], rates["den"], dialect), first_epoch=sql.epoch_seconds("first_at", dialect),
         last_epoch=sql.epoch_seconds("last_at", dialect),
         source=_FROM_METRICS if source == "metrics" else _FROM_PURCHASES,
     )
@@ -796,7 +784,7 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
     base = _BASE.format(
         on_commit=sql.on_commit_drop(conn), avg_basket=sql.money_per("pc.monetary", "pc.frequency", dialect),
         per_customer=per_customer, day=DAY,
-        fence=_FENCE[dialect],
+        fence=sql.fence(dialect),
         previous_epoch=sql.epoch_seconds(_PREVIOUS_ORDER, dialect),
     )
     params |= {
@@ -815,8 +803,7 @@ def _compute_scores(conn: Connection, cfg: Settings, as_of: date, cutoff: dateti
     conn.execute(stmt, params)
     phases.done("base")
     scored = conn.execute(text("SELECT COUNT(*) FROM seg_base WHERE frequency > 0")).scalar_one()
-    # TRUNCATE is transactional on PostgreSQL and, unlike DELETE, leaves no million dead rows.
-    conn.execute(text("TRUNCATE customer_scores") if dialect == "postgresql" else delete(CustomerScore))
+    sql.empty(conn, "customer_scores")
     customers = conn.execute(
         text(_SCORES.format(rfm_case=_rfm_case())).bindparams(bindparam("as_of", type_=Date)),
         {"as_of": as_of, "scored": max(scored, 1), "share_num": share.numerator, "share_den": share.denominator},

@@ -2,8 +2,9 @@
 
 Statements that move many rows at once (the recompute, metrics refresh, cleanup) are named
 module-level constants, each with a comment saying which rule it encodes and which index it
-relies on. The few spellings that differ between SQLite and PostgreSQL come from this module,
-never from an ``if dialect`` inside a stage, and statements run through ``execute`` so that
+relies on. The spellings that differ between SQLite and PostgreSQL come from this module, never
+from an ``if dialect`` inside a stage (a stage may still take a step on one dialect only, such as
+PostgreSQL's ANALYZE, and says why), and statements run through ``execute`` so that
 dates and UTC instants are bound as each dialect stores them.
 """
 
@@ -151,3 +152,51 @@ def scratch_memory(conn: Connection, mib: int) -> None:
         conn.exec_driver_sql(f"PRAGMA temp.cache_size = -{mib * 1024}")
     elif not conn.exec_driver_sql("SELECT pg_my_temp_schema() <> 0").scalar():
         conn.exec_driver_sql(f"SET temp_buffers = '{mib}MB'")
+
+
+def money_times(column: str, rate: str, num: str, den: str, dialect: str) -> str:
+    """A money column times an exchange rate, rounded half away from zero to the money scale: PostgreSQL's
+    ``ROUND(numeric)`` on ``rate``; SQLite's integer units times the same rate as the exact fraction
+    ``num``/``den`` (integer division, rounded as ROUND does), so both dialects give the same cents."""
+    if dialect == "postgresql":
+        return f"ROUND({column} * ({rate}), 4)"
+    return (f"(CASE WHEN {column} * ({num}) >= 0 THEN 2 * {column} * ({num}) + ({den}) "
+            f"ELSE 2 * {column} * ({num}) - ({den}) END) / (2 * ({den}))")
+
+
+def fence(dialect: str) -> str:
+    """A no-op clause that ends a subquery and keeps the planner from merging it into the query around it
+    (which would copy the subquery's expensive expressions into every place that uses them)."""
+    return "LIMIT -1 OFFSET 0" if dialect == "sqlite" else "OFFSET 0"
+
+
+def least(dialect: str) -> str:
+    """The function name of the smaller of two values (NULL if either is NULL on SQLite, ignored on PostgreSQL:
+    callers COALESCE first)."""
+    return "MIN" if dialect == "sqlite" else "LEAST"
+
+
+def greatest(dialect: str) -> str:
+    """The function name of the larger of two values; see ``least``."""
+    return "MAX" if dialect == "sqlite" else "GREATEST"
+
+
+def json_merged(target: str, patch: str, dialect: str) -> str:
+    """JSON object ``target`` with ``patch``'s keys written over it, a key whose patch value is null removed
+    (a JSON merge patch, RFC 7396, one level deep as our attributes are)."""
+    if dialect == "sqlite":
+        return f"json_patch({target}, {patch})"
+    return f"jsonb_strip_nulls({target} || {patch})"
+
+
+def json_without_nulls(column: str, dialect: str) -> str:
+    """JSON object ``column`` without its keys whose value is null."""
+    return f"json_patch('{{}}', {column})" if dialect == "sqlite" else f"jsonb_strip_nulls({column})"
+
+
+def json_blanked(column: str, keys: tuple[str, ...], dialect: str) -> str:
+    """JSON ``column`` with the string at the path ``keys`` (object keys: code, never input) replaced by ''
+    where it exists; nothing is added where it does not."""
+    if dialect == "sqlite":
+        return f"json_replace({column}, '$.{'.'.join(keys)}', '')"
+    return f"jsonb_set({column}, '{{{','.join(keys)}}}', CAST('\"\"' AS jsonb), false)"
