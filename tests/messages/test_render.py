@@ -404,3 +404,65 @@ def test_a_stored_context_with_many_products_shows_at_most_ten():
     ctx["customer"] = {**ctx["customer"], "recommendations": [{**one, "sku": f"S{i}"} for i in range(5000)]}
     msg = renderer.render("offer", ctx)
     assert msg.html.count('width="96" height="96"') == 10 and msg.text.count("  * ") == 10
+
+
+class _AsWritten(Renderer):
+    """The templates as written, without the styles and texts compiled in per layout."""
+
+    def _layout(self, context: dict) -> str:
+        return ""
+
+
+def test_styles_and_texts_compiled_in_per_layout_print_the_same_message():
+    compiled, written = renderer_for(REPO_CFG), _AsWritten(REPO_CFG.campaigns.templates, REPO_CFG.campaigns.locales,
+                                                           shop_url=REPO_CFG.campaigns.shop_url)
+    compiled.inline_after = 0
+    for template in compiled.templates():
+        for lang in compiled.languages:
+            for brand in ("#0b6e4f", "#123abc", "#FFF"):
+                for coupon in (True, False):
+                    ctx = {**context(lang, first_name="<b>Ravi</b> & {{ x }}", coupon=coupon), "brand_color": brand}
+                    assert compiled.render(template, ctx) == written.render(template, ctx), (template, lang, brand)
+    # Compiled in, not looked up: 5 languages x 3 colours, each layout's base.html without the style look-ups.
+    assert len(compiled._layouts) == 15 and all(p.startswith("@") for p in compiled._layouts.values())
+    env = compiled.env
+    source = env.loader.get_source(env, "base.html")[0]
+    assert "s_body" in env.compile(source, "base.html", raw=True)
+    assert "s_body" not in env.compile(source, "@0/base.html", raw=True)
+
+
+def test_a_name_that_could_mean_something_else_is_looked_up_as_written(folder):
+    (folder / "locales" / "en.yaml").write_text('hello: "Hello {name}"\nplain: "Plain & simple"\n', encoding="utf-8")
+    macros = ('{% set s_p = "color:red" %}{% set s_q = "color:blue" %}{% set s_r = "a<b" %}'
+              '{% macro p(s_p) %}<p style="{{ s_p }}">{{ t("plain") }}</p>{% endmacro %}'  # a parameter named s_p
+              '{% macro q() %}<q style="{{ s_q }}">{{ s_r }}</q>{% endmacro %}')
+    ctx = {"lang": "en", "dir": "ltr", "brand_color": "#000000", "customer": {"first_name": "A"}}
+    cases = {
+        '{{ ui.p("x") }}{{ ui.q() }}{{ ui.s_r }}': '<p style="x">Plain &amp; simple</p><q style="color:blue">a&lt;b</q>'
+                                                   "a&lt;b",
+        '{% set t = "own" %}{{ t }}{{ ui.s_q }}': "owncolor:blue",  # t rebound: not the catalogue's
+        '{% macro t(k) %}[{{ k }}]{% endmacro %}{{ t("plain") }}': "[plain]",  # nor here
+        '{% for ui in [{"s_q": "own"}] %}{{ ui.s_q }}{% endfor %}{{ ui.s_q }}': "owncolor:blue",  # in a loop
+        '{% set ui = {"s_q": "own"} %}{{ ui.s_q }}': "own",  # the alias rebound
+    }
+    for body, expected in cases.items():
+        renderer = ui_folder(folder, macros, body)
+        renderer.inline_after = 0
+        assert renderer.render("x", ctx).html == expected, body
+        assert _AsWritten(folder, ["en"]).render("x", ctx).html == expected
+    # Without the import the alias means nothing, as written; a text's placeholder still needs its value.
+    for html, error in (("{{ ui.s_q }}", "'ui' is undefined"), ('{{ t("hello") }}', "uses {name}")):
+        renderer = write_template(folder, html=html)
+        renderer.inline_after = 0
+        with pytest.raises(RenderError, match=error):
+            renderer.render("x", ctx)
+
+
+def test_a_layout_is_compiled_in_only_after_enough_messages():
+    renderer = renderer_for(REPO_CFG)
+    renderer.inline_after = 3
+    messages = [renderer.render("offer", context("fa")) for _ in range(3)]
+    assert renderer._layouts == {} and renderer.env.layout_values == []  # as written for the first three
+    messages += [renderer.render("offer", context("fa")) for _ in range(2)]
+    assert list(renderer._layouts.values()) == ["@0/"] and len(renderer.env.layout_values) == 1
+    assert all(m == messages[0] for m in messages)
