@@ -8,8 +8,8 @@ autoescaped. The wording lives in ``locales/<lang>.yaml`` catalogs, so that a
 marketer edits text, not templates; a key missing in a language falls back to
 English. Compiled templates are cached by the environment and reused, and so are
 the style macros of ``_ui.html``, once per language, direction and brand colour; a
-layout that has rendered a thousand messages gets its HTML templates compiled with
-its style strings and fixed texts written in (``_InlineLayout``).
+layout that has rendered a thousand messages gets its templates compiled with its
+style strings and fixed texts written in (``_InlineLayout``).
 """
 
 from __future__ import annotations
@@ -156,7 +156,8 @@ class _TemplateLoader(FileSystemLoader):
 
 
 class _InlineLayout(Extension):
-    """Compiles the style strings of ``_ui.html`` into an HTML template as text, once per layout.
+    """Compiles a layout's fixed texts into its templates, and the style strings of ``_ui.html`` into its HTML
+    templates, as text, once per layout.
 
     A message's styles depend on its language, direction and brand colour only (the module of
     ``_ui.html`` is built once per layout: ``_EmailTemplate``), yet every ``{{ ui.s_p }}`` was
@@ -167,16 +168,19 @@ class _InlineLayout(Extension):
     escaped as ``{{ }}`` would. Only where the name cannot mean anything else: an alias used
     anywhere but as ``alias.NAME`` or imported twice or ``with context``, or a bare name bound
     anywhere but by one ``{% set NAME = ... %}``, or used in any other expression, is left as it
-    was. The output is the same text (tests/messages/test_render.py compares every shipped template,
-    language and direction with and without it)."""
+    was. In both parts, each ``t("key")`` without values is the key's text in the layout's language
+    (``_inline_texts``). The output is the same text (tests/messages/test_render.py compares every
+    shipped template, language and direction with and without it)."""
 
     def filter_stream(self, stream):
         name = stream.name or ""
-        if not name.startswith("@") or not name.endswith(".html"):
+        if not name.startswith("@"):
             return stream
         layout, _, path = name[1:].partition("/")
         styles, texts = self.environment.layout_values[int(layout)]
         tokens = _inline_texts(list(stream), texts)
+        if not path.endswith(".html"):  # a text part: no styles
+            return tokens
         if path == "_ui.html":
             return _inline_bare(tokens, styles)
         return _inline_aliased(tokens, styles)
@@ -525,8 +529,9 @@ class Renderer:
             # Compiled before the clock starts (once per template and process: the environment caches them),
             # so that the limit bounds rendering, not a first compile on a busy machine.
             subject_part = self._subject(template, context.get("variant_subject"))
-            html_part = self.env.get_template(f"{self._layout(context)}{template}/body.html")
-            text_part = self.env.get_template(f"{template}/body.txt")
+            layout = self._layout(context)
+            html_part = self.env.get_template(f"{layout}{template}/body.html")
+            text_part = self.env.get_template(f"{layout}{template}/body.txt")
             self._compile_shared()
             with time_limit(self.render_seconds):
                 subject = " ".join(subject_part.render(context).split())
@@ -548,13 +553,10 @@ class Renderer:
 
     def _compile_shared(self, prefix: str = "") -> None:
         """The folder's shared files (the layouts and macros templates extend and import), compiled once."""
-        if prefix:
-            for path in sorted(self.folder.glob("*.html")):
-                self.env.get_template(prefix + path.name)
-        elif not self._shared_compiled:
+        if prefix or not self._shared_compiled:
             for path in sorted(self.folder.glob("*.html")) + sorted(self.folder.glob("*.txt")):
-                self.env.get_template(path.name)
-            self._shared_compiled = True
+                self.env.get_template(prefix + path.name)
+            self._shared_compiled = self._shared_compiled or not prefix
 
     def _layout(self, context: dict) -> str:
         """The prefix of the HTML templates compiled for this message's layout (``_InlineLayout``): "@N/", or ""
