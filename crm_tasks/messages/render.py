@@ -14,6 +14,7 @@ style strings and fixed texts written in (``_InlineLayout``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -629,9 +630,33 @@ class Renderer:
         return sorted(p.name for p in self.folder.iterdir() if p.is_dir() and all((p / f).is_file() for f in PARTS))
 
 
+_RENDERERS: dict[tuple, Renderer] = {}
+
+
 def renderer_for(cfg: Settings) -> Renderer:
-    return Renderer(cfg.campaigns.templates, cfg.campaigns.locales, shop_url=cfg.campaigns.shop_url,
-                    utm_source=cfg.campaigns.utm_source)
+    """The renderer of the configured template folder, shared by every plan, send and check of this process
+    while the folder's files are byte for byte the same: compiling a campaign's templates takes as long as
+    rendering hundreds of its messages, and a process (a test run, the demo) plans many campaigns. A changed
+    file (a marketer's edit, a test's own folder) gets a renderer of its own."""
+    folder = Path(cfg.campaigns.templates)
+    key = (str(folder.resolve()), tuple(cfg.campaigns.locales), cfg.campaigns.shop_url, cfg.campaigns.utm_source,
+           _folder_digest(folder))
+    renderer = _RENDERERS.get(key)
+    if renderer is None:
+        if len(_RENDERERS) >= 8:
+            _RENDERERS.clear()
+        renderer = _RENDERERS[key] = Renderer(folder, cfg.campaigns.locales, shop_url=cfg.campaigns.shop_url,
+                                              utm_source=cfg.campaigns.utm_source)
+    return renderer
+
+
+def _folder_digest(folder: Path) -> str:
+    """A digest of every file's path and content under ``folder`` (a few dozen small files: about a millisecond;
+    content rather than modification times, which two writes within a clock tick share)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 # A campaign's messages share a handful of dates, coupon values and product prices per locale; Babel takes

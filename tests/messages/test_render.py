@@ -160,8 +160,13 @@ def test_a_brand_colour_that_is_not_a_colour_is_not_used():
         assert 'bgcolor="#0b6e4f" style="padding:20px 32px; background-color:#0b6e4f;' in html
 
 
+def own_renderer() -> Renderer:
+    """A renderer of the shipped templates of its own (renderer_for's is shared by the whole process)."""
+    return Renderer(REPO_CFG.campaigns.templates, REPO_CFG.campaigns.locales, shop_url=REPO_CFG.campaigns.shop_url)
+
+
 def test_macro_modules_are_built_once_per_language_direction_and_colour():
-    renderer = renderer_for(REPO_CFG)
+    renderer = own_renderer()
     for lang in ("en", "fa", "en", "fa", "en"):
         renderer.render("offer", context(lang, first_name=lang))
     assert len(renderer.env.get_template("_ui.html")._layout_modules) == 2
@@ -414,8 +419,8 @@ class _AsWritten(Renderer):
 
 
 def test_styles_and_texts_compiled_in_per_layout_print_the_same_message():
-    compiled, written = renderer_for(REPO_CFG), _AsWritten(REPO_CFG.campaigns.templates, REPO_CFG.campaigns.locales,
-                                                           shop_url=REPO_CFG.campaigns.shop_url)
+    compiled, written = own_renderer(), _AsWritten(REPO_CFG.campaigns.templates, REPO_CFG.campaigns.locales,
+                                                   shop_url=REPO_CFG.campaigns.shop_url)
     compiled.inline_after = 0
     for template in compiled.templates():
         for lang in compiled.languages:
@@ -459,10 +464,25 @@ def test_a_name_that_could_mean_something_else_is_looked_up_as_written(folder):
 
 
 def test_a_layout_is_compiled_in_only_after_enough_messages():
-    renderer = renderer_for(REPO_CFG)
+    renderer = own_renderer()
     renderer.inline_after = 3
     messages = [renderer.render("offer", context("fa")) for _ in range(3)]
     assert renderer._layouts == {} and renderer.env.layout_values == []  # as written for the first three
     messages += [renderer.render("offer", context("fa")) for _ in range(2)]
     assert list(renderer._layouts.values()) == ["@0/"] and len(renderer.env.layout_values) == 1
     assert all(m == messages[0] for m in messages)
+
+
+def test_plans_and_sends_share_a_renderer_until_a_template_file_changes(tmp_path):
+    import shutil
+
+    folder = tmp_path / "email"
+    shutil.copytree(REPO_CFG.campaigns.templates, folder)
+    cfg = REPO_CFG.model_copy(update={"campaigns": REPO_CFG.campaigns.model_copy(update={"templates": folder})})
+    first = renderer_for(cfg)
+    assert renderer_for(cfg) is first
+    assert "Happy birthday" not in first.render("offer", context()).subject
+    path = folder / "offer" / "subject.txt"
+    path.write_text("Happy birthday " + path.read_text(encoding="utf-8"), encoding="utf-8")
+    changed = renderer_for(cfg)
+    assert changed is not first and changed.render("offer", context()).subject.startswith("Happy birthday")
