@@ -103,3 +103,13 @@ def test_every_domain_error_lives_in_errors():
                     and value.__module__ != "crm_tasks.errors"):
                 defined_elsewhere.append(f"{name}.{attr}")
     assert defined_elsewhere == []
+
+
+def test_the_web_app_starts_without_pandas_or_arrow():
+    # Every Airflow process loads the plugin, hence this app; the analytics and ingest modules load pandas and
+    # Arrow (about half a second) where a page or a task needs them, not at each process start.
+    script = ("import sys, crm_tasks.pages.app; "
+              "print(sorted(m for m in ('pandas', 'pyarrow', 'lifetimes', 'statsmodels') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

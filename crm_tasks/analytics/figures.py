@@ -25,17 +25,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 
-from crm_tasks.analytics.clv import ClvReport, clv_distribution, clv_report
 from crm_tasks.analytics.kpis import Cohort, MonthKpis, cohort_matrix, lifecycle_kpis
 from crm_tasks.analytics.purchase_days import refresh_purchase_days
 from crm_tasks.analytics.sales import BREAKDOWNS, PERIODS, SalesRow, period_of, sales_breakdown, sales_report
 from crm_tasks.clock import months_up_to
 from crm_tasks.settings import Settings
 from crm_tasks.store.models import CleanupRun, ClvFit, IngestBatch, ReportFigure, SalesDay, SegmentRun
+
+if TYPE_CHECKING:  # the lifetime-value module loads pandas (its fit): imported where a report needs it
+    from crm_tasks.analytics.clv import ClvReport
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +111,23 @@ def _clv_to(report: ClvReport) -> dict:
 
 
 def _clv_from(body: dict) -> ClvReport:
+    from crm_tasks.analytics.clv import ClvReport
+
     rows = [r | {"clv_12m": None if r["clv_12m"] is None else Decimal(r["clv_12m"])} for r in body["rows"]]
     return ClvReport(date.fromisoformat(body["scored_as_of"]) if body["scored_as_of"] else None, body["fit"],
                      body["latest_attempt"], body["customers"], rows)
+
+
+def _clv_report(engine: Engine, top: int) -> ClvReport:
+    from crm_tasks.analytics.clv import clv_report
+
+    return clv_report(engine, top)
+
+
+def _clv_bins(engine: Engine, bins: int) -> list[dict]:
+    from crm_tasks.analytics.clv import clv_distribution
+
+    return clv_distribution(engine, bins)
 
 
 @dataclass(frozen=True)
@@ -128,8 +144,8 @@ KINDS: dict[str, Kind] = {
                     lambda v: [k.to_dict() for k in v], lambda b: [Cohort(**k) for k in b]),
     "sales": Kind(lambda e, c, by, start, end: sales_report(e, c, by, start, end), _sales_rows, _sales_from),
     "breakdown": Kind(lambda e, c, start, end: _breakdown(e, c, start, end), _breakdown_to, _breakdown_from),
-    "clv": Kind(lambda e, c, top: clv_report(e, top), _clv_to, _clv_from),
-    "clv_bins": Kind(lambda e, c, bins: clv_distribution(e, bins), lambda v: v, lambda b: b),
+    "clv": Kind(lambda e, c, top: _clv_report(e, top), _clv_to, _clv_from),
+    "clv_bins": Kind(lambda e, c, bins: _clv_bins(e, bins), lambda v: v, lambda b: b),
 }
 
 

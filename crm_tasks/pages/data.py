@@ -19,19 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, func, or_, select, text
 
-from crm_tasks.analytics.clv import ClvReport
 from crm_tasks.analytics.figures import MONTHS_SHOWN, Figures, overview_months, sales_start
-from crm_tasks.analytics.forecast import ForecastReport, forecast_report
 from crm_tasks.analytics.kpis import Cohort, MonthKpis
 from crm_tasks.analytics.sales import SalesRow, check_period, period_of, sales_report
 from crm_tasks.clock import months_up_to
 from crm_tasks.delivery import ledger
 from crm_tasks.errors import ConfigError
-from crm_tasks.ingest.batches import IngestReport, stored_report
 from crm_tasks.results.reports import CampaignReport, campaign_report, lift_summary
 from crm_tasks.segments.history import SegmentList, TransitionList, list_segments, transitions
 from crm_tasks.settings import Settings
@@ -50,6 +48,11 @@ from crm_tasks.store.models import (
     SegmentRun,
     SegmentSize,
 )
+
+if TYPE_CHECKING:  # the forecast, lifetime-value and ingest modules load pandas and Arrow: not at the app's start
+    from crm_tasks.analytics.clv import ClvReport
+    from crm_tasks.analytics.forecast import ForecastReport
+    from crm_tasks.ingest.batches import IngestReport
 
 log = logging.getLogger(__name__)
 QUARANTINE_PAGE_SIZE = 50
@@ -74,7 +77,15 @@ def default_as_of(engine: Engine, cfg: Settings) -> date:
     return datetime.now(UTC).astimezone(ZoneInfo(cfg.timezone)).date() - timedelta(days=1)
 
 
+def _stored_report(engine: Engine, since: date, until: date) -> IngestReport:
+    from crm_tasks.ingest.batches import stored_report
+
+    return stored_report(engine, since, until)
+
+
 def _forecast(engine: Engine, cfg: Settings) -> ForecastReport | None:
+    from crm_tasks.analytics.forecast import forecast_report
+
     try:
         return forecast_report(engine, cfg)
     except ConfigError:  # no fit stored yet: the page says so
@@ -176,7 +187,7 @@ def overview(engine: Engine, cfg: Settings, as_of: date, airflow_runs: Callable[
         as_of=as_of, kpis=kpis[-1] if kpis else None,
         this_month=by_month.get(month.isoformat()), last_month=by_month.get(prev.isoformat()),
         last_month_to_date=to_date[0] if to_date else None, forecast=forecast, forecast_rest_of_month=rest,
-        ingest_night=night, ingest=stored_report(engine, night, night) if night else None,
+        ingest_night=night, ingest=_stored_report(engine, night, night) if night else None,
         failed_runs=failed_runs(engine), week_ago=week_ago, stages_week_ago=then,
         freshness=freshness(engine, as_of), airflow=_airflow(airflow_runs),
         stored_at=figures.stored_at, live=figures.live,
@@ -340,7 +351,7 @@ def reason_field(reason: str) -> str:
 
 def data_quality(engine: Engine, as_of: date, page: int = 1) -> DataQuality:
     since = as_of - timedelta(days=QUALITY_NIGHTS - 1)
-    report = stored_report(engine, since, as_of)
+    report = _stored_report(engine, since, as_of)
     q, b = QuarantinedRow, IngestBatch
     current = [b.partition_date >= since, b.partition_date <= as_of, b.status != "replaced"]
     with engine.connect() as conn:

@@ -11,11 +11,12 @@ Python object per value, straight into the table unless a row conflicts.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 from sqlalchemy import Connection, bindparam
+
+if TYPE_CHECKING:  # Arrow is imported where a table is written: the web app's inserts never load it
+    import pyarrow as pa
 
 COPY_BYTES = 8 << 20  # CSV handed to COPY per write
 
@@ -39,7 +40,8 @@ def bulk_insert(conn: Connection, table: str, columns: list[str], rows: list[tup
             return cur.rowcount
         finally:
             cur.close()
-    if isinstance(rows, pa.Table):
+    arrow = type(rows).__module__.startswith("pyarrow")
+    if arrow:
         direct = _copy_unless_conflict(raw, table, columns, rows)
         if direct is not None:
             return direct
@@ -49,7 +51,7 @@ def bulk_insert(conn: Connection, table: str, columns: list[str], rows: list[tup
             f"CREATE TEMP TABLE IF NOT EXISTS {stage} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
         )
         cur.execute(f"TRUNCATE {stage}")
-        if isinstance(rows, pa.Table):
+        if arrow:
             with cur.copy(f"COPY {stage} ({cols}) FROM STDIN (FORMAT csv)") as copy:
                 for data in _csv_pieces(rows.select(columns)):
                     copy.write(data)
@@ -64,6 +66,9 @@ def bulk_insert(conn: Connection, table: str, columns: list[str], rows: list[tup
 
 def copy_money(units: pa.Array) -> pa.Array:
     """Integer 1/10000 units as exact decimals, for an Arrow table bound for COPY."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     return pc.divide(units.cast(pa.int64()).cast(pa.decimal128(22, 0)), pa.scalar(10_000, pa.decimal128(5, 0)))
 
 
@@ -71,6 +76,9 @@ def copy_instants(instants: pa.Array) -> pa.Array:
     """UTC instants as text with their zone ('2026-03-01 04:30:00.000000Z'), for an Arrow table bound for
     COPY: Arrow formats a zoned timestamp through the time zone database, twenty times slower. Truncated
     to microseconds, as SQLite stores them."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     naive = instants.cast(pa.timestamp("us", "UTC"), safe=False).cast(pa.timestamp("us"))
     return pc.binary_join_element_wise(naive.cast(pa.string()), pa.scalar("Z"), "")
 
@@ -99,6 +107,8 @@ def _copy_unless_conflict(raw, table: str, columns: list[str], rows: pa.Table) -
 def _csv_pieces(table: pa.Table):
     """The table as CSV for COPY, a few MiB at a time. Arrow quotes every string and writes a null as
     nothing, which is COPY's CSV reading of '' versus NULL."""
+    import pyarrow.csv as pacsv
+
     rows = max(1, COPY_BYTES // max(1, table.nbytes // max(1, table.num_rows)))
     for start in range(0, table.num_rows, rows):
         buf = io.BytesIO()
