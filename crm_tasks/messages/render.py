@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -199,17 +199,15 @@ def _inline_texts(tokens: list[Token], texts: dict[str, str]) -> list[Token]:
     if any(_is(tokens[i], "name", "t") and (i + 1 >= n or not _is(tokens[i + 1], "lparen")
                                              or (i and _is(tokens[i - 1], "name", "macro"))) for i in range(n)):
         return tokens  # t bound to something else here (a variable, a macro of its own)
-    out, i = [], 0
-    while i < n:
+
+    def text_at(i: int) -> tuple[Token, int] | None:
         if (i + 3 < n and _is(tokens[i], "name", "t") and not (i and _is(tokens[i - 1], "dot"))
                 and _is(tokens[i + 1], "lparen") and _is(tokens[i + 2], "string") and _is(tokens[i + 3], "rparen")
                 and "{" not in texts.get(tokens[i + 2].value, "{")):
-            out.append(Token(tokens[i].lineno, "string", texts[tokens[i + 2].value]))
-            i += 4
-        else:
-            out.append(tokens[i])
-            i += 1
-    return out
+            return Token(tokens[i].lineno, "string", texts[tokens[i + 2].value]), 4
+        return None
+
+    return _replaced(tokens, text_at)
 
 
 def _inline_aliased(tokens: list[Token], values: dict[str, str]) -> list[Token]:
@@ -226,17 +224,15 @@ def _inline_aliased(tokens: list[Token], values: dict[str, str]) -> list[Token]:
     uses = [i for i in range(n) if _is(tokens[i], "name", alias) and i != alias_at]
     if any(i + 1 >= n or not _is(tokens[i + 1], "dot") for i in uses):
         return tokens
-    out, i = [], 0
-    while i < n:
+
+    def style_at(i: int) -> tuple[Token, int] | None:
         if (i + 4 < n and _is(tokens[i], "variable_begin") and _is(tokens[i + 1], "name", alias)
                 and _is(tokens[i + 2], "dot") and _is(tokens[i + 3], "name") and tokens[i + 3].value in values
                 and _is(tokens[i + 4], "variable_end")):
-            out.append(Token(tokens[i].lineno, "data", values[tokens[i + 3].value]))
-            i += 5
-        else:
-            out.append(tokens[i])
-            i += 1
-    return out
+            return Token(tokens[i].lineno, "data", values[tokens[i + 3].value]), 5
+        return None
+
+    return _replaced(tokens, style_at)
 
 
 def _inline_bare(tokens: list[Token], values: dict[str, str]) -> list[Token]:
@@ -256,14 +252,21 @@ def _inline_bare(tokens: list[Token], values: dict[str, str]) -> list[Token]:
         else:
             other.add(token.value)
     starts = {at: name for name, ats in printed.items() if sets.get(name) == 1 and name not in other for at in ats}
+    return _replaced(tokens, lambda i: (Token(tokens[i].lineno, "data", values[starts[i]]), 3) if i in starts else None)
+
+
+def _replaced(tokens: list[Token], run_at: Callable[[int], tuple[Token, int] | None]) -> list[Token]:
+    """``tokens`` with each run that ``run_at(i)`` recognises at i replaced by the one token it gives (with the
+    run's length)."""
     out, i = [], 0
-    while i < n:
-        if i in starts:
-            out.append(Token(tokens[i].lineno, "data", values[starts[i]]))
-            i += 3
-        else:
+    while i < len(tokens):
+        hit = run_at(i)
+        if hit is None:
             out.append(tokens[i])
             i += 1
+        else:
+            out.append(hit[0])
+            i += hit[1]
     return out
 
 
