@@ -5,6 +5,11 @@ ends every process the test started (also when it fails).
 Two shapes: ``airflow standalone`` (LocalExecutor: scheduler, dag-processor, triggerer and api-server in one
 process group) or the separate components a deployment runs (api-server, scheduler, dag-processor,
 triggerer and Celery workers), each in its own process group with its own log.
+
+The tests that use a stack go to whichever xdist worker is free, like any other test, and two may run at once:
+they share no port (every server, the log servers included, listens on a free one), no home, no database and
+no Celery queue. Kept on one worker, one after another, they made a chain of over four minutes in a suite that
+is bound by its two cores anyway.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from tests.conftest import REPO
 from tests.smtp_servers import free_port
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-# The tests that start a whole Airflow share one xdist worker (`make test` runs `--dist loadgroup`): on two
-# cores, two stacks starting at once each took minutes to come up and timed out.
-AIRFLOW_STACKS = "airflow-stacks"
+# Seconds between two looks at what a test waits for (a DAG run's state, the api-server's health): each wait
+# ends on average half of it after the thing happened. Not less: each look costs the api-server a request,
+# and the suite is bound by its two cores.
+POLL = 0.5
 
 
 def write_config(folder: Path, **delivery) -> Path:
@@ -57,6 +63,13 @@ def airflow_env(home: Path, port: int, metadata_url: str, crm: dict[str, str], *
         # The DAG files do not change during a test: parse each once, and leave the two cores to the tasks.
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
         "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        # LocalExecutor forks all of `parallelism` workers when it starts (32 by default); a test runs a few
+        # tasks at a time on two cores.
+        "AIRFLOW__CORE__PARALLELISM": "8",
+        # The log servers of the scheduler and the triggerer on free ports, not 8793 and 8794: no clash with
+        # another Airflow on the machine.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         **crm,
         **extra,
@@ -127,7 +140,7 @@ class Stack:
             dead = [name for name, proc in self.procs if proc.poll() is not None]
             if dead:
                 pytest.fail(f"{', '.join(dead)} exited while waiting for {what}:\n{_tail(self.logs)}")
-            time.sleep(1)
+            time.sleep(POLL)
         pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; the Airflow logs said:\n{_tail(self.logs)}")
 
     def client(self, home: Path) -> httpx.Client:

@@ -23,7 +23,7 @@ from crm_tasks.campaigns.definitions import get_campaign
 from crm_tasks.campaigns.planning import global_control, holdout_scores
 from crm_tasks.settings import load_settings
 from crm_tasks.store.models import Message
-from tests.airflow.stack import AIRFLOW_STACKS, dag_run_state, stack, write_config
+from tests.airflow.stack import dag_run_state, stack, write_config
 from tests.conftest import POSTGRES_URL, REPO
 from tests.helpers import born_on, customer, lenient_campaigns, purchase, recent_day, write_csv
 from tests.smtp_servers import SmtpServer
@@ -115,7 +115,6 @@ def _celery_env(metadata_url: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.xdist_group(AIRFLOW_STACKS)
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("metadata_db", ["local", "celery"], indirect=True)
 def test_the_nightly_chain_runs_on_the_real_scheduler(metadata_db, db_url, engine, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from crm_tasks.store.models import Message
-from tests.airflow.stack import AIRFLOW_STACKS, dag_run_state, stack, write_config
+from tests.airflow.stack import dag_run_state, stack, write_config
 from tests.factories import add_customers
 from tests.helpers import born_on, lenient_campaigns, recent_day
 from tests.smtp_servers import SmtpServer
@@ -51,7 +51,6 @@ def standalone(tmp_path, db_url):
             yield client, sink, procs
 
 
-@pytest.mark.xdist_group(AIRFLOW_STACKS)
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_a_fresh_airflow_sends_a_triggered_campaign_exactly_once(standalone, engine):
     client, sink, procs = standalone
