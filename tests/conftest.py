@@ -15,6 +15,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# pytest-xdist runs a test process per core, and OpenBLAS (numpy, scipy, statsmodels, lifetimes) starts a thread
+# per core in each of them, whose idle threads spin: on two busy cores the forecast and lifetime-value tests took
+# 25-49 CPU-seconds instead of 18. One BLAS thread per test process (and per process a test starts); set before
+# anything imports numpy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # Airflow reads its configuration on first import: give the test session its own
 # home before anything imports it, so that a developer's Airflow is never touched.
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="crm-test-airflow-"))
