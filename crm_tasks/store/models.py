@@ -114,6 +114,9 @@ class Purchase(Base):
         # The sales cube reads the days a night changed as a time range, and its nightly fingerprint of
         # every day from this index alone (the amount included): bench/README.md, sales cube.
         Index("ix_purchases_time", "purchased_at", "amount"),
+        # The recommendations' baskets, each customer's distinct products of a window, read from this index alone,
+        # in order (bench/README.md, recommendations).
+        Index("ix_purchases_baskets", "customer_id", "sku", "purchased_at", "amount"),
     )
 
 

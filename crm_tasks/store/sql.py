@@ -10,6 +10,9 @@ dates and UTC instants are bound as each dialect stores them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from sqlalchemy import Connection, bindparam, text
 
 from crm_tasks.store.types import MONEY_UNITS
@@ -42,13 +45,6 @@ def scanned(column: str, conn: Connection) -> str:
     table: SQLite's planner takes any usable index, and a range of one with a table lookup per row reads half a
     table slower than one pass over it; a unary plus keeps the index out. PostgreSQL weighs that itself."""
     return f"+{column}" if conn.dialect.name == "sqlite" else column
-
-
-def distinct_into(conn: Connection) -> tuple[str, str]:
-    """(SELECT prefix, INSERT suffix) that put each row of an ``INSERT ... SELECT`` in once, into a table whose
-    primary key is the row: SQLite lets the key drop the repeats as they come (no sort for DISTINCT), PostgreSQL
-    hashes them away before inserting (a conflict check per row costs it more)."""
-    return ("", "ON CONFLICT DO NOTHING") if conn.dialect.name == "sqlite" else ("DISTINCT", "")
 
 
 def scratch(conn: Connection, name: str, columns: str, *indexes: str) -> None:
@@ -200,3 +196,58 @@ def json_blanked(column: str, keys: tuple[str, ...], dialect: str) -> str:
     if dialect == "sqlite":
         return f"json_replace({column}, '$.{'.'.join(keys)}', '')"
     return f"jsonb_set({column}, '{{{','.join(keys)}}}', CAST('\"\"' AS jsonb), false)"
+
+
+@contextmanager
+def key_built_after(conn: Connection, table: str) -> Iterator[None]:
+    """Write many rows into an empty ``table`` (a replaced table after ``empty``, or a scratch table) with its
+    primary key built once at the end instead of kept up row by row: PostgreSQL drops the key's constraint and adds
+    it back as it was, one sorted index build instead of an index entry per row (and, for a logged table, the
+    index's pages in the WAL once instead of a record per row). Inside the current transaction, which holds the
+    table's lock until the commit anyway after ``empty``; nothing may rely on the key in between (a conflict
+    clause, a lookup). SQLite keeps the key: a ``WITHOUT ROWID`` table is stored in it, and its scratch tables'
+    lookups need it."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    name, definition = conn.exec_driver_sql(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        f"WHERE conrelid = '{table}'::regclass AND contype = 'p'").one()
+    conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    yield
+    conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+
+
+def hashed_only(conn: Connection, *tables: str) -> None:
+    """Drop the primary keys of the scratch ``tables`` (``scratch``, still empty) on PostgreSQL, which joins them by
+    hashing whole: there a key costs an index entry per row written (or a sorted build) and serves no statement.
+    SQLite keeps them: its joins and ``NOT EXISTS`` look rows up through them."""
+    if conn.dialect.name != "postgresql":
+        return
+    for table in tables:
+        for (name,) in conn.exec_driver_sql(
+                f"SELECT conname FROM pg_constraint WHERE conrelid = '{table}'::regclass AND contype = 'p'").all():
+            conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+
+
+@contextmanager
+def distinct_in_index_order(conn: Connection) -> Iterator[None]:
+    """For the statements inside, a ``DISTINCT`` (or ``GROUP BY``) over rows read from an index in the grouping's
+    order keeps that order, without a hash of every row: PostgreSQL prices an index-only scan's pages above a pass
+    over the table and hashes millions of rows instead, twice the time for half a table. SQLite uses the order as
+    it is."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    was = conn.exec_driver_sql("SELECT current_setting('enable_hashagg')").scalar()
+    conn.exec_driver_sql("SET LOCAL enable_hashagg = off")
+    yield
+    conn.exec_driver_sql(f"SET LOCAL enable_hashagg = {was}")
+
+
+def in_key_order(conn: Connection, key: str) -> str:
+    """``ORDER BY key`` for an ``INSERT ... SELECT`` into a table stored in its key (SQLite's ``WITHOUT ROWID``):
+    rows that come in the key's order are appended to its B-tree instead of inserted all over it. On PostgreSQL,
+    nothing: a table with its key built after the rows (``key_built_after``) takes rows in any order, and sorting
+    millions of them first costs a sort spilled to disk."""
+    return f"ORDER BY {key}" if conn.dialect.name == "sqlite" else ""

@@ -9,7 +9,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, inspect, select
+from sqlalchemy.exc import IntegrityError
 
 from crm_tasks.analytics.recommendations import reason, recommendations_for, refresh_recommendations
 from crm_tasks.store.models import (
@@ -98,6 +99,21 @@ def test_rerunning_a_date_replaces_its_results(engine, cfg):
         runs = conn.execute(select(RecommendationRun.as_of, RecommendationRun.pairs)).all()
     assert sorted(runs) == [(AS_OF - timedelta(days=40), runs[0][1] if runs[0][0] != AS_OF else runs[1][1]),
                             (AS_OF, first.pairs)]
+
+
+def test_the_lists_keep_their_primary_key(engine, cfg):
+    # PostgreSQL writes the lists without their key and builds it once at the end (sql.key_built_after): it must be
+    # there again, as the migration made it, and hold.
+    generate(engine, AS_OF)
+    with engine.connect() as conn:
+        key = inspect(conn).get_pk_constraint("customer_recommendations")
+    refresh_recommendations(engine, cfg, AS_OF)
+    with engine.connect() as conn:
+        assert inspect(conn).get_pk_constraint("customer_recommendations") == key
+        assert key["constrained_columns"] == ["customer_id", "rank"]
+        line = conn.execute(select(CustomerRecommendation).limit(1)).one()._mapping
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(insert(CustomerRecommendation).values(**dict(line)))
 
 
 def _small_shop(engine) -> None:
