@@ -118,13 +118,13 @@ def _clv_from(body: dict) -> ClvReport:
                      body["latest_attempt"], body["customers"], rows)
 
 
-def _clv_report(engine: Engine, top: int) -> ClvReport:
+def _clv_report(engine: Engine, cfg: Settings, top: int) -> ClvReport:
     from crm_tasks.analytics.clv import clv_report
 
     return clv_report(engine, top)
 
 
-def _clv_bins(engine: Engine, bins: int) -> list[dict]:
+def _clv_bins(engine: Engine, cfg: Settings, bins: int) -> list[dict]:
     from crm_tasks.analytics.clv import clv_distribution
 
     return clv_distribution(engine, bins)
@@ -144,8 +144,8 @@ KINDS: dict[str, Kind] = {
                     lambda v: [k.to_dict() for k in v], lambda b: [Cohort(**k) for k in b]),
     "sales": Kind(lambda e, c, by, start, end: sales_report(e, c, by, start, end), _sales_rows, _sales_from),
     "breakdown": Kind(lambda e, c, start, end: _breakdown(e, c, start, end), _breakdown_to, _breakdown_from),
-    "clv": Kind(lambda e, c, top: _clv_report(e, top), _clv_to, _clv_from),
-    "clv_bins": Kind(lambda e, c, bins: _clv_bins(e, bins), lambda v: v, lambda b: b),
+    "clv": Kind(_clv_report, _clv_to, _clv_from),
+    "clv_bins": Kind(_clv_bins, lambda v: v, lambda b: b),
 }
 
 

@@ -556,14 +556,17 @@ class Renderer:
         return RenderedMessage(subject, html, text)
 
     def _compile_shared(self, prefix: str = "") -> None:
-        """The folder's shared files (the layouts and macros templates extend and import), compiled once."""
-        if prefix or not self._shared_compiled:
-            for path in sorted(self.folder.glob("*.html")) + sorted(self.folder.glob("*.txt")):
-                self.env.get_template(prefix + path.name)
-            self._shared_compiled = self._shared_compiled or not prefix
+        """The folder's shared files (the layouts and macros templates extend and import), compiled once: as
+        written on the first render, for a layout (``prefix``) when ``_layout`` first compiles it."""
+        if not prefix and self._shared_compiled:
+            return
+        for path in sorted(self.folder.glob("*.html")) + sorted(self.folder.glob("*.txt")):
+            self.env.get_template(prefix + path.name)
+        if not prefix:
+            self._shared_compiled = True
 
     def _layout(self, context: dict) -> str:
-        """The prefix of the HTML templates compiled for this message's layout (``_InlineLayout``): "@N/", or ""
+        """The prefix of the templates compiled for this message's layout (``_InlineLayout``): "@N/", or ""
         (the templates as written) for the first ``inline_after`` messages of a layout (compiling the templates
         for a layout takes about as long as rendering a thousand messages, which it then makes 20-30 % faster: a
         large plan or send gains, a preview or a test would only wait), and for a layout whose ``_ui.html`` module
