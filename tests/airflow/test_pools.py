@@ -1,5 +1,5 @@
 """The send pool named in crm.yaml is created when a scheduler starts, never waited on; an existing
-pool keeps the size its admin gave it. (The end to end run is in test_scheduler.py.)"""
+pool keeps the size its admin gave it. (The end to end run is in test_end_to_end.py.)"""
 
 from __future__ import annotations
 
