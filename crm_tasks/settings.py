@@ -129,6 +129,8 @@ class CampaignSettings(BaseModel):
     shop_url: str = "https://shop.example.com/"
     utm_source: str = Field("crm", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     tracking: TrackingSettings = TrackingSettings()
+    # Processes that build and render a large plan's messages (each at least 5,000 of them); 0: one per core.
+    render_processes: int = Field(0, ge=0, le=64)
 
     @field_validator("folder", "templates")
     @classmethod

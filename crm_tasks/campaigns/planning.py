@@ -55,8 +55,9 @@ from crm_tasks.delivery.suppression import email_hash, unsubscribe_token
 from crm_tasks.errors import CampaignBlocked, RenderError
 from crm_tasks.messages.mime import message_id_for
 from crm_tasks.messages.render import Renderer, language_of, message_context, renderer_for
+from crm_tasks.messages.slices import in_slices
 from crm_tasks.settings import Settings
-from crm_tasks.store.bulk import IN_CHUNK, bulk_insert, rows_in
+from crm_tasks.store.bulk import IN_CHUNK, bulk_insert, insert_columns, rows_in
 from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import (
     CampaignPlanRow,
@@ -631,8 +632,8 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
     expires = as_of + timedelta(days=coupon.valid_days) if coupon else None
     signing = load_keys(conn, cfg).signing
     variants = {v.name: v for v in campaign.variants}
-    contexts = []
-    for r in rows.itertuples():
+
+    def context(r) -> dict:
         fp = first.get(r.customer_id)
         fav = favourite.get(r.customer_id)
         ctx = message_context(
@@ -662,8 +663,13 @@ def build_contexts(conn: Connection, cfg: Settings, campaign: Campaign, as_of: d
         except RenderError as exc:
             raise RenderError(f"campaign {campaign.name}, customer {r.customer_id}: {exc}; nothing was planned "
                               "for sending") from None
-        contexts.append(ctx)
-    return contexts
+        return ctx
+
+    def work(start: int, stop: int) -> list[dict]:
+        return [context(r) for r in rows.iloc[start:stop].itertuples()]
+
+    # Rendering is most of a large plan's time: on every core (crm_tasks/messages/slices.py).
+    return in_slices(work, len(rows), cfg.campaigns.render_processes)
 
 
 def _record(conn: Connection, campaign: Campaign, as_of: date, run_at: datetime, result: PlanResult,
@@ -716,17 +722,14 @@ def _replace_runs(conn: Connection, replaced: list[int]) -> int:
 
 def _insert_plan(conn: Connection, campaign: Campaign, run_id: int, frame: pd.DataFrame) -> None:
     """One plan row per audience member: outcome, reason, and for those to send the time and coupon."""
-    plan_rows = [
-        {"run_id": run_id, "customer_id": r.customer_id, "outcome": r.outcome,
-         "reason": r.reason, "occurrence": r.occurrence, "idempotency_key": r.key, "locale": r.lang,
-         "template": r.template, "variant": r.variant if isinstance(r.variant, str) else None,
-         "coupon_code": r.coupon_code if r.outcome == SEND else None,
-         "send_at": None if pd.isna(r.send_at) else r.send_at.to_pydatetime(),
-         "local_send_at": r.local_send_at if isinstance(r.local_send_at, str) else None}
-        for r in frame.itertuples()
-    ]
-    for chunk in _chunks(plan_rows, 5000):
-        conn.execute(insert(CampaignPlanRow), chunk)
+    sending = frame["outcome"] == SEND
+    insert_columns(conn, CampaignPlanRow.__table__, {
+        "run_id": run_id, "customer_id": _values(frame["customer_id"]), "outcome": _values(frame["outcome"]),
+        "reason": _values(frame["reason"]), "occurrence": _values(frame["occurrence"]),
+        "idempotency_key": _values(frame["key"]), "locale": _values(frame["lang"]),
+        "template": _values(frame["template"]), "variant": _values(frame["variant"]),
+        "coupon_code": _values(frame["coupon_code"].where(sending)), "send_at": _instants(frame["send_at"]),
+        "local_send_at": _values(frame["local_send_at"])})
 
 
 def _insert_ledger(conn: Connection, campaign: Campaign, run_id: int, rows: pd.DataFrame, contexts: list[dict],
@@ -736,19 +739,16 @@ def _insert_ledger(conn: Connection, campaign: Campaign, run_id: int, rows: pd.D
     lateness limit (none for a test message: a tester wants it whenever they ask)."""
     test = test_recipient is not None
     last_day, why = lateness
-    expires = [None] * len(rows) if test else [t.to_pydatetime() for t in expiry_times(rows, last_day)]
-    messages = [
-        {"idempotency_key": prefix + r.key, "campaign": campaign.name, "customer_id": r.customer_id,
-         "run_id": run_id, "occurrence": r.occurrence, "state": MessageState.PLANNED,
-         "test": test_recipient is not None, "recipient": test_recipient or r.email, "locale": r.lang,
-         "template": r.template, "variant": r.variant if isinstance(r.variant, str) else None,
-         "coupon_code": r.coupon_code, "send_at": r.send_at.to_pydatetime(),
-         "context": ctx, "created_at": now, "updated_at": now, "message_id": message_id_for(prefix + r.key, domain, secret),
-         "expires_at": at, "expiry_reason": None if test else why}
-        for r, ctx, at in zip(rows.itertuples(), contexts, expires, strict=True)
-    ]
-    for chunk in _chunks(messages, 2000):
-        conn.execute(insert(Message), chunk)
+    keys = (prefix + rows["key"]).tolist()
+    insert_columns(conn, Message.__table__, {
+        "idempotency_key": keys, "campaign": campaign.name, "customer_id": _values(rows["customer_id"]),
+        "run_id": run_id, "occurrence": _values(rows["occurrence"]), "state": MessageState.PLANNED.value,
+        "test": test, "recipient": test_recipient if test else _values(rows["email"]), "locale": _values(rows["lang"]),
+        "template": _values(rows["template"]), "variant": _values(rows["variant"]),
+        "coupon_code": _values(rows["coupon_code"]), "send_at": _instants(rows["send_at"]), "context": contexts,
+        "created_at": now, "updated_at": now, "message_id": [message_id_for(k, domain, secret) for k in keys],
+        "expires_at": None if test else _instants(expiry_times(rows, last_day)),
+        "expiry_reason": None if test else why})
 
 
 def _insert_impressions(conn: Connection, rows: pd.DataFrame, contexts: list[dict], as_of: date) -> None:
@@ -770,12 +770,19 @@ def _insert_coupons(conn: Connection, campaign: Campaign, run_id: int, rows: pd.
     its scope: any purchase, or the category / the product of the customer's first recommendation."""
     c = campaign.coupon
     scope = coupon_scope(campaign)
-    coupons = [
-        {"code": r.coupon_code, "idempotency_key": prefix + r.key, "campaign": campaign.name,
-         "customer_id": r.customer_id, "value": c.value, "value_type": c.type, "currency": c.currency,
-         "issued_on": as_of, "expires_on": as_of + timedelta(days=c.valid_days), "run_id": run_id,
-         "scope": scope.value, "scope_value": _scope_value(scope, r.target)}
-        for r in rows.itertuples()
-    ]
-    for chunk in _chunks(coupons, 5000):
-        conn.execute(insert(Coupon), chunk)
+    insert_columns(conn, Coupon.__table__, {
+        "code": _values(rows["coupon_code"]), "idempotency_key": (prefix + rows["key"]).tolist(),
+        "campaign": campaign.name, "customer_id": _values(rows["customer_id"]), "value": c.value,
+        "value_type": c.type, "currency": c.currency, "issued_on": as_of,
+        "expires_on": as_of + timedelta(days=c.valid_days), "run_id": run_id, "scope": scope.value,
+        "scope_value": [_scope_value(scope, t) for t in rows["target"]]})
+
+
+def _values(column: pd.Series) -> list:
+    """A column's values for the database, a missing value (NaN, NaT, None) as None."""
+    return column.astype(object).where(column.notna(), None).tolist()
+
+
+def _instants(column: pd.Series) -> list:
+    """A column of UTC timestamps as datetimes, NaT as None."""
+    return [None if pd.isna(t) else t.to_pydatetime() for t in column]

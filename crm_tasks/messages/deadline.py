@@ -15,6 +15,7 @@ bound the main thread).
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 
@@ -88,6 +89,17 @@ def _raise_in(tid: int, exc: type[BaseException] | None) -> None:
 
 
 _WATCHDOG = _Watchdog()
+
+
+def _fresh_watchdog_after_fork() -> None:
+    """A forked child (crm_tasks/messages/slices.py renders there) has none of the parent's threads, and the
+    parent's watchdog may have held its lock at the moment of the fork, which would stay held for ever in the
+    child: the child starts a watchdog of its own."""
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_fresh_watchdog_after_fork)
 
 
 class time_limit:  # a class used as a function: with time_limit(2): ...

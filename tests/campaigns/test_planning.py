@@ -227,3 +227,57 @@ def test_a_message_that_renders_too_long_fails_the_run_naming_campaign_and_templ
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Message)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(CampaignRun)).scalar_one() == 0
+
+
+def _on_processes(cfg, processes: int):
+    return cfg.model_copy(update={"campaigns": cfg.campaigns.model_copy(update={"render_processes": processes})})
+
+
+def test_a_plan_rendered_in_forked_processes_records_the_same_messages(engine, cfg, monkeypatch):
+    from crm_tasks.messages import slices
+
+    monkeypatch.setattr(slices, "MIN_SLICE", 2)  # a fork for every two messages, instead of every 5,000
+    add_customers(engine, *[{"customer_id": f"C{i}", "birthday": date(1990, 5, 10), "first_name": f"N{i}"}
+                            for i in range(9)])
+    as_of, run_at = date(2026, 5, 10), datetime(2026, 5, 10, 0, 30, tzinfo=UTC)
+
+    def ledger():
+        with engine.connect() as conn:
+            return conn.execute(select(Message.idempotency_key, Message.context, Message.message_id)
+                                .order_by(Message.idempotency_key)).all()
+
+    alone = plan_campaign(engine, _on_processes(cfg, 1), campaign(), as_of, run_at)
+    here = ledger()
+    forked = plan_campaign(engine, _on_processes(cfg, 3), campaign(), as_of, run_at)  # replaces the first
+    assert forked.rendered == alone.rendered >= 7 and ledger() == here
+    # Each message carries its own customer's context, not a neighbour's from another slice.
+    assert all(key.split(":")[1] == "C" + ctx["customer"]["first_name"][1:] for key, ctx, _ in here)
+
+
+def test_a_message_that_fails_in_a_forked_process_fails_the_run_naming_the_customer(engine, cfg, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+
+    from crm_tasks.errors import RenderError
+    from crm_tasks.messages import slices
+    from crm_tasks.messages.render import Renderer
+    from tests.conftest import REPO
+
+    monkeypatch.setattr(slices, "MIN_SLICE", 2)
+    templates = tmp_path / "email"
+    shutil.copytree(REPO / "templates" / "email", templates)
+    body = templates / "birthday" / "body.html"
+    # The last customer's message never ends: the watchdog of the process that renders it stops it.
+    body.write_text(body.read_text(encoding="utf-8").replace("{% block content %}", (
+        "{% block content %}{% if customer.first_name == 'Slow' %}{% for a in range(1000) %}"
+        "{% for b in range(1000) %}{% for c in range(1000) %}{% endfor %}{% endfor %}{% endfor %}{% endif %}"), 1),
+        encoding="utf-8")
+    renderer = Renderer(templates, cfg.campaigns.locales, render_seconds=1.0)
+    add_customers(engine, *[{"customer_id": f"C{i}", "birthday": date(1990, 5, 10)} for i in range(5)],
+                  {"customer_id": "C9", "birthday": date(1990, 5, 10), "first_name": "Slow"})
+    with pytest.raises(RenderError, match=r"campaign birthday, customer C9: template birthday \(en\): rendering one "
+                                          r"message took more than 1 s.*nothing was planned for sending"):
+        plan_campaign(engine, _on_processes(cfg, 2), campaign(), date(2026, 5, 10),
+                      datetime(2026, 5, 10, 0, 30, tzinfo=UTC), renderer=renderer)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Message)).scalar_one() == 0

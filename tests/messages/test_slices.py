@@ -1,0 +1,66 @@
+"""crm_tasks/messages/slices.py: a list's work on every core in forked processes, in order, with a slice's
+error raised as itself and a dead child's slice worked again here."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from crm_tasks.errors import RenderError
+from crm_tasks.messages import slices
+from crm_tasks.messages.slices import in_slices, processes_for
+
+
+def _squares_with_pid(start: int, stop: int) -> list[tuple[int, int]]:
+    return [(i * i, os.getpid()) for i in range(start, stop)]
+
+
+def test_the_slices_run_in_several_processes_and_come_back_in_order():
+    out = in_slices(_squares_with_pid, 1000, 3, min_slice=100)
+    assert [v for v, _ in out] == [i * i for i in range(1000)]
+    pids = [pid for _, pid in out]
+    assert len(set(pids)) == 3 and pids[0] == os.getpid()  # the first slice in this process
+    # Contiguous slices: each process's items are one run.
+    assert sum(1 for a, b in zip(pids, pids[1:], strict=False) if a != b) == 2
+
+
+@pytest.mark.parametrize(("count", "processes", "expected"), [
+    (1000, 2, 1),      # under min_slice per process: not worth a fork
+    (10_000, 1, 1),    # asked for one process
+    (10_000, 2, 2),
+    (10_000, 8, 4),    # at least min_slice each
+])
+def test_processes_are_only_used_for_slices_worth_a_fork(count, processes, expected):
+    assert processes_for(count, processes, min_slice=2500) == expected
+
+
+def test_one_process_works_everything_here():
+    out = in_slices(_squares_with_pid, 50, 1, min_slice=1)
+    assert {pid for _, pid in out} == {os.getpid()} and len(out) == 50
+
+
+def _fails_at_700(start: int, stop: int) -> list[int]:
+    if start <= 700 < stop:
+        raise RenderError("customer C700: 'coupon' is undefined")
+    return list(range(start, stop))
+
+
+def test_an_error_in_a_forked_slice_is_raised_here_as_itself():
+    with pytest.raises(RenderError, match="customer C700: 'coupon' is undefined"):
+        in_slices(_fails_at_700, 1000, 2, min_slice=100)
+
+
+PARENT = os.getpid()
+
+
+def _dies_in_a_child(start: int, stop: int) -> list[int]:
+    if os.getpid() != PARENT:
+        os._exit(9)  # as if killed for memory
+    return list(range(start, stop))
+
+
+def test_a_slice_whose_process_died_is_worked_here(caplog):
+    assert in_slices(_dies_in_a_child, 900, 3, min_slice=100) == list(range(900))
+    assert "died; working them here instead" in caplog.text
+    assert slices._WORK is None  # nothing left for a later fork to inherit
