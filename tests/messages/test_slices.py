@@ -20,9 +20,9 @@ def test_the_slices_run_in_several_processes_and_come_back_in_order():
     out = in_slices(_squares_with_pid, 1000, 3, min_slice=100)
     assert [v for v, _ in out] == [i * i for i in range(1000)]
     pids = [pid for _, pid in out]
-    assert len(set(pids)) == 3 and pids[0] == os.getpid()  # the first slice in this process
-    # Contiguous slices: each process's items are one run.
-    assert sum(1 for a, b in zip(pids, pids[1:], strict=False) if a != b) == 2
+    # The first slice here, the other two in forked processes (one child may take both: whichever is free).
+    assert set(pids[:333]) == {os.getpid()} and os.getpid() not in pids[333:]
+    assert len(set(pids[333:666])) == len(set(pids[666:])) == 1
 
 
 @pytest.mark.parametrize(("count", "processes", "expected"), [
