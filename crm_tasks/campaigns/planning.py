@@ -57,7 +57,7 @@ from crm_tasks.messages.mime import message_id_for
 from crm_tasks.messages.render import Renderer, language_of, message_context, renderer_for
 from crm_tasks.messages.slices import in_slices
 from crm_tasks.settings import Settings
-from crm_tasks.store.bulk import IN_CHUNK, bulk_insert, insert_columns, rows_in
+from crm_tasks.store.bulk import bulk_insert, insert_columns, rows_in
 from crm_tasks.store.keys import load_keys
 from crm_tasks.store.models import (
     CampaignPlanRow,
@@ -297,16 +297,12 @@ def _personalisation(conn: Connection, customers: list[str]) -> tuple[dict, dict
 
 def _stored_products(conn: Connection, customers: list[str], cfg: Settings) -> dict[str, list[Recommendation]]:
     """Each customer's stored recommendations (``customer_recommendations``, refreshed nightly), best first,
-    with the catalogue's names, prices and links: one query per IN_CHUNK customers, never one per customer.
+    with the catalogue's names, prices and links: a query per IN_CHUNK customers on one connection, never one per customer.
     They are read through the engine (``recommendations_for`` opens its own connection): the lists are
     written by the nightly refresh, not by this transaction."""
     if not cfg.campaigns.recommendations or not customers:
         return {}
-    out: dict[str, list[Recommendation]] = {}
-    shown = cfg.campaigns.recommendations
-    for chunk in _chunks(customers, IN_CHUNK):
-        out.update(recommendations_for(conn.engine, chunk, limit=shown))
-    return out
+    return recommendations_for(conn.engine, customers, limit=cfg.campaigns.recommendations)
 
 
 def coupon_scope(campaign: Campaign) -> CouponScope | None:
@@ -318,18 +314,14 @@ def _coupon_targets(conn: Connection, campaign: Campaign, customers: list[str]) 
     """For a targeted coupon, each customer's first recommended product: the first line of their own stored list,
     else, for a customer without one, of the shop-wide list (``popular_recommendations``). This is the rule of
     the segment field ``recommended_category`` (crm_tasks/segments/compute.py), read through
-    ``recommendations_for`` with ``limit=1``: one query per IN_CHUNK customers, never one per customer. Like the
+    ``recommendations_for`` with ``limit=1``: a query per IN_CHUNK customers on one connection, never one per customer. Like the
     products the e-mail shows, it reads the latest refresh (the segment field looks back to the lists of its
     as-of day; planning a date again after a newer refresh must not lose everyone). A customer left out has
     nothing to target (an empty list of their own, a first product that left the catalogue, or no refresh yet):
     the caller excludes them. Empty for an unscoped coupon."""
     if coupon_scope(campaign) in (None, CouponScope.ANY) or not customers:
         return {}
-    out: dict[str, Recommendation] = {}
-    for chunk in _chunks(customers, IN_CHUNK):
-        out.update({cid: lines[0] for cid, lines in recommendations_for(conn.engine, chunk, limit=1).items()
-                    if lines})
-    return out
+    return {cid: lines[0] for cid, lines in recommendations_for(conn.engine, customers, limit=1).items() if lines}
 
 
 def _scope_value(scope: CouponScope | None, target) -> str | None:

@@ -19,9 +19,9 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable
-from itertools import pairwise
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from itertools import pairwise
 
 log = logging.getLogger(__name__)
 
