@@ -51,7 +51,7 @@ CATEGORIES = ["grocery", "household", "beauty", "apparel", "electronics", "toys"
 
 def build(url: str, customers: int) -> None:
     import numpy as np
-    from sqlalchemy import insert
+    from sqlalchemy import insert, text
 
     from crm_tasks.store.bulk import bulk_insert
     from crm_tasks.store.engine import make_engine, upgrade
@@ -104,6 +104,11 @@ def build(url: str, customers: int) -> None:
         members = rng.choice(customers, min(100_000, customers), replace=False)
         bulk_insert(conn, "segment_memberships", ["segment_id", "customer_id", "valid_from"],
                     [(sid, ids[m], str(AS_OF - timedelta(days=int(m % 30)))) for m in members])
+        if dialect == "postgresql":
+            # The statistics the nightly ingest and segment recompute leave behind them (they analyse what they
+            # write): a database loaded in bulk has none until autovacuum runs, if it runs at all.
+            conn.execute(text("ANALYZE customers, customer_metrics, customer_category_metrics, purchases, products, "
+                              "segment_memberships"))
     engine.dispose()
 
 
