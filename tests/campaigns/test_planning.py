@@ -201,23 +201,29 @@ def test_one_profile_that_breaks_rendering_fails_the_run_before_anything_is_sent
                          ).recipients == 1
 
 
-def test_a_message_that_renders_too_long_fails_the_run_naming_campaign_and_template(engine, cfg, tmp_path):
+def _renderer_slow_for_slow(cfg, folder):
+    """A renderer of the shipped templates whose birthday message never ends for a customer named Slow, stopped
+    by the render watchdog after a second. A second, not less: the first message of a language also builds its
+    macro module, and on a loaded machine that alone once took more than 0.3 s."""
     import shutil
 
-    from crm_tasks.errors import RenderError
     from crm_tasks.messages.render import Renderer
     from tests.conftest import REPO
 
-    templates = tmp_path / "email"
+    templates = folder / "email"
     shutil.copytree(REPO / "templates" / "email", templates)
     body = templates / "birthday" / "body.html"
     body.write_text(body.read_text(encoding="utf-8").replace("{% block content %}", (
         "{% block content %}{% if customer.first_name == 'Slow' %}{% for a in range(1000) %}"
         "{% for b in range(1000) %}{% for c in range(1000) %}{% endfor %}{% endfor %}{% endfor %}{% endif %}"), 1),
         encoding="utf-8")
-    # A second, not less: the first message of a language also builds its macro module, and on a loaded
-    # machine that alone once took more than 0.3 s.
-    renderer = Renderer(templates, cfg.campaigns.locales, render_seconds=1.0)
+    return Renderer(templates, cfg.campaigns.locales, render_seconds=1.0)
+
+
+def test_a_message_that_renders_too_long_fails_the_run_naming_campaign_and_template(engine, cfg, tmp_path):
+    from crm_tasks.errors import RenderError
+
+    renderer = _renderer_slow_for_slow(cfg, tmp_path)
     add_customers(engine, {"customer_id": "C1", "birthday": date(1990, 5, 10)},
                   {"customer_id": "C2", "birthday": date(1990, 5, 10), "first_name": "Slow"})
     with pytest.raises(RenderError, match=r"campaign birthday, customer C2: template birthday \(en\): rendering one "
@@ -256,23 +262,12 @@ def test_a_plan_rendered_in_forked_processes_records_the_same_messages(engine, c
 
 def test_a_message_that_fails_in_a_forked_process_fails_the_run_naming_the_customer(engine, cfg, tmp_path,
                                                                                    monkeypatch):
-    import shutil
-
     from crm_tasks.errors import RenderError
     from crm_tasks.messages import slices
-    from crm_tasks.messages.render import Renderer
-    from tests.conftest import REPO
 
     monkeypatch.setattr(slices, "MIN_SLICE", 2)
-    templates = tmp_path / "email"
-    shutil.copytree(REPO / "templates" / "email", templates)
-    body = templates / "birthday" / "body.html"
-    # The last customer's message never ends: the watchdog of the process that renders it stops it.
-    body.write_text(body.read_text(encoding="utf-8").replace("{% block content %}", (
-        "{% block content %}{% if customer.first_name == 'Slow' %}{% for a in range(1000) %}"
-        "{% for b in range(1000) %}{% for c in range(1000) %}{% endfor %}{% endfor %}{% endfor %}{% endif %}"), 1),
-        encoding="utf-8")
-    renderer = Renderer(templates, cfg.campaigns.locales, render_seconds=1.0)
+    # The last customer's message never ends: the watchdog of the forked process that renders it stops it.
+    renderer = _renderer_slow_for_slow(cfg, tmp_path)
     add_customers(engine, *[{"customer_id": f"C{i}", "birthday": date(1990, 5, 10)} for i in range(5)],
                   {"customer_id": "C9", "birthday": date(1990, 5, 10), "first_name": "Slow"})
     with pytest.raises(RenderError, match=r"campaign birthday, customer C9: template birthday \(en\): rendering one "
