@@ -228,11 +228,6 @@ def expiry_times(frame: pd.DataFrame, last_day: date) -> pd.Series:
     return out
 
 
-def _chunks(values: list, size: int):
-    for i in range(0, len(values), size):
-        yield values[i:i + size]
-
-
 # --- reads ----------------------------------------------------------------------------------
 
 
