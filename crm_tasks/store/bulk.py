@@ -74,10 +74,10 @@ def insert_columns(conn: Connection, table: Table, columns: dict[str, Sequence],
     count = max((len(v) for v in columns.values() if isinstance(v, list | tuple)), default=0)
     values = []
     for name, given in columns.items():
-        column = given if isinstance(given, list | tuple) else [given] * count
-        # The type's own bind conversion, as SQLAlchemy applies it to a statement's parameters.
-        convert = table.c[name].type._cached_bind_processor(conn.dialect)
-        values.append(column if convert is None else [convert(v) for v in column])
+        # The type's own bind conversion, as SQLAlchemy applies it to a statement's parameters; a value shared by
+        # every row is converted once.
+        convert = table.c[name].type._cached_bind_processor(conn.dialect) or (lambda v: v)
+        values.append([convert(v) for v in given] if isinstance(given, list | tuple) else [convert(given)] * count)
     return bulk_insert(conn, table.name, list(columns), list(zip(*values, strict=True)), on_conflict)
 
 
