@@ -186,6 +186,39 @@ def test_a_macro_sees_no_customer_data_and_keeps_nothing_between_messages(folder
     assert not renderer.env.get_template("_ui.html").__dict__.get("_layout_modules")
 
 
+MACRO_CALLS = (
+    "{% macro p(x, y='d') %}<p>{{ x }}|{{ y }}</p>{% endmacro %}"
+    "{% macro v(x) %}[{{ x }}{{ varargs|join(',') }}{{ kwargs|dictsort|join(';') }}]{% endmacro %}"
+    "{% macro c(x) %}<i>{{ caller(x) }}</i>{% endmacro %}"
+    "{% macro outer(x) %}{{ p(x, '<o>') }}{% endmacro %}"
+)
+
+
+@pytest.mark.parametrize("call", [
+    "{{ ui.p('<a>', '<b>') }}", "{{ ui.p('<a>') }}", "{{ ui.p('<a>', y='<k>') }}", "{{ ui.p(x='<a>') }}",
+    "{{ ui.v('<a>') }}", "{{ ui.v('<a>', 1, 2) }}", "{{ ui.v('<a>', k='<k>') }}", "{{ ui.outer('<a>') }}",
+    "{% call(y) ui.c('<a>') %}{{ y }}<u>{% endcall %}", "{% for i in [1, 2] %}{{ ui.p(i, loop.index) }}{% endfor %}",
+    "{% set b %}{{ ui.p('<a>', '<s>') }}{% endset %}{{ b }}", "{{ ui.p('<a>', '<b>')|upper }}",
+])
+def test_every_kind_of_macro_call_renders_as_jinjas_own_sandbox_renders_it(folder, call):
+    """The renderer calls a macro given its positional arguments only without Jinja's argument matching
+    (_EmailEnvironment.call); defaults, keywords, varargs, caller blocks and loops must come out the same,
+    escaped the same, in HTML and in text."""
+    from jinja2 import FileSystemLoader, StrictUndefined, select_autoescape
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    ui_folder(folder, MACRO_CALLS, call)
+    (folder / "x" / "body.txt").write_text('{% import "_ui.html" as ui %}' + call, encoding="utf-8")
+    renderer = Renderer(folder, ["en"])
+    ctx = {"lang": "en", "dir": "ltr", "brand_color": "#000000", "customer": {"first_name": "A"}}
+    reference = ImmutableSandboxedEnvironment(
+        loader=FileSystemLoader(str(folder)), undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False))
+    for part, got in (("body.html", renderer.render("x", ctx).html), ("body.txt", renderer.render("x", ctx).text)):
+        expected = reference.get_template(f"x/{part}").render({**ctx, "subject": "A"})
+        assert got == expected and got.lower().startswith(("<p>", "[", "<i>")), (part, got, expected)
+
+
 def test_t_errors_inside_macros_and_loops(folder):
     (folder / "locales" / "en.yaml").write_text('hello: "Hello {name}"\nitem: "Item {sku}"\n', encoding="utf-8")
     renderer = ui_folder(folder, "{% macro items(xs) %}{% for x in xs %}{{ t('item', sku=x) }};{% endfor %}"
