@@ -163,6 +163,9 @@ class DeliverySettings(BaseModel):
     batch_size: int = Field(1000, ge=1, le=100_000)  # messages per mapped send task
     connections: int = Field(4, ge=1, le=64)  # reused SMTP connections per send task
     checkpoint: int = Field(50, ge=1, le=10_000)  # messages gated as 'sending' per ledger commit
+    # A batch's messages rendered and built in a forked process beside its SMTP connections (where the process
+    # may fork); False: in the sending process, between the connections' replies.
+    build_process: bool = True
     rate_per_second: float | None = Field(None, gt=0)  # provider quotas, per send task
     rate_per_hour: int | None = Field(None, ge=1)
     timeout_seconds: float = Field(30, gt=0)  # per SMTP command

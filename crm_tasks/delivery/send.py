@@ -12,9 +12,10 @@ into batches once; each batch is one Airflow mapped task (or one step of
 3. checks consent and suppression again, at send time: a customer who opted
    out, was suppressed or removed since planning is ``suppressed``, not mailed;
 4. renders and builds every message of a checkpoint (``delivery.checkpoint``,
-   50), moves them to ``sending`` in one commit, sends them over the pool's
-   reused connections, and records each outcome in one commit, while the next
-   checkpoint is being rendered;
+   50; in a forked process beside the SMTP loop, ``delivery.build_process``),
+   moves them to ``sending`` in one commit, sends them over the pool's reused
+   connections, and records each outcome in one commit, while the next
+   checkpoint is being built;
 5. retries within the task what is due again within ``inline_retry_seconds``,
    and reports when the rest is due, so that the DAG can reschedule the task.
 
@@ -34,6 +35,8 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -57,6 +60,7 @@ from crm_tasks.delivery.suppression import add_soft_bounces, add_suppressions, c
 from crm_tasks.errors import ConfigError, CrmError, HeaderInjection, RenderError
 from crm_tasks.messages.mime import Envelope, build_message, message_id_for
 from crm_tasks.messages.render import Renderer, renderer_for
+from crm_tasks.messages.slices import forked
 from crm_tasks.settings import Settings
 from crm_tasks.store.bulk import rows_in
 from crm_tasks.store.keys import load_keys
@@ -335,42 +339,72 @@ class _Batch:
         return _Built(row.idempotency_key, row.customer_id, row.recipient, row.test, row.attempts,
                       prepare_payload(build_message(env, rendered.text, html)), address_hash)
 
-    async def _render(self, rows: list) -> tuple[list[_Built], list[dict]]:
+    def _built(self, rows: list) -> tuple[list[_Built], list[dict]]:
+        """Each row's message built, or the row failed alone (a template or header that does not build)."""
         built, bad = [], []
         now = self.clock()
         for row, address_hash in rows:
             try:
                 built.append(self._build(row, address_hash))
             except (HeaderInjection, RenderError) as exc:
-                # Logged with the key, never the address; the message fails alone.
-                log.warning("message %s not built: %s", row.idempotency_key, exc)
                 bad.append(_row(row.idempotency_key, S.FAILED, None, f"not built: {exc}", now))
-            # After every message: a reply waiting unread for a whole slice of renders is a server waiting too.
+        return built, bad
+
+    async def _render(self, rows: list) -> tuple[list[_Built], list[dict]]:
+        """``_built`` here, yielding after every message: a reply waiting unread for a whole checkpoint of
+        renders is a server waiting too."""
+        built, bad = [], []
+        for row in rows:
+            b, f = self._built([row])
+            built += b
+            bad += f
             await asyncio.sleep(0)
         return built, bad
 
+    async def _checkpoint(self, rows: list, future: Future | None) -> tuple[list[_Built], list[dict]]:
+        """A checkpoint's messages: from the builder process (``future``) when there is one, else built here."""
+        if future is not None:
+            try:
+                return await asyncio.wrap_future(future)
+            except BrokenProcessPool:
+                log.warning("campaign run %d batch %d: the process building its messages died; building them here",
+                            self.run_id, self.batch_no)
+        return await self._render(rows)
+
     async def _send(self, sender: Sender, rows: list) -> None:
-        """Checkpoint by checkpoint: render, gate (commit 'sending'), send, record. The next checkpoint is
-        rendered and gated while the previous one is still sending, so that the connections never wait for
-        the database or the renderer: at most two checkpoints are 'sending' at any moment."""
+        """Checkpoint by checkpoint: build, gate (commit 'sending'), send, record. The next checkpoint is
+        built and gated while the previous one is still sending, so that the connections never wait for
+        the database: at most two checkpoints are 'sending' at any moment.
+
+        A batch of more than one checkpoint has its messages rendered and built in a forked process
+        (``delivery.build_process``; crm_tasks/messages/slices.py), checkpoint by checkpoint, in order:
+        rendering is most of a message's CPU, and done here it would hold every connection's reply unread
+        while it runs. Only what this process gated is sent; a builder that dies leaves its checkpoints to
+        be built here."""
         step = self.cfg.delivery.checkpoint
-        inflight: deque[asyncio.Future] = deque()
-        for i in range(0, len(rows), step):
-            built, bad = await self._render(rows[i:i + step])
-            if bad:
+        starts = range(0, len(rows), step)
+        builders = 1 if self.cfg.delivery.build_process and len(starts) > 1 else 0
+        with forked(lambda start, stop: self._built(rows[start:stop]), builders) as submit:
+            futures = [submit(i, i + step) if submit else None for i in starts]
+            inflight: deque[asyncio.Future] = deque()
+            for i, future in zip(starts, futures, strict=True):
+                built, bad = await self._checkpoint(rows[i:i + step], future)
+                if bad:
+                    for b in bad:  # logged with the key, never the address; the message fails alone
+                        log.warning("message %s %s", b["key"], b["last_error"])
+                    with _write(self.conn):
+                        ledger.move_each(self.conn, bad, S.CLAIMED, self.token)
+                    self.result.failed += len(bad)
+                now = self.clock()
                 with _write(self.conn):
-                    ledger.move_each(self.conn, bad, S.CLAIMED, self.token)
-                self.result.failed += len(bad)
-            now = self.clock()
-            with _write(self.conn):
-                gated = set(ledger.move(self.conn, [b.key for b in built], {S.CLAIMED}, S.SENDING, self.token,
-                                        attempts=Message.attempts + 1, claimed_at=now, updated_at=now))
-            todo = [b for b in built if b.key in gated]
-            inflight.append(asyncio.ensure_future(self._transmit(sender, todo)))
-            if len(inflight) > 1:
+                    gated = set(ledger.move(self.conn, [b.key for b in built], {S.CLAIMED}, S.SENDING, self.token,
+                                            attempts=Message.attempts + 1, claimed_at=now, updated_at=now))
+                todo = [b for b in built if b.key in gated]
+                inflight.append(asyncio.ensure_future(self._transmit(sender, todo)))
+                if len(inflight) > 1:
+                    self._record(*await inflight.popleft())
+            while inflight:
                 self._record(*await inflight.popleft())
-        while inflight:
-            self._record(*await inflight.popleft())
 
     async def _transmit(self, sender: Sender, todo: list[_Built]) -> tuple[list[_Built], list[Outcome]]:
         mail_from = self.cfg.campaigns.sender.email

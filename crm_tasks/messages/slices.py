@@ -1,5 +1,6 @@
-"""Rendering a large plan on every core: a list's work split into contiguous slices, the first done in this
-process and the others in forked processes, the results put back in order.
+"""Rendering on more than one core: a list's work split into contiguous slices, worked in forked processes, the
+results put back in order (``in_slices``, a large plan's render proof: the first slice in this process), or
+handed back slice by slice as they are done (``forked``, a send batch's messages built beside its SMTP loop).
 
 Why forked processes: rendering is pure Python (Jinja), which one process runs on one core whatever its threads;
 a forked child starts with everything the parent computed (the compiled templates, the plan's rows, the
@@ -18,9 +19,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from itertools import pairwise
 
 log = logging.getLogger(__name__)
@@ -41,14 +43,40 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+def can_fork() -> bool:
+    """Whether this process may fork workers: the platform forks, and it is no daemonic process (a Celery
+    prefork child, a multiprocessing worker), which may not have children of its own."""
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+
 def processes_for(count: int, processes: int, min_slice: int | None = None) -> int:
     """How many processes work ``count`` items: at most ``processes`` (0: one per core), and at least
     ``min_slice`` items each (default MIN_SLICE); 1 means this process alone."""
     min_slice = min_slice or MIN_SLICE
     wanted = processes or cores()
-    if wanted < 2 or "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
+    if wanted < 2 or not can_fork():
         return 1
     return max(1, min(wanted, count // min_slice))
+
+
+@contextmanager
+def forked(work: Callable[[int, int], list], processes: int) -> Iterator[Callable[[int, int], Future] | None]:
+    """``processes`` forked processes that run ``work(start, stop)``: yields ``submit(start, stop)``, which returns
+    a ``concurrent.futures.Future`` of that slice's results, or None where no process can be forked (then the
+    caller works here). The children are forked when the first slice is submitted, so they see ``work`` and
+    everything it closes over as it is then. A future whose child died raises ``BrokenProcessPool``; one whose
+    slice raised raises that exception. On leaving, slices not yet started are cancelled."""
+    global _WORK
+    if processes < 1 or _WORK is not None or not can_fork():  # one pool at a time: _WORK is what children inherit
+        yield None
+        return
+    _WORK = work
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
+    try:
+        yield lambda start, stop: pool.submit(_work_slice, start, stop)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _WORK = None
 
 
 def in_slices(work: Callable[[int, int], list], count: int, processes: int = 0, *,
@@ -58,22 +86,19 @@ def in_slices(work: Callable[[int, int], list], count: int, processes: int = 0, 
     n = processes_for(count, processes, min_slice)
     if n == 1:
         return work(0, count)
-    global _WORK
     bounds = [count * i // n for i in range(n + 1)]
     slices = list(pairwise(bounds))
-    _WORK = work
-    try:
-        with ProcessPoolExecutor(n - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_work_slice, start, stop) for start, stop in slices[1:]]
-            results = work(*slices[0])
-            for (start, stop), future in zip(slices[1:], futures, strict=True):
-                try:
-                    results.extend(future.result())
-                except BrokenProcessPool:
-                    log.warning("a process working items %d to %d died; working them here instead", start, stop)
-                    results.extend(work(start, stop))
-    finally:
-        _WORK = None
+    with forked(work, n - 1) as submit:
+        if submit is None:
+            return work(0, count)
+        futures = [submit(start, stop) for start, stop in slices[1:]]
+        results = work(*slices[0])
+        for (start, stop), future in zip(slices[1:], futures, strict=True):
+            try:
+                results.extend(future.result())
+            except BrokenProcessPool:
+                log.warning("a process working items %d to %d died; working them here instead", start, stop)
+                results.extend(work(start, stop))
     return results
 
 

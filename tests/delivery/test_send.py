@@ -3,6 +3,7 @@ invariants (at most once, every message in a final state that says what happened
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime
 
 import pytest
@@ -51,7 +52,27 @@ def ledger(engine) -> dict[str, tuple]:
         return {r.idempotency_key: r for r in conn.execute(select(Message))}
 
 
-def test_every_message_arrives_intact_with_the_headers_marketing_mail_needs(engine, cfg, keys):
+def built_where(monkeypatch, tmp_path):
+    """Records the process that builds each message (a forked builder's memory is its own: a file is shared)."""
+    from crm_tasks.delivery.send import _Batch
+
+    log = tmp_path / "built-by.txt"
+    build = _Batch._build
+
+    def recording(self, row, address_hash):
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{row.customer_id} {os.getpid()}\n")
+        return build(self, row, address_hash)
+
+    monkeypatch.setattr(_Batch, "_build", recording)
+    return lambda: dict(line.split() for line in log.read_text(encoding="utf-8").splitlines())
+
+
+# checkpoint 1: four checkpoints, built in a forked process; 50: one checkpoint, built in the sending process.
+@pytest.mark.parametrize("checkpoint", [1, 50])
+def test_every_message_arrives_intact_with_the_headers_marketing_mail_needs(engine, cfg, keys, checkpoint,
+                                                                          monkeypatch, tmp_path):
+    builders = built_where(monkeypatch, tmp_path)
     add_customers(engine,
                   {"customer_id": "TE1", "first_name": "సీత", "locale": "te-IN", "email": "sita@example.com",
                    "birthday": date(1990, 5, 10)},
@@ -62,12 +83,15 @@ def test_every_message_arrives_intact_with_the_headers_marketing_mail_needs(engi
                   {"customer_id": "EN1", "first_name": "Asha", "email": "asha@example.com",
                    "birthday": date(1993, 5, 10)})
     with SmtpServer() as srv:
-        cfg = fast(cfg, srv.url)
+        cfg = fast(cfg, srv.url, checkpoint=checkpoint)
         plan, result = plan_and_deliver(engine, cfg)
         assert plan.recipients == 4
         assert result.sent == 4 and result.states == {"sent": 4}
         received = srv.handler.parsed()
     assert len(received) == 4
+    pids = builders()
+    assert set(pids) == {"TE1", "FA1", "HI1", "EN1"}
+    assert (str(os.getpid()) in pids.values()) == (checkpoint == 50) and len(set(pids.values())) == 1
     rows = ledger(engine)
     by_to = {m["to"].addresses[0].addr_spec: m for m in received}
     for row in rows.values():
@@ -181,17 +205,40 @@ def test_a_refused_connection_defers_then_a_later_run_delivers_once(engine, cfg)
     assert {r.state for r in ledger(engine).values()} == {"sent"}
 
 
-def test_header_injection_in_a_name_is_refused_before_the_server(engine, cfg):
+@pytest.mark.parametrize("checkpoint", [1, 50])  # built in a forked process, and here
+def test_header_injection_in_a_name_is_refused_before_the_server(engine, cfg, checkpoint, caplog):
     add_customers(engine, {"customer_id": "EVIL", "first_name": "Eve\r\nBcc: victim@example.org",
                            "birthday": date(1990, 5, 10)},
                   {"customer_id": "OK", "birthday": date(1990, 5, 10)})
     with SmtpServer() as srv:
-        _plan, result = plan_and_deliver(engine, fast(cfg, srv.url))
+        _plan, result = plan_and_deliver(engine, fast(cfg, srv.url, checkpoint=checkpoint))
         raw = b"".join(srv.handler.messages)
     rows = {r.customer_id: r for r in ledger(engine).values()}
     assert rows["EVIL"].state == "failed" and "line break" in rows["EVIL"].last_error
     assert rows["OK"].state == "sent" and b"victim@example.org" not in raw
     assert result.failed == 1 and result.sent == 1
+    # Logged by the sending process, with the key and never the address.
+    assert f"message {rows['EVIL'].idempotency_key} not built:" in caplog.text and "victim@" not in caplog.text
+
+
+def test_a_batch_whose_builder_process_died_is_built_and_sent_here_once(engine, cfg, monkeypatch, caplog):
+    from crm_tasks.delivery.send import _Batch
+
+    birthday_people(engine, *(f"p{i}@example.com" for i in range(6)))
+    parent, build = os.getpid(), _Batch._build
+
+    def dies_in_a_child(self, row, address_hash):
+        if os.getpid() != parent:
+            os._exit(9)  # as if killed for memory
+        return build(self, row, address_hash)
+
+    monkeypatch.setattr(_Batch, "_build", dies_in_a_child)
+    with SmtpServer() as srv:
+        _plan, result = plan_and_deliver(engine, fast(cfg, srv.url, checkpoint=2))
+        arrived = sorted(m["to"].addresses[0].addr_spec for m in srv.handler.parsed())
+    assert arrived == [f"p{i}@example.com" for i in range(6)]  # each once
+    assert result.sent == 6 and {r.state for r in ledger(engine).values()} == {"sent"}
+    assert "the process building its messages died; building them here" in caplog.text
 
 
 def test_messages_not_yet_due_wait_for_their_send_time(engine, cfg):

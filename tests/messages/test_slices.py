@@ -64,3 +64,22 @@ def test_a_slice_whose_process_died_is_worked_here(caplog):
     assert in_slices(_dies_in_a_child, 900, 3, min_slice=100) == list(range(900))
     assert "died; working them here instead" in caplog.text
     assert slices._WORK is None  # nothing left for a later fork to inherit
+
+
+def test_forked_hands_back_each_slice_as_submitted_from_one_child():
+    with slices.forked(_squares_with_pid, 1) as submit:
+        futures = [submit(start, start + 10) for start in range(0, 50, 10)]
+        out = [future.result() for future in futures]
+    assert [v for part in out for v, _ in part] == [i * i for i in range(50)]
+    pids = {pid for part in out for _, pid in part}
+    assert len(pids) == 1 and os.getpid() not in pids
+    assert slices._WORK is None
+
+
+def test_forked_yields_nothing_to_submit_when_asked_for_no_process_or_already_inside_one():
+    with slices.forked(_squares_with_pid, 0) as submit:
+        assert submit is None
+    with slices.forked(_squares_with_pid, 1) as outer:
+        with slices.forked(_squares_with_pid, 1) as inner:  # one pool at a time: the caller works here
+            assert outer is not None and inner is None
+            assert [v for v, _ in outer(0, 3).result()] == [0, 1, 4]
