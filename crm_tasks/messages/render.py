@@ -139,7 +139,7 @@ class _EmailTemplate(Template):
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
-_CALL_MARKERS = frozenset({"_loop_vars", "_block_vars"})  # what compiled templates pass to Context.call besides arguments
+_CALL_MARKERS = frozenset({"_loop_vars", "_block_vars"})  # what compiled templates pass Context.call besides arguments
 _MODULE_EXPORTS = (str, Markup, Macro)  # what _ui.html exports: style strings and macros
 
 

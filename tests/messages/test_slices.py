@@ -79,7 +79,7 @@ def test_forked_hands_back_each_slice_as_submitted_from_one_child():
 def test_forked_yields_nothing_to_submit_when_asked_for_no_process_or_already_inside_one():
     with slices.forked(_squares_with_pid, 0) as submit:
         assert submit is None
-    with slices.forked(_squares_with_pid, 1) as outer:
-        with slices.forked(_squares_with_pid, 1) as inner:  # one pool at a time: the caller works here
-            assert outer is not None and inner is None
-            assert [v for v, _ in outer(0, 3).result()] == [0, 1, 4]
+    # One pool at a time: inside one, the caller works here.
+    with slices.forked(_squares_with_pid, 1) as outer, slices.forked(_squares_with_pid, 1) as inner:
+        assert outer is not None and inner is None
+        assert [v for v, _ in outer(0, 3).result()] == [0, 1, 4]
