@@ -376,8 +376,8 @@ class _Batch:
         built and gated while the previous one is still sending, so that the connections never wait for
         the database: at most two checkpoints are 'sending' at any moment.
 
-        A batch of more than one checkpoint has its messages rendered and built in a forked process
-        (``delivery.build_process``; crm_tasks/messages/slices.py), checkpoint by checkpoint, in order:
+        A batch of more than one checkpoint has its messages after the first rendered and built in a forked
+        process (``delivery.build_process``; crm_tasks/messages/slices.py), checkpoint by checkpoint, in order:
         rendering is most of a message's CPU, and done here it would hold every connection's reply unread
         while it runs. Only what this process gated is sent; a builder that dies leaves its checkpoints to
         be built here."""
@@ -385,7 +385,8 @@ class _Batch:
         starts = range(0, len(rows), step)
         builders = 1 if self.cfg.delivery.build_process and len(starts) > 1 else 0
         with forked(lambda start, stop: self._built(rows[start:stop]), builders) as submit:
-            futures = [submit(i, i + step) if submit else None for i in starts]
+            # The first checkpoint is built here while the builder starts: nothing is in flight yet to wait for it.
+            futures = [None] + [submit(i, i + step) if submit else None for i in starts[1:]]
             inflight: deque[asyncio.Future] = deque()
             for i, future in zip(starts, futures, strict=True):
                 built, bad = await self._checkpoint(rows[i:i + step], future)

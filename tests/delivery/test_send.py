@@ -68,7 +68,8 @@ def built_where(monkeypatch, tmp_path):
     return lambda: dict(line.split() for line in log.read_text(encoding="utf-8").splitlines())
 
 
-# checkpoint 1: four checkpoints, built in a forked process; 50: one checkpoint, built in the sending process.
+# checkpoint 1: four checkpoints, the first built in the sending process and the others in a forked one;
+# 50: one checkpoint, built in the sending process.
 @pytest.mark.parametrize("checkpoint", [1, 50])
 def test_every_message_arrives_intact_with_the_headers_marketing_mail_needs(engine, cfg, keys, checkpoint,
                                                                           monkeypatch, tmp_path):
@@ -91,7 +92,8 @@ def test_every_message_arrives_intact_with_the_headers_marketing_mail_needs(engi
     assert len(received) == 4
     pids = builders()
     assert set(pids) == {"TE1", "FA1", "HI1", "EN1"}
-    assert (str(os.getpid()) in pids.values()) == (checkpoint == 50) and len(set(pids.values())) == 1
+    here = [c for c, pid in pids.items() if pid == str(os.getpid())]
+    assert len(here) == (1 if checkpoint == 1 else 4) and len(set(pids.values())) == (2 if checkpoint == 1 else 1)
     rows = ledger(engine)
     by_to = {m["to"].addresses[0].addr_spec: m for m in received}
     for row in rows.values():
@@ -205,18 +207,24 @@ def test_a_refused_connection_defers_then_a_later_run_delivers_once(engine, cfg)
     assert {r.state for r in ledger(engine).values()} == {"sent"}
 
 
-@pytest.mark.parametrize("checkpoint", [1, 50])  # built in a forked process, and here
-def test_header_injection_in_a_name_is_refused_before_the_server(engine, cfg, checkpoint, caplog):
+# checkpoint 1: EVIL and OK are built in a forked process (A1, first, in the sending process); 50: all here.
+@pytest.mark.parametrize("checkpoint", [1, 50])
+def test_header_injection_in_a_name_is_refused_before_the_server(engine, cfg, checkpoint, caplog, monkeypatch,
+                                                                tmp_path):
+    builders = built_where(monkeypatch, tmp_path)
     add_customers(engine, {"customer_id": "EVIL", "first_name": "Eve\r\nBcc: victim@example.org",
                            "birthday": date(1990, 5, 10)},
-                  {"customer_id": "OK", "birthday": date(1990, 5, 10)})
+                  {"customer_id": "OK", "birthday": date(1990, 5, 10)},
+                  {"customer_id": "A1", "birthday": date(1990, 5, 10)})
     with SmtpServer() as srv:
         _plan, result = plan_and_deliver(engine, fast(cfg, srv.url, checkpoint=checkpoint))
         raw = b"".join(srv.handler.messages)
     rows = {r.customer_id: r for r in ledger(engine).values()}
     assert rows["EVIL"].state == "failed" and "line break" in rows["EVIL"].last_error
-    assert rows["OK"].state == "sent" and b"victim@example.org" not in raw
-    assert result.failed == 1 and result.sent == 1
+    assert rows["OK"].state == rows["A1"].state == "sent" and b"victim@example.org" not in raw
+    assert result.failed == 1 and result.sent == 2
+    pids = builders()
+    assert (pids["EVIL"] == str(os.getpid())) == (checkpoint == 50) and pids["A1"] == str(os.getpid())
     # Logged by the sending process, with the key and never the address.
     assert f"message {rows['EVIL'].idempotency_key} not built:" in caplog.text and "victim@" not in caplog.text
 
