@@ -12,7 +12,8 @@ into batches once; each batch is one Airflow mapped task (or one step of
 3. checks consent and suppression again, at send time: a customer who opted
    out, was suppressed or removed since planning is ``suppressed``, not mailed;
 4. renders and builds every message of a checkpoint (``delivery.checkpoint``,
-   50; in a forked process beside the SMTP loop, ``delivery.build_process``),
+   50; after a batch's first, in a forked process beside the SMTP loop:
+   ``delivery.build_process``),
    moves them to ``sending`` in one commit, sends them over the pool's reused
    connections, and records each outcome in one commit, while the next
    checkpoint is being built;
