@@ -55,7 +55,7 @@ from crm_tasks.clock import cutoff_for
 from crm_tasks.errors import CrmError
 from crm_tasks.settings import RecommendationSettings, Settings
 from crm_tasks.store import sql
-from crm_tasks.store.bulk import IN_CHUNK
+from crm_tasks.store.bulk import rows_in
 from crm_tasks.store.models import (
     Customer,
     CustomerRecommendation,
@@ -711,7 +711,7 @@ def recommendations_for(engine: Engine, customer_ids: list[str],
     are absent. Products that left the catalogue since the refresh are left out. ``limit``: at most the first
     this many ranks of each list (an e-mail shows three of ten: reading the rest was nine tenths of the time).
 
-    Any number of customers, on one connection: the lines are read narrow, IN_CHUNK customers a query,
+    Any number of customers, on one connection: the lines are read narrow (``rows_in``: IN_CHUNK customers a query),
     and each product they name is described once (a plan's 100k customers name a few thousand products; joining
     the catalogue into every line, and building each line's names anew, was most of the planner's time)."""
     r = CustomerRecommendation
@@ -720,8 +720,7 @@ def recommendations_for(engine: Engine, customer_ids: list[str],
         lines = lines.where(r.rank <= limit)
     wanted = list(dict.fromkeys(customer_ids))
     with engine.connect() as conn:
-        found = [line for chunk in _in_chunks(wanted)
-                 for line in conn.execute(lines.where(r.customer_id.in_(chunk))).tuples().all()]
+        found = rows_in(conn, lines, r.customer_id, wanted)
         seen = {line[0] for line in found}
         products = _described(conn, {sku for line in found for sku in (line[2], line[4]) if sku is not None})
         out: dict[str, list[Recommendation]] = {}
@@ -743,8 +742,8 @@ def recommendations_for(engine: Engine, customer_ids: list[str],
             shop = (select(p.rank, p.sku, p.customers, *described_columns()).join(Product, Product.sku == p.sku)
                     .where(*([p.rank <= limit] if limit is not None else [])).order_by(p.rank))
             shared = [row._mapping for row in conn.execute(shop)]
-            profiled = {cid for chunk in _in_chunks(missing) for cid in conn.execute(
-                select(Customer.customer_id).where(Customer.customer_id.in_(chunk))).scalars()} if shared else set()
+            profiled = {cid for (cid,) in rows_in(conn, select(Customer.customer_id), Customer.customer_id,
+                                                  missing)} if shared else set()
             for cid in missing:
                 if cid in profiled:
                     out[cid] = [described_line(m, customer_id=cid, rank=m["rank"], kind=POPULAR,
@@ -752,16 +751,8 @@ def recommendations_for(engine: Engine, customer_ids: list[str],
     return dict(sorted(out.items()))
 
 
-def _in_chunks(values: list) -> list[list]:
-    return [values[i:i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
-
-
 def _described(conn: Connection, skus: set[str]) -> dict[str, Recommendation]:
     """Each of these catalogue products described once (as a Recommendation whose line fields are empty): its
     names by language, category, price and links."""
-    described = select(Product.sku, *described_columns())
-    out = {}
-    for chunk in _in_chunks(sorted(skus)):
-        for row in conn.execute(described.where(Product.sku.in_(chunk))):
-            out[row.sku] = described_line(row._mapping, customer_id="", rank=0, kind="", customers=0)
-    return out
+    return {row.sku: described_line(row._mapping, customer_id="", rank=0, kind="", customers=0)
+            for row in rows_in(conn, select(Product.sku, *described_columns()), Product.sku, sorted(skus))}

@@ -292,8 +292,8 @@ def _personalisation(conn: Connection, customers: list[str]) -> tuple[dict, dict
 
 def _stored_products(conn: Connection, customers: list[str], cfg: Settings) -> dict[str, list[Recommendation]]:
     """Each customer's stored recommendations (``customer_recommendations``, refreshed nightly), best first,
-    with the catalogue's names, prices and links: a query per IN_CHUNK customers on one connection, never one per customer.
-    They are read through the engine (``recommendations_for`` opens its own connection): the lists are
+    with the catalogue's names, prices and links: a query per IN_CHUNK customers on one connection, never one
+    per customer. They are read through the engine (``recommendations_for`` opens its own connection): the lists are
     written by the nightly refresh, not by this transaction."""
     if not cfg.campaigns.recommendations or not customers:
         return {}
@@ -309,11 +309,11 @@ def _coupon_targets(conn: Connection, campaign: Campaign, customers: list[str]) 
     """For a targeted coupon, each customer's first recommended product: the first line of their own stored list,
     else, for a customer without one, of the shop-wide list (``popular_recommendations``). This is the rule of
     the segment field ``recommended_category`` (crm_tasks/segments/compute.py), read through
-    ``recommendations_for`` with ``limit=1``: a query per IN_CHUNK customers on one connection, never one per customer. Like the
-    products the e-mail shows, it reads the latest refresh (the segment field looks back to the lists of its
-    as-of day; planning a date again after a newer refresh must not lose everyone). A customer left out has
-    nothing to target (an empty list of their own, a first product that left the catalogue, or no refresh yet):
-    the caller excludes them. Empty for an unscoped coupon."""
+    ``recommendations_for`` with ``limit=1``: a query per IN_CHUNK customers on one connection, never one per
+    customer. Like the products the e-mail shows, it reads the latest refresh (the segment field looks back to
+    the lists of its as-of day; planning a date again after a newer refresh must not lose everyone). A customer
+    left out has nothing to target (an empty list of their own, a first product that left the catalogue, or no
+    refresh yet): the caller excludes them. Empty for an unscoped coupon."""
     if coupon_scope(campaign) in (None, CouponScope.ANY) or not customers:
         return {}
     return {cid: lines[0] for cid, lines in recommendations_for(conn.engine, customers, limit=1).items() if lines}
