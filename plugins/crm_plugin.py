@@ -22,25 +22,49 @@ Its listener (``crm_tasks.airflow.pools``) creates the send pool named in crm.ya
 scheduler starts: a campaign never waits on a pool nobody created.
 """
 
-from __future__ import annotations
-
+from functools import cache
 from typing import ClassVar
 
-from airflow.api_fastapi.core_api.security import GetUserDep, requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
 
 from crm_tasks.airflow import pools
-from crm_tasks.pages.access import PageUser
-from crm_tasks.pages.app import create_crm_app
 
 
-def page_user(user: GetUserDep) -> PageUser:
-    """The logged-in Airflow user (Airflow's own ``get_user``: cookie or Bearer token) and their role names:
-    the simple auth manager's one ``role`` ("admin", "op", "user", "viewer"), or the FAB auth manager's
-    ``roles`` ("Admin", "Op", ...), upper-cased alike."""
+def page_user(user):
+    """The logged-in Airflow user (Airflow's own ``get_user``: cookie or Bearer token) as a
+    ``crm_tasks.pages.access.PageUser`` with their role names: the simple auth manager's one ``role``
+    ("admin", "op", "user", "viewer"), or the FAB auth manager's ``roles`` ("Admin", "Op", ...), upper-cased
+    alike."""
+    from crm_tasks.pages.access import PageUser
+
     roles = {user.role} if isinstance(getattr(user, "role", None), str) else set()
     roles |= {getattr(r, "name", r) for r in getattr(user, "roles", None) or []}
     return PageUser(user.get_name(), frozenset(str(r).upper() for r in roles if r))
+
+
+def login_user():
+    """``page_user`` as a FastAPI dependency of Airflow's ``get_user``. Airflow's security module is imported
+    here, not at the top: every Airflow process loads this plugin, every task process included (for its
+    listeners), and only the api-server needs it."""
+    from airflow.api_fastapi.core_api.security import GetUserDep
+
+    def who(user: GetUserDep):
+        return page_user(user)
+
+    return who
+
+
+@cache
+def crm_app():
+    """The /crm app, with Airflow's own login for the pages (the UI's _token cookie or a Bearer token, else
+    401/403). Built once, when the api-server first asks the plugin for its apps: with FastAPI, Airflow's
+    security and the pages, the imports cost about 1.4 s of CPU, which no scheduler, dag-processor,
+    triggerer or task process should pay."""
+    from airflow.api_fastapi.core_api.security import requires_authenticated
+
+    from crm_tasks.pages.app import create_crm_app
+
+    return create_crm_app(login=requires_authenticated(), who=login_user(), airflow_runs=airflow_runs)
 
 
 def _view(name: str, path: str) -> dict:
@@ -84,9 +108,6 @@ def airflow_runs() -> dict:
 
 class CrmPlugin(AirflowPlugin):
     name = "crm"
-    # Airflow's own login for the pages: the UI's _token cookie or a Bearer token, else 401/403.
-    fastapi_apps: ClassVar[list[dict]] = [
-        {"app": create_crm_app(login=requires_authenticated(), who=page_user, airflow_runs=airflow_runs), "url_prefix": "/crm", "name": "CRM"}]
     external_views: ClassVar[list[dict]] = [
         _view("Overview", "overview"),
         _view("Segments", "segments"),
@@ -96,3 +117,8 @@ class CrmPlugin(AirflowPlugin):
         _view("Data quality", "data-quality"),
     ]
     listeners: ClassVar[list] = [pools]
+
+    @property
+    def fastapi_apps(self) -> list[dict]:
+        # Airflow reads this from the plugin's instance, in the api-server only (see crm_app).
+        return [{"app": crm_app(), "url_prefix": "/crm", "name": "CRM"}]

@@ -52,3 +52,28 @@ def test_the_listener_runs_for_airflow_jobs_only(pools, monkeypatch):
         assert seen == [settings().delivery.pool]
     finally:
         settings.cache_clear()
+
+
+def test_a_task_process_loads_the_plugin_s_listener_without_the_api_server_s_imports(tmp_path):
+    """Every task process loads the plugins for their listeners. The CRM plugin registers its listener
+    there without importing FastAPI, Airflow's API security or the pages: those cost about 1.4 s of CPU per
+    task, and only the api-server builds the app."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    probe = """
+import sys
+from airflow.sdk.listener import get_listener_manager
+names = [getattr(p, "__name__", "") for p in get_listener_manager().pm.get_plugins()]
+heavy = [m for m in ("fastapi", "airflow.api_fastapi.core_api.security", "crm_tasks.pages.app") if m in sys.modules]
+print(("crm_tasks.airflow.pools" in names), heavy)
+"""
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "True []"

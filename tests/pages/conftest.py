@@ -53,7 +53,7 @@ def _app(cfg, engine):
     from airflow.api_fastapi.core_api.security import requires_authenticated
 
     plugin = plugin_module()
-    return create_crm_app(login=requires_authenticated(), who=plugin.page_user, get_settings=lambda: cfg,
+    return create_crm_app(login=requires_authenticated(), who=plugin.login_user(), get_settings=lambda: cfg,
                           get_engine=lambda: engine, airflow_runs=plugin.airflow_runs)
 
 

@@ -30,7 +30,8 @@ ADMIN_ONLY = re.compile(r"^/customers/\{customer_id\}/(erase|restore)$")
 
 
 def _plugin():
-    return plugin_module().CrmPlugin
+    """The plugin as Airflow holds it: an instance (its app is built when the api-server reads it)."""
+    return plugin_module().CrmPlugin()
 
 
 def _routes(app) -> list[tuple[str, str]]:
