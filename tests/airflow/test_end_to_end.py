@@ -268,7 +268,7 @@ def _backfill_twice(client, procs, engine, sink, dag_id: str) -> None:
 
     The test waits for the backfill's runs, not for Airflow to mark the backfill complete: the scheduler
     does that on a fixed 30 s timer (``_mark_backfills_complete``), which cost this test up to a minute of
-    idling. The first backfill is then cancelled, which only stamps its end once its runs are done, so that
+    idling. Once its runs are done the first backfill is cancelled, which then only stamps its end, so that
     the second may start (Airflow allows one unfinished backfill per DAG)."""
     days = [recent_day(4), recent_day(3)]
     add_customers(engine, *[{"customer_id": f"D{d.day}-{i}", "birthday": born_on(d)} for d in days for i in range(4)])
