@@ -23,6 +23,37 @@ from tests.cleanup.support import AS_OF, RECENT, ids, permissive
 from tests.factories import add_customers, buy
 
 
+def test_in_each_run_only_the_lowest_merged_id_s_plan_row_moves_and_none_where_the_survivor_has_one(engine, cfg):
+    """A plan has one row per run and customer. Three profiles of one address: S (updated last) survives, A1
+    and B1 merge into it. Run 1 (A1 and B1 planned): A1's row moves to S, B1's stays under its id. Run 2 (S
+    and A1): nothing moves. Run 3 (B1 alone): B1's row moves."""
+    early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    add_customers(engine, *({"customer_id": c, "email": "same@example.com", "updated_at": early} for c in ("B1", "A1")),
+                  {"customer_id": "S", "email": "same@example.com", "updated_at": late})
+    planned = {1: ("A1", "B1"), 2: ("S", "A1"), 3: ("B1",)}
+    with engine.begin() as conn:
+        runs = {}
+        for n, customers in planned.items():
+            runs[n] = conn.execute(insert(CampaignRun).values(
+                campaign="birthday", as_of=AS_OF, run_at=RECENT, dry_run=False, test_run=False, status="planned",
+                audience=len(customers), recipients=len(customers), holdout=0, excluded=0, reasons={}, diff={},
+                parameters={}, created_at=RECENT).returning(CampaignRun.id)).scalar_one()
+            for cid in customers:
+                conn.execute(insert(CampaignPlanRow).values(
+                    run_id=runs[n], customer_id=cid, outcome="send", occurrence="2026",
+                    idempotency_key=f"k:{n}:{cid}", locale="en", template="birthday"))
+
+    result = run_cleanup(engine, permissive(cfg), AS_OF)
+    assert result.reasons == {"duplicate_email": 2} and ids(engine) >= {"S"} and not ids(engine) & {"A1", "B1"}
+    with engine.connect() as conn:
+        rows = conn.execute(select(CampaignPlanRow.run_id, CampaignPlanRow.customer_id,
+                                   CampaignPlanRow.idempotency_key)).all()
+    by_run = {n: {(c, k) for r, c, k in rows if r == runs[n]} for n in planned}
+    assert by_run == {1: {("S", "k:1:A1"), ("B1", "k:1:B1")},
+                      2: {("S", "k:2:S"), ("A1", "k:2:A1")},
+                      3: {("S", "k:3:B1")}}
+
+
 def test_duplicates_are_merged_into_one_survivor_with_everything_re_pointed(engine, cfg):
     early, late = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
     add_customers(
