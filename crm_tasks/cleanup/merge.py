@@ -63,9 +63,9 @@ _REPOINTED = ("purchases", "coupons", "messages", "suppressions")
 # A plan has one row per run and customer: in each run, a survivor without a row of its own takes the row
 # of its lowest merged id that has one; its other merged ids' rows, and all of them where the survivor has
 # a row, stay. Rows left behind keep the merged id, which customer_merges traces to the survivor. Chosen per
-# run and survivor in one grouped pass: the same rule as a correlated NOT EXISTS with an OR (survivor's row, or a lower merged
-# id's), which PostgreSQL planned as a nested loop over the plan for every row (64 s for 4,026 merges and
-# 202k plan rows; bench/README.md, "The whole night").
+# run and survivor in one grouped pass: the same rule as a correlated NOT EXISTS with an OR (the survivor's
+# row, or a lower merged id's), which PostgreSQL planned as a nested loop over the plan for every row (64 s
+# for 4,026 merges and 202k plan rows; bench/README.md, "The whole night").
 _REPOINT_PLAN = """
 UPDATE campaign_plan SET customer_id = (SELECT x.survivor_id FROM cleanup_merge x
                                         WHERE x.merged_id = campaign_plan.customer_id)
